@@ -1,0 +1,54 @@
+# histocompare: the two set-up commands are `make demo` and `make test`; both create .venv if absent.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-12)
+PRESET ?= demo
+EXPERIMENT ?= demo
+PORT ?= 8501
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo pipeline dashboard test bench bench-quick lint browser clean
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+## Command 1: install, generate SYNTHETIC demo data, run the whole pipeline, open the dashboard.
+demo: install
+	$(PY) -m pipeline run --config pipeline/configs/demo.toml
+	$(MAKE) dashboard EXPERIMENT=demo
+
+pipeline: install
+	$(PY) -m pipeline run --config pipeline/configs/$(PRESET).toml
+
+dashboard: install
+	HISTOCOMPARE_EXPERIMENT=$(EXPERIMENT) $(VENV)/bin/streamlit run dashboard/app.py --server.address 127.0.0.1 \
+		--server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+## Command 2: install and run the test suite (the browser test needs Debian's chromium: `make browser`).
+test: install
+	-@$(MAKE) --no-print-directory browser
+	$(PY) -m pytest
+
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: the browser test will be skipped"; }
+
+bench: install
+	$(PY) -m pipeline.bench
+
+bench-quick: install
+	$(PY) -m pipeline.bench --quick
+
+lint: install
+	$(PY) -m compileall -q pipeline dashboard pages tests
+
+clean:
+	rm -rf artifacts/demo artifacts/sample artifacts/bench data/demo

@@ -1,0 +1,189 @@
+"""``python -m pipeline <stage> ...``: one command line for every batch stage.
+
+Each sub-command is a thin wrapper: parse arguments, call the stage function, print a summary.
+A :class:`PipelineError` becomes a one-line message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pipeline.store import PipelineError  # noqa: E402
+
+
+def cmd_index(args) -> None:
+    from pipeline.indexer import run_index, summarize
+
+    manifest, rejects = run_index(args.data_root, args.out)
+    print(summarize(manifest, rejects))
+    print(f"wrote {Path(args.out) / 'manifest.parquet'} and rejects.parquet")
+
+
+def cmd_demo_data(args) -> None:
+    from pipeline.demo_data import generate_demo_data
+
+    summary = generate_demo_data(args.out_dir, args.seed, args.patients, args.images_per_patient)
+    print(f"SYNTHETIC demo data: {summary['images']} images of {summary['patients']} patients "
+          f"({summary['benign_patients']} benign) in {args.out_dir} ({summary['seconds']} s)")
+
+
+def cmd_split(args) -> None:
+    from pipeline.experiment import load_manifest
+    from pipeline.splits import leakage_report, make_split, parse_ratios
+    from pipeline.store import write_parquet
+
+    manifest = load_manifest(args.dir)
+    split = make_split(manifest, args.mode, parse_ratios(args.ratios), args.seed, args.group_by, args.folds)
+    write_parquet(split, Path(args.dir) / "split.parquet")
+    report = leakage_report(manifest, split)
+    print(report.to_string(index=False))
+    shared = int(report["shared_patient_num"].max())
+    print(f"leakage: {shared} patient(s) shared between train/val/test" + (" (image-level split: patients leak)" if shared else " (leak-free)"))
+
+
+def _train_config_from_args(args):
+    from pipeline.config import TrainConfig
+
+    cfg = TrainConfig()
+    for key in ("epochs", "batch_size", "image_size", "weights", "strategy", "warmup_epochs", "early_stopping_patience"):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(cfg, key, value)
+    return cfg
+
+
+def cmd_train(args) -> None:
+    from pipeline.train import train_run
+
+    cfg = _train_config_from_args(args)
+    train_run(args.dir, args.model, cfg, stain=args.stain, seed=args.seed, fold=args.fold, force=args.force)
+
+
+def cmd_stain(args) -> None:
+    from pipeline.stain_stage import run_stain
+
+    run_stain(args.dir, args.method, target=args.target, fold=args.fold)
+
+
+def cmd_ensemble(args) -> None:
+    from pipeline.config import EnsembleConfig
+    from pipeline.ensemble_stage import run_ensembles
+
+    run_ensembles(args.dir, EnsembleConfig(stacking=not args.no_stacking, hard_tie_break=args.tie_break), seed=args.seed)
+
+
+def cmd_evaluate(args) -> None:
+    from pipeline.config import EvaluateConfig
+    from pipeline.evaluate import run_evaluate
+
+    run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap), seed=args.seed)
+
+
+def cmd_gradcam(args) -> None:
+    from pipeline.config import GradcamConfig
+    from pipeline.gradcam import run_gradcam
+
+    cfg = GradcamConfig(methods=[args.method], split=args.split, max_images=args.max_images, target=args.target)
+    run_gradcam(args.dir, cfg, runs=args.runs)
+
+
+def cmd_run(args) -> None:
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+
+    run_pipeline(load_config(args.config), only=args.only)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="histocompare batch pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index a BreakHis folder tree into manifest.parquet")
+    p.add_argument("data_root")
+    p.add_argument("--out", required=True, help="experiment folder to write (e.g. artifacts/sample)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("demo-data", help="generate SYNTHETIC BreakHis-shaped H&E-like images")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=int, default=24)
+    p.add_argument("--images-per-patient", type=int, default=8)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("split", help="image-level (paper) or patient-level split")
+    p.add_argument("dir")
+    p.add_argument("--mode", choices=["paper", "patient"], required=True)
+    p.add_argument("--ratios", default="0.7,0.15,0.15")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group-by", default="patient_num", choices=["patient_id", "patient_num"])
+    p.add_argument("--folds", type=int, default=1, help="independent repeats (BreakHis protocol: 5)")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train one EfficientNet and predict val/test")
+    p.add_argument("dir")
+    p.add_argument("--model", required=True)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--weights", help="imagenet | none | path to .h5")
+    p.add_argument("--stain", default="none", choices=["none", "vahadane", "macenko", "reinhard"])
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"])
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--early-stopping-patience", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="retrain even if up to date")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("stain", help="stain-normalize every image (cached, resumable)")
+    p.add_argument("dir")
+    p.add_argument("--method", default="vahadane", choices=["vahadane", "macenko", "reinhard"])
+    p.add_argument("--target", default="auto", help="'auto' (rule on the train split) or an image_id from train")
+    p.add_argument("--fold", type=int, default=0)
+    p.set_defaults(func=cmd_stain)
+
+    p = sub.add_parser("ensemble", help="soft/hard/weighted/stacking ensembles and subset search")
+    p.add_argument("dir")
+    p.add_argument("--tie-break", default="mean_prob", choices=["mean_prob", "benign"])
+    p.add_argument("--no-stacking", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("evaluate", help="metrics.parquet with patient-bootstrap CIs")
+    p.add_argument("dir")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("gradcam", help="Grad-CAM heatmaps (tf-keras-vis) cached for the dashboard")
+    p.add_argument("dir")
+    p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--runs", nargs="*", help="run ids (default: every single-model run)")
+    p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--target", default="predicted", choices=["predicted", "true"])
+    p.set_defaults(func=cmd_gradcam)
+
+    p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
+    p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")
+    p.add_argument("--only", nargs="*", help="subset of stages: data index split stain train ensemble evaluate gradcam")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed work is saved; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,228 @@
+"""Run presets: ``pipeline/configs/*.toml`` read with ``tomllib`` into validated dataclasses.
+
+Why dataclasses and not a dict: an unknown key (a typo such as ``epoch = 3``) or a value of the wrong
+type must be a clear error naming the key, not a silently ignored setting in a 40-epoch run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.store import PipelineError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "demo"
+    data_root: str = ""  # BreakHis root; for synthetic data, where the generator writes
+    out_dir: str = ""  # default artifacts/<name>
+    synthetic: bool = False  # generate demo data into data_root first
+    demo_patients: int = 24
+    demo_images_per_patient: int = 8
+    seed: int = 0
+
+
+@dataclass
+class SplitConfig:
+    mode: str = "patient"
+    ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    group_by: str = "patient_num"
+    folds: int = 1
+    fold: int = 0  # which fold the runs train on
+
+
+@dataclass
+class StainConfig:
+    method: str = "vahadane"
+    target: str = "auto"  # "auto" (documented rule, train split only) or an image_id from the train split
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 32
+    image_size: int = 0  # 0: the model's study size
+    weights: str = "imagenet"  # imagenet | none | path to .h5/.weights.h5
+    lr_backbone: float = 1e-4
+    lr_head: float = 1e-3
+    dropout: float = 0.3
+    freeze_batchnorm: bool = True
+    augment: bool = True
+    resize: str = "square"  # square (the study) | pad (keep aspect ratio)
+    warmup_epochs: int = 0  # head-only epochs before unfreezing (off in the study)
+    early_stopping_patience: int = 0  # 0 = off (the study)
+    class_weights: bool = False
+    mixed_precision: bool = False  # GPU only
+    jit_compile: bool = False  # XLA, GPU only
+    strategy: str = "default"  # default | mirrored | multiworker
+    cache: str = "disk"  # disk | memory: decoded-and-resized image cache
+    predict_batch_size: int = 64
+
+
+@dataclass
+class RunSpec:
+    model: str
+    stain: str = "none"
+    image_size: int = 0
+    epochs: int = 0  # 0: from [train]
+
+
+@dataclass
+class EnsembleConfig:
+    enabled: bool = True
+    threshold: float = 0.5
+    hard_tie_break: str = "mean_prob"  # mean_prob | benign (the study's scipy.stats.mode rule)
+    stacking: bool = True
+    stacking_epochs: int = 60
+    subset_search: bool = True
+    top_subsets: int = 10
+
+
+@dataclass
+class EvaluateConfig:
+    bootstrap: int = 1000
+    ci: float = 0.95
+    ece_bins: int = 10
+
+
+@dataclass
+class GradcamConfig:
+    enabled: bool = True
+    methods: list[str] = field(default_factory=lambda: ["gradcam"])
+    split: str = "test"
+    max_images: int = 0  # 0: all images of the split
+    target: str = "predicted"  # predicted | true
+    batch_size: int = 16
+    deletion_steps: int = 10
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    stain: StainConfig = field(default_factory=StainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runs: list[RunSpec] = field(default_factory=list)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    gradcam: GradcamConfig = field(default_factory=GradcamConfig)
+
+    @property
+    def out_dir(self) -> Path:
+        out = self.experiment.out_dir or f"artifacts/{self.experiment.name}"
+        path = Path(out)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def data_root(self) -> Path:
+        path = Path(self.experiment.data_root)
+        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "split.mode": ("paper", "patient"),
+    "split.group_by": ("patient_id", "patient_num"),
+    "stain.method": ("vahadane", "macenko", "reinhard"),
+    "train.resize": ("square", "pad"),
+    "train.strategy": ("default", "mirrored", "multiworker"),
+    "train.cache": ("disk", "memory"),
+    "ensemble.hard_tie_break": ("mean_prob", "benign"),
+    "gradcam.split": ("val", "test"),
+    "gradcam.target": ("predicted", "true"),
+    "runs.stain": ("none", "vahadane", "macenko", "reinhard"),
+}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise PipelineError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool) and (not isinstance(value, typ) or (typ is int and isinstance(value, bool))):
+        raise PipelineError(f"config key '{key}' must be {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise PipelineError(f"config section '{prefix}' must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise PipelineError(f"unknown config key '{prefix}.{key}' (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}"
+        kwargs[key] = _coerce(value, hints[key], full)
+        allowed = CHOICES.get(full.split("[")[0] if not prefix.startswith("runs") else f"runs.{key}")
+        if allowed and kwargs[key] not in allowed:
+            raise PipelineError(f"config key '{full}' must be one of {allowed}, got {kwargs[key]!r}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise PipelineError(f"config section '{prefix}': {exc}") from None
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Validate a parsed TOML document into a :class:`Config`."""
+    from pipeline.models import MODEL_SPECS  # local: models imports keras lazily, this stays light
+
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for key in raw:
+        if key not in sections:
+            raise PipelineError(f"unknown config section '{key}' (known: {', '.join(sections)})")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "runs":
+            if not isinstance(value, list):
+                raise PipelineError("config 'runs' must be an array of tables ([[runs]])")
+            kwargs["runs"] = [_build(RunSpec, v, f"runs[{i}]") for i, v in enumerate(value)]
+        else:
+            kwargs[name] = _build(typing.get_type_hints(Config)[name], value, name)
+    cfg = Config(**kwargs)
+    for i, run in enumerate(cfg.runs):
+        if run.model not in MODEL_SPECS:
+            raise PipelineError(f"config key 'runs[{i}].model': unknown model {run.model!r} (known: {', '.join(MODEL_SPECS)})")
+        if run.stain not in CHOICES["runs.stain"]:
+            raise PipelineError(f"config key 'runs[{i}].stain' must be one of {CHOICES['runs.stain']}, got {run.stain!r}")
+    from pipeline.splits import parse_ratios
+
+    parse_ratios(cfg.split.ratios)
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
+        raise PipelineError("config keys 'train.epochs' and 'train.batch_size' must be >= 1")
+    if cfg.train.image_size and cfg.train.image_size < 32:
+        raise PipelineError(f"config key 'train.image_size' must be 0 (model default) or >= 32, got {cfg.train.image_size}")
+    if not cfg.experiment.data_root:
+        raise PipelineError("config key 'experiment.data_root' is required")
+    for m in cfg.gradcam.methods:
+        if m not in ("gradcam", "gradcam++", "scorecam"):
+            raise PipelineError(f"config key 'gradcam.methods' has unknown method {m!r} (gradcam, gradcam++, scorecam)")
+    return cfg
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a preset file."""
+    path = Path(path)
+    if not path.exists():
+        presets = ", ".join(p.stem for p in (PROJECT_ROOT / "pipeline" / "configs").glob("*.toml"))
+        raise PipelineError(f"config file {path} does not exist (presets: {presets})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{path} is not valid TOML: {exc}") from None
+    return config_from_dict(raw)

@@ -1,0 +1,206 @@
+"""The study's ten EfficientNet classifiers, built flat, with the published fine-tuning recipe.
+
+Flat means the backbone's layers live directly in the classifier's graph (``input_tensor=``), not as
+one nested layer: tf-keras-vis needs ``top_activation`` reachable from the model input for Grad-CAM.
+
+Keras 3 has no ``MultiOptimizer``; :class:`TwoRateAdam` gives the final Dense layer its own learning
+rate (the study: 1e-3 head, 1e-4 backbone) by scaling the rate inside Adam's per-variable update.
+Keras is imported lazily so that light modules (config, dashboard) never pay TensorFlow's start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.store import PipelineError
+
+HEAD_LAYER = "head_dense"
+FEATURE_LAYER = "avg_pool"
+GRADCAM_LAYER = "top_activation"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # e.g. efficientnet_v2_b0
+    short: str  # e.g. v2_b0 (used in run ids)
+    family: str  # v1 | v2
+    keras_fn: str  # keras.applications attribute
+    size: int  # the study's input size
+    weights_file: str  # Keras cache file name of the ImageNet no-top weights
+    trainable_last: int = 0  # 0: every non-BN layer trainable; N: only the last N layers (V2B1/V2B2 in the study)
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec("efficientnet_b0", "v1_b0", "v1", "EfficientNetB0", 224, "efficientnetb0_notop.h5"),
+        ModelSpec("efficientnet_b1", "v1_b1", "v1", "EfficientNetB1", 240, "efficientnetb1_notop.h5"),
+        ModelSpec("efficientnet_b2", "v1_b2", "v1", "EfficientNetB2", 260, "efficientnetb2_notop.h5"),
+        ModelSpec("efficientnet_b3", "v1_b3", "v1", "EfficientNetB3", 300, "efficientnetb3_notop.h5"),
+        ModelSpec("efficientnet_b4", "v1_b4", "v1", "EfficientNetB4", 380, "efficientnetb4_notop.h5"),
+        ModelSpec("efficientnet_v2_b0", "v2_b0", "v2", "EfficientNetV2B0", 224, "efficientnetv2-b0_notop.h5"),
+        ModelSpec("efficientnet_v2_b1", "v2_b1", "v2", "EfficientNetV2B1", 240, "efficientnetv2-b1_notop.h5", 300),
+        ModelSpec("efficientnet_v2_b2", "v2_b2", "v2", "EfficientNetV2B2", 260, "efficientnetv2-b2_notop.h5", 300),
+        ModelSpec("efficientnet_v2_b3", "v2_b3", "v2", "EfficientNetV2B3", 300, "efficientnetv2-b3_notop.h5"),
+        ModelSpec("efficientnet_v2_s", "v2_s", "v2", "EfficientNetV2S", 380, "efficientnetv2-s_notop.h5"),
+    ]
+}
+MODEL_ORDER = list(MODEL_SPECS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    for spec in MODEL_SPECS.values():
+        if name in (spec.name, spec.short):
+            return spec
+    raise PipelineError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_SPECS)}")
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def imagenet_help(specs: list[ModelSpec]) -> str:
+    files = "\n".join(f"  {keras_cache_dir() / s.weights_file}" for s in specs)
+    return (
+        "ImageNet weights could not be downloaded (this machine seems offline). Either place the original Keras "
+        f"files here (Keras checks their hashes, only the originals work):\n{files}\n"
+        "(download them on a connected machine from https://storage.googleapis.com/keras-applications/ or run "
+        "keras.applications.<Model>(weights='imagenet') there and copy ~/.keras/models), or set "
+        "`weights = \"none\"` (train from scratch) or `weights = \"/path/to/file.h5\"` in the config / --weights."
+    )
+
+
+def check_weights_available(specs: list[ModelSpec], weights: str) -> None:
+    """Fail before any training if pretrained weights cannot be had (never silently substitute others)."""
+    if weights == "none":
+        return
+    if weights != "imagenet":
+        if not Path(weights).exists():
+            raise PipelineError(f"weights file {weights} does not exist (use 'imagenet', 'none' or a path)")
+        return
+    missing = [s for s in specs if not (keras_cache_dir() / s.weights_file).exists()]
+    if not missing:
+        return
+    import socket
+
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+    except OSError:
+        raise PipelineError(imagenet_help(missing)) from None
+
+
+def two_rate_adam_class():
+    """Create (once) and return the registered ``TwoRateAdam`` optimizer class."""
+    global _TWO_RATE_ADAM
+    if _TWO_RATE_ADAM is not None:
+        return _TWO_RATE_ADAM
+    import keras
+
+    @keras.saving.register_keras_serializable(package="histocompare")
+    class TwoRateAdam(keras.optimizers.Adam):
+        """Adam whose variables under ``head_prefix`` use ``learning_rate * head_multiplier``.
+
+        Keras 3 dropped MultiOptimizer; scaling inside ``update_step`` keeps one optimizer (one state
+        to checkpoint, one set of iterations) and works under tf.distribute, since the TF backend calls
+        ``update_step`` once per variable.
+        """
+
+        def __init__(self, learning_rate=1e-4, head_multiplier=10.0, head_prefix=HEAD_LAYER + "/", **kwargs):
+            super().__init__(learning_rate=learning_rate, **kwargs)
+            self.head_multiplier = float(head_multiplier)
+            self.head_prefix = head_prefix
+            self._head_indices: set[int] = set()
+
+        def build(self, var_list):
+            super().build(var_list)
+            self._head_indices = {self._get_variable_index(v) for v in var_list if v.path.startswith(self.head_prefix)}
+
+        def update_step(self, gradient, variable, learning_rate):
+            if self._get_variable_index(variable) in self._head_indices:
+                learning_rate = learning_rate * self.head_multiplier
+            return super().update_step(gradient, variable, learning_rate)
+
+        def get_config(self):
+            config = super().get_config()
+            config.update(head_multiplier=self.head_multiplier, head_prefix=self.head_prefix)
+            return config
+
+    _TWO_RATE_ADAM = TwoRateAdam
+    return TwoRateAdam
+
+
+_TWO_RATE_ADAM = None
+
+
+def build_classifier(model_name: str, image_size: int = 0, weights: str = "imagenet", dropout: float = 0.3,
+                     augment: bool = True, freeze_batchnorm: bool = True, seed: int = 0):
+    """Build the flat classifier of the study: [augmentation] -> backbone -> GAP -> Dropout -> Dense(2, softmax).
+
+    Inputs are float RGB in [0, 255]; both families carry their own rescaling/normalisation layers.
+    Pretrained weights are loaded into a standalone backbone first and copied by layer name, so the
+    augmentation layers in front of the backbone cannot disturb Keras's weight loading.
+    """
+    import keras
+
+    spec = get_spec(model_name)
+    size = image_size or spec.size
+    app = getattr(keras.applications, spec.keras_fn)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    if augment:  # preprocessing layers are identity at inference (training=False)
+        x = keras.layers.RandomFlip("horizontal_and_vertical", seed=seed, name="aug_flip")(x)
+        x = keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed + 1, name="aug_rotate")(x)
+        x = keras.layers.RandomTranslation(0.3, 0.3, fill_mode="reflect", seed=seed + 2, name="aug_translate")(x)
+    base = app(include_top=False, weights=None, input_tensor=x, pooling=None)
+    if weights != "none":
+        load_backbone_weights(base, app, spec, size, weights)
+    features = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(base.output)
+    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    outputs = keras.layers.Dense(2, activation="softmax", name=HEAD_LAYER)(features)
+    model = keras.Model(inputs, outputs, name=spec.short)
+    set_trainable(model, base, spec, freeze_batchnorm)
+    return model
+
+
+def load_backbone_weights(base, app, spec: ModelSpec, size: int, weights: str) -> None:
+    source = "imagenet" if weights == "imagenet" else str(weights)
+    try:
+        donor = app(include_top=False, weights=source, input_shape=(size, size, 3))
+    except Exception as exc:  # Keras raises a bare Exception on URL fetch failure
+        if weights == "imagenet" and ("URL fetch failure" in str(exc) or "fetch" in str(exc).lower()):
+            raise PipelineError(imagenet_help([spec])) from None
+        raise PipelineError(f"could not load weights {weights!r} for {spec.name}: {exc}") from None
+    for layer in donor.layers:
+        if layer.weights:
+            base.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def set_trainable(model, base, spec: ModelSpec, freeze_batchnorm: bool = True) -> None:
+    """The study's recipe: BN layers frozen, the rest trainable (V2B1/B2: only the last 300 backbone layers)."""
+    import keras
+
+    backbone_layers = [l for l in base.layers if not isinstance(l, keras.layers.InputLayer)]
+    cut = len(backbone_layers) - spec.trainable_last if spec.trainable_last else 0
+    for i, layer in enumerate(backbone_layers):
+        layer.trainable = i >= cut
+        if freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def compile_classifier(model, lr_backbone: float = 1e-4, lr_head: float = 1e-3, jit_compile: bool | str = False):
+    import keras
+
+    optimizer = two_rate_adam_class()(learning_rate=lr_backbone, head_multiplier=lr_head / lr_backbone)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=["accuracy"], jit_compile=jit_compile)
+    return model
+
+
+def load_classifier(path: Path | str):
+    """Load a saved classifier with ``safe_mode=True`` (our optimizer class is registered first)."""
+    import keras
+
+    two_rate_adam_class()
+    return keras.models.load_model(path, safe_mode=True)

@@ -1,0 +1,96 @@
+"""``python -m pipeline run --config preset.toml``: every stage of a preset, in order, idempotently.
+
+Each stage decides for itself whether it is up to date (config hash + input fingerprints), so this
+module only sequences them and records what ran, with timings, in ``DIR/pipeline_run.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.store import library_versions, write_json
+
+STAGES = ("data", "index", "split", "stain", "train", "ensemble", "evaluate", "gradcam")
+
+
+def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict:
+    from pipeline.models import check_weights_available, get_spec
+
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in STAGES if not only or s in only]
+    timings: dict[str, float] = {}
+    seed = cfg.experiment.seed
+
+    def stage(name: str):
+        print(f"\n=== {name} ===", flush=True)
+        return time.perf_counter()
+
+    if cfg.runs and "train" in todo:  # fail before hours of work if pretrained weights are unavailable
+        check_weights_available([get_spec(r.model) for r in cfg.runs], cfg.train.weights)
+
+    if "data" in todo and cfg.experiment.synthetic:
+        t = stage("data (SYNTHETIC demo images)")
+        from pipeline.demo_data import generate_demo_data
+
+        print(generate_demo_data(cfg.data_root, seed, cfg.experiment.demo_patients, cfg.experiment.demo_images_per_patient))
+        timings["data"] = time.perf_counter() - t
+    if "index" in todo:
+        t = stage("index")
+        from pipeline.indexer import run_index, summarize
+
+        print(summarize(*run_index(cfg.data_root, out, synthetic=cfg.experiment.synthetic)))
+        timings["index"] = time.perf_counter() - t
+    if "split" in todo:
+        t = stage("split")
+        from pipeline.experiment import load_manifest
+        from pipeline.splits import leakage_report, make_split
+        from pipeline.store import write_parquet
+
+        manifest = load_manifest(out)
+        split = make_split(manifest, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds)
+        write_parquet(split, out / "split.parquet")
+        print(leakage_report(manifest, split).to_string(index=False))
+        timings["split"] = time.perf_counter() - t
+    stains = sorted({r.stain for r in cfg.runs if r.stain != "none"})
+    if "stain" in todo and stains:
+        t = stage("stain")
+        from pipeline.stain_stage import run_stain
+
+        for method in stains:
+            run_stain(out, method, target=cfg.stain.target, fold=cfg.split.fold)
+        timings["stain"] = time.perf_counter() - t
+    if "train" in todo:
+        t = stage(f"train ({len(cfg.runs)} runs)")
+        from pipeline.train import train_run
+
+        for run in cfg.runs:
+            extra = {"stain_target": cfg.stain.target} if run.stain != "none" else {}
+            train_run(out, run.model, cfg.train, stain=run.stain, image_size=run.image_size, epochs=run.epochs,
+                      seed=seed, fold=cfg.split.fold, extra_key=extra)
+        timings["train"] = time.perf_counter() - t
+    if "ensemble" in todo and cfg.ensemble.enabled:
+        t = stage("ensemble")
+        from pipeline.ensemble_stage import run_ensembles
+
+        run_ensembles(out, cfg.ensemble, seed=seed)
+        timings["ensemble"] = time.perf_counter() - t
+    if "evaluate" in todo:
+        t = stage("evaluate")
+        from pipeline.evaluate import run_evaluate
+
+        run_evaluate(out, cfg.evaluate, seed=seed, threshold=cfg.ensemble.threshold)
+        timings["evaluate"] = time.perf_counter() - t
+    if "gradcam" in todo and cfg.gradcam.enabled:
+        t = stage("gradcam")
+        from pipeline.gradcam import run_gradcam
+
+        run_gradcam(out, cfg.gradcam)
+        timings["gradcam"] = time.perf_counter() - t
+    record = {"config": cfg.to_dict(), "stages": todo, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "versions": library_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(record, Path(out) / "pipeline_run.json")
+    print(f"\npipeline finished: {record['timings_s']}")
+    return record

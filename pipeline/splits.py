@@ -1,0 +1,145 @@
+"""Stage 2, ``split``: the study's image-level split and a leak-free patient-level split.
+
+``paper`` reproduces the published protocol: per (class x magnification) stratum, shuffle, take
+``floor(n * p)`` images for validation and for test, the rest for training. Images of one patient
+land on both sides, which is why its accuracy is optimistic; the leakage report makes that visible.
+
+``patient`` keeps every patient (``patient_id`` folder, or the stricter numeric ``patient_num``) on
+exactly one side, stratified by class and, as far as the counts allow, by subtype. ``folds > 1``
+draws independent repeats (the original BreakHis protocol repeats a patient split five times).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from pipeline.store import PipelineError
+
+SPLITS = ("train", "val", "test")
+
+
+def parse_ratios(text: str | list[float] | tuple[float, ...]) -> tuple[float, float, float]:
+    """Parse ``0.7,0.15,0.15`` (or a list) into validated (train, val, test) ratios."""
+    values = [float(x) for x in (text.split(",") if isinstance(text, str) else text)]
+    if len(values) != 3 or any(v <= 0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise PipelineError(f"ratios must be three positive numbers summing to 1 (train,val,test), got {text!r}")
+    return values[0], values[1], values[2]
+
+
+def paper_split(manifest: pd.DataFrame, ratios=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFrame:
+    """Image-level split stratified by class x magnification, floor per stratum (the study's rule)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _, stratum in manifest.sort_values("image_id").groupby(["label", "magnification"], sort=True):
+        ids = stratum["image_id"].to_numpy()[rng.permutation(len(stratum))]
+        n_val, n_test = math.floor(len(ids) * ratios[1]), math.floor(len(ids) * ratios[2])
+        labels = ["val"] * n_val + ["test"] * n_test + ["train"] * (len(ids) - n_val - n_test)
+        parts.append(pd.DataFrame({"image_id": ids, "split": labels}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _assign_groups(groups: pd.DataFrame, ratios, rng: np.random.Generator, class_name: str) -> dict:
+    """Greedy assignment of patient groups to splits, filling the split with the largest image deficit.
+
+    Groups are visited roughly largest first (sizes randomly jittered, so repeats differ) so that big
+    patients cannot push a split far past its target at the end; subtype deficits break near-ties so
+    subtypes spread out.
+    """
+    if len(groups) < 3:
+        raise PipelineError(
+            f"cannot make a patient split: class '{class_name}' has {len(groups)} patient group(s) "
+            f"with {int(groups['images'].sum())} images; train, val and test each need at least one patient per class"
+        )
+    jitter = rng.uniform(0.25, 1.75, len(groups))  # mostly large-first, but repeats (folds) really differ
+    groups = groups.assign(_order=groups["images"].to_numpy() * jitter).sort_values("_order", ascending=False)
+    total = groups["images"].sum()
+    subtype_totals = groups.groupby("subtype")["images"].sum()
+    filled = {s: 0.0 for s in SPLITS}
+    sub_filled = {(s, st): 0.0 for s in SPLITS for st in subtype_totals.index}
+    assignment: dict = {}
+    for _, g in groups.iterrows():
+        def score(split: str) -> float:
+            target = ratios[SPLITS.index(split)]
+            class_deficit = target - filled[split] / total
+            sub_deficit = target - sub_filled[(split, g["subtype"])] / subtype_totals[g["subtype"]]
+            return class_deficit + 0.25 * sub_deficit
+        best = max(SPLITS, key=score)
+        assignment[g["group"]] = best
+        filled[best] += g["images"]
+        sub_filled[(best, g["subtype"])] += g["images"]
+    for split in ("val", "test"):  # every side needs each class; move the smallest train group if not
+        if split not in assignment.values():
+            train_groups = [k for k, v in assignment.items() if v == "train"]
+            smallest = min(train_groups, key=lambda k: int(groups.loc[groups["group"] == k, "images"].iloc[0]))
+            assignment[smallest] = split
+    if "train" not in assignment.values():
+        raise PipelineError(f"cannot make a patient split: class '{class_name}' would have no training patient")
+    return assignment
+
+
+def patient_split(manifest: pd.DataFrame, ratios=(0.7, 0.15, 0.15), seed: int = 0,
+                  group_by: str = "patient_num") -> pd.DataFrame:
+    """Leak-free split: every patient group on exactly one side, stratified by class (and subtype)."""
+    if group_by not in ("patient_id", "patient_num"):
+        raise PipelineError(f"--group-by must be patient_id or patient_num, got {group_by!r}")
+    rng = np.random.default_rng(seed)
+    grouped = (manifest.groupby(group_by)
+               .agg(images=("image_id", "size"), label=("label", "max"), subtype=("subtype", "first"))
+               .reset_index().rename(columns={group_by: "group"}).sort_values("group"))
+    mixed = manifest.groupby(group_by)["label"].nunique()
+    if (mixed > 1).any():
+        raise PipelineError(f"patient group(s) {list(mixed[mixed > 1].index)} hold both classes; cannot stratify by class")
+    assignment: dict = {}
+    for label, class_groups in grouped.groupby("label", sort=True):
+        assignment.update(_assign_groups(class_groups, ratios, rng, "benign" if label == 0 else "malignant"))
+    return pd.DataFrame({"image_id": manifest["image_id"].to_numpy(),
+                         "split": manifest[group_by].map(assignment).to_numpy()})
+
+
+def make_split(manifest: pd.DataFrame, mode: str, ratios=(0.7, 0.15, 0.15), seed: int = 0,
+               group_by: str = "patient_num", folds: int = 1) -> pd.DataFrame:
+    """Split rows ``image_id, split, fold`` for ``folds`` independent repeats (fold k uses seed + k)."""
+    if mode not in ("paper", "patient"):
+        raise PipelineError(f"--mode must be 'paper' or 'patient', got {mode!r}")
+    if folds < 1:
+        raise PipelineError(f"--folds must be >= 1, got {folds}")
+    for label, name in ((0, "benign"), (1, "malignant")):
+        if not (manifest["label"] == label).any():
+            raise PipelineError(f"cannot split: class '{name}' has no images")
+    frames = []
+    for fold in range(folds):
+        if mode == "paper":
+            frame = paper_split(manifest, ratios, seed + fold)
+        else:
+            frame = patient_split(manifest, ratios, seed + fold, group_by)
+        frame["fold"] = fold
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    out["fold"] = out["fold"].astype("int16")
+    return out
+
+
+def leakage_report(manifest: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """Per fold: images per split and patients shared across splits (by folder id and numeric id)."""
+    rows = []
+    for fold, part in split.groupby("fold"):
+        merged = part.merge(manifest[["image_id", "patient_id", "patient_num", "label"]], on="image_id")
+        row = {"fold": int(fold)}
+        for s in SPLITS:
+            row[f"{s}_images"] = int((merged["split"] == s).sum())
+        for key in ("patient_id", "patient_num"):
+            sides = merged.groupby(key)["split"].nunique()
+            row[f"shared_{key}"] = int((sides > 1).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def split_for_fold(split: pd.DataFrame, fold: int = 0) -> pd.DataFrame:
+    """The ``image_id, split`` rows of one fold, with a clear error for a fold that does not exist."""
+    part = split[split["fold"] == fold]
+    if part.empty:
+        raise PipelineError(f"fold {fold} not in split.parquet (folds: {sorted(split['fold'].unique().tolist())})")
+    return part[["image_id", "split"]].reset_index(drop=True)

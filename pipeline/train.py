@@ -1,0 +1,228 @@
+"""Stage ``train``: fit one backbone on one experiment, keep the best-val-accuracy checkpoint, predict.
+
+Resumable by construction: after every epoch the stage atomically writes ``last.keras`` (weights and
+Adam state), ``history.parquet`` and ``state.json``; a re-run with the same resolved config continues
+at the next epoch, and a completed run with the same config hash is skipped. (Resumed runs continue
+from the same weights and optimizer state, but the shuffling/augmentation RNG restarts from the seed,
+so they are not bit-identical to an uninterrupted run.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import TrainConfig
+from pipeline.data import load_images, make_dataset
+from pipeline.experiment import data_fingerprint, load_split_frame
+from pipeline.indexer import data_root_of
+from pipeline.models import FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, get_spec, load_classifier
+from pipeline.predictions import load_predictions, make_rows, replace_rows
+from pipeline.store import PipelineError, atomic_path, library_versions, read_json, stable_hash, write_json, write_parquet
+
+
+def run_id_for(model: str, stain: str = "none") -> str:
+    short = get_spec(model).short
+    return short if stain == "none" else f"{short}-{stain}"
+
+
+def check_classes(frame: pd.DataFrame) -> None:
+    """Every split needs both classes; a run on an empty class would silently learn nothing."""
+    for split in ("train", "val", "test"):
+        part = frame[frame["split"] == split]
+        for label, name in ((0, "benign"), (1, "malignant")):
+            if not (part["label"] == label).any():
+                raise PipelineError(f"the {split} split has no {name} images ({len(part)} images in {split}); re-split with more patients")
+
+
+def _strategy(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":  # reads TF_CONFIG; see README "Several GPUs or machines"
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """P(malignant) and pooled backbone features in one pass (features feed the stacking ensemble)."""
+    import keras
+
+    both = keras.Model(model.input, [model.output, model.get_layer(FEATURE_LAYER).output])
+    probs, feats = both.predict(make_dataset(images, None, batch_size), verbose=0)
+    return probs[:, 1].astype(np.float32), feats.astype(np.float16)
+
+
+def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, total_epochs: int):
+    import keras
+    from tqdm.auto import tqdm
+    import os, sys
+
+    quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1"
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """Atomic per-epoch checkpointing: best model, last model + optimizer, history, resume state."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+            self.bar = tqdm(total=n_train, desc=f"{run_dir.name} epoch {epoch + 1}/{total_epochs}", unit="img",
+                            dynamic_ncols=True, disable=quiet, file=sys.stderr)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.bar.update(min(batch_size, n_train - self.bar.n))
+            if logs:
+                self.bar.set_postfix(loss=f"{logs.get('loss', 0):.3f}", acc=f"{logs.get('accuracy', 0):.3f}", refresh=False)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self.bar.close()
+            seconds = time.perf_counter() - self.t0
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            row = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
+                   "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
+                   "lr_backbone": lr, "lr_head": lr * self.model.optimizer.head_multiplier,
+                   "seconds": seconds, "images_per_s": n_train / seconds, "phase": state.get("phase", "finetune")}
+            state["history"].append(row)
+            if state["best_val_accuracy"] is None or row["val_accuracy"] > state["best_val_accuracy"]:
+                state["best_val_accuracy"], state["best_epoch"] = row["val_accuracy"], epoch + 1
+                with atomic_path(run_dir / "model.keras", ".keras") as tmp:
+                    self.model.save(tmp)
+            with atomic_path(run_dir / "last.keras", ".keras") as tmp:
+                self.model.save(tmp)
+            state["epochs_done"] = epoch + 1
+            write_parquet(pd.DataFrame(state["history"]), run_dir / "history.parquet")
+            write_json(state, run_dir / "state.json")
+            print(f"  epoch {epoch + 1}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
+                  f"val_acc {row['val_accuracy']:.3f} | {seconds:.1f}s {row['images_per_s']:.1f} img/s", flush=True)
+
+    return [EpochCheckpoint()]
+
+
+def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0,
+              epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, extra_key: dict | None = None) -> dict:
+    """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json."""
+    import keras
+
+    exp_dir = Path(exp_dir)
+    spec = get_spec(model)
+    frame = load_split_frame(exp_dir, fold)
+    check_classes(frame)
+    run_id = run_id_for(spec.name, stain)
+    run_dir = exp_dir / "runs" / run_id
+    size = image_size or cfg.image_size or spec.size
+    total_epochs = epochs or cfg.epochs
+    resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
+                "fold": fold, "train": dataclasses.asdict(cfg), "extra": extra_key or {}}
+    fingerprint = data_fingerprint(frame)
+    config_hash = stable_hash({"resolved": resolved, "data": fingerprint})
+
+    info_path = run_dir / "run.json"
+    if not force and info_path.exists():
+        info = read_json(info_path)
+        has_rows = (load_predictions(exp_dir)["run_id"] == run_id).any()
+        if info.get("status") == "complete" and info.get("config_hash") == config_hash and has_rows:
+            print(f"{run_id}: up to date (config {config_hash}), skipped")
+            return info
+
+    state_path = run_dir / "state.json"
+    state = read_json(state_path) if state_path.exists() else None
+    if force or state is None or state.get("config_hash") != config_hash or not (run_dir / "last.keras").exists():
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        state = {"config_hash": config_hash, "epochs_done": 0, "best_val_accuracy": None, "best_epoch": None, "history": []}
+
+    check_weights_available([spec], cfg.weights)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    images = load_images(exp_dir, data_root_of(exp_dir), frame, size, cfg.resize, stain)
+    timings["load_images_s"] = time.perf_counter() - t0
+    train_idx = np.flatnonzero(frame["split"].to_numpy() == "train")
+    val_idx = np.flatnonzero(frame["split"].to_numpy() == "val")
+    labels = frame["label"].to_numpy()
+    x_train, y_train = np.asarray(images[train_idx]), labels[train_idx]
+    ds_train = make_dataset(x_train, y_train, cfg.batch_size, shuffle=True, seed=seed)
+    ds_val = make_dataset(np.asarray(images[val_idx]), labels[val_idx], cfg.predict_batch_size)
+
+    keras.utils.set_random_seed(seed)
+    if cfg.mixed_precision:
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            print("mixed_precision requested but no GPU found: training in float32")
+    class_weight = None
+    if cfg.class_weights:
+        counts = np.bincount(y_train, minlength=2)
+        class_weight = {c: len(y_train) / (2.0 * counts[c]) for c in (0, 1)}
+
+    t0 = time.perf_counter()
+    with _strategy(cfg.strategy).scope():
+        if state["epochs_done"] > 0:
+            print(f"{run_id}: resuming after epoch {state['epochs_done']} of {total_epochs}")
+            net = load_classifier(run_dir / "last.keras")
+        else:
+            net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed)
+            if cfg.warmup_epochs:
+                _warmup(net, ds_train, ds_val, cfg, run_dir, state, len(x_train), spec)
+            compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
+        callbacks = _epoch_callbacks(run_dir, state, len(x_train), cfg.batch_size, total_epochs)
+        if cfg.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
+        if state["epochs_done"] < total_epochs:
+            state["phase"] = "finetune"
+            net.fit(ds_train, validation_data=ds_val, epochs=total_epochs, initial_epoch=state["epochs_done"],
+                    verbose=0, callbacks=callbacks, class_weight=class_weight, shuffle=False)
+    timings["train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    best = load_classifier(run_dir / "model.keras")
+    eval_mask = frame["split"].isin(["val", "test"]).to_numpy()
+    eval_frame = frame[eval_mask].reset_index(drop=True)
+    probs, feats = predict_with_features(best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size)
+    timings["predict_s"] = time.perf_counter() - t0
+    with atomic_path(run_dir / "features.npz", ".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, image_id=eval_frame["image_id"].to_numpy().astype(str), features=feats)
+    rows = make_rows(run_id, "single", spec.name, spec.family, stain, eval_frame, probs)
+    replace_rows(exp_dir, rows, [run_id])
+
+    accuracy = rows.assign(ok=rows["pred"] == rows["label"]).groupby("split")["ok"].mean().to_dict()
+    history = pd.DataFrame(state["history"])
+    train_rates = history.loc[history["phase"] == "finetune", "images_per_s"] if len(history) else pd.Series(dtype=float)
+    info = {
+        "run_id": run_id, "status": "complete", "config_hash": config_hash, "resolved_config": resolved,
+        "data_fingerprint": fingerprint, "versions": library_versions(), "best_epoch": state["best_epoch"],
+        "best_val_accuracy": state["best_val_accuracy"], "epochs_done": state["epochs_done"],
+        "val_accuracy": accuracy.get("val"), "test_accuracy": accuracy.get("test"),
+        "train_images": int(len(x_train)), "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "train_images_per_s": round(float(train_rates.iloc[1:].mean() if len(train_rates) > 1 else train_rates.mean()), 2)
+        if len(train_rates) else None,
+        "predict_images_per_s": round(len(eval_frame) / max(timings["predict_s"], 1e-9), 2),
+        "model_file": "model.keras", "family": spec.family, "model": spec.name, "stain": stain, "image_size": size,
+    }
+    write_json(info, info_path)
+    (run_dir / "last.keras").unlink(missing_ok=True)  # the resume point is no longer needed; model.keras stays
+    print(f"{run_id}: val acc {info['val_accuracy']:.3f}, test acc {info['test_accuracy']:.3f}, best epoch {info['best_epoch']}, "
+          f"train {timings['train_s']:.0f}s ({info['train_images_per_s']} img/s)", flush=True)
+    return info
+
+
+def _warmup(net, ds_train, ds_val, cfg: TrainConfig, run_dir: Path, state: dict, n_train: int, spec) -> None:
+    """Optional head-only epochs before fine-tuning (off in the study's recipe)."""
+    import keras
+
+    trainable = {l.name: l.trainable for l in net.layers}
+    for layer in net.layers:
+        layer.trainable = layer.name.startswith("head_")
+    net.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    net.fit(ds_train, validation_data=ds_val, epochs=cfg.warmup_epochs, verbose=0)
+    for layer in net.layers:
+        layer.trainable = trainable[layer.name]

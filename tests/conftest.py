@@ -1,0 +1,51 @@
+"""Shared fixtures. Heavy artifacts (demo data, a trained tiny experiment) are built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HISTOCOMPARE_QUIET", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_ROOT = Path(os.environ.get("BREAKHIS_SAMPLE", PROJECT_ROOT.parent / "shared" / "breakhis-sample"))
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    if not (SAMPLE_ROOT / "BreaKHis_v1").is_dir():
+        pytest.skip(f"real BreakHis sample not found at {SAMPLE_ROOT} (set BREAKHIS_SAMPLE to its folder)")
+    return SAMPLE_ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small SYNTHETIC dataset (12 patients x 4 images) shared by the tests."""
+    from pipeline.demo_data import generate_demo_data
+
+    root = tmp_path_factory.mktemp("demo_data")
+    generate_demo_data(root, seed=3, patients=12, images_per_patient=4)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_experiment(tmp_path_factory, demo_root) -> Path:
+    """Indexed + patient-split experiment folder over the demo data (no training)."""
+    from pipeline.experiment import load_manifest
+    from pipeline.indexer import run_index
+    from pipeline.splits import make_split
+    from pipeline.store import write_parquet
+
+    exp = tmp_path_factory.mktemp("exp_demo")
+    run_index(demo_root, exp)
+    write_parquet(make_split(load_manifest(exp), "patient", seed=0), exp / "split.parquet")
+    return exp
+
+
+def copy_experiment(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
