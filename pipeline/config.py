@@ -54,6 +54,7 @@ class TrainConfig:
     lr_head: float = 1e-3
     dropout: float = 0.3
     freeze_batchnorm: bool = True
+    bn_momentum: float = 0.0  # 0: Keras default (0.99 V1, 0.9 V2); from scratch, 0.9 lets moving stats catch up
     augment: bool = True
     resize: str = "square"  # square (the study) | pad (keep aspect ratio)
     warmup_epochs: int = 0  # head-only epochs before unfreezing (off in the study)

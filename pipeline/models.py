@@ -135,7 +135,7 @@ _TWO_RATE_ADAM = None
 
 
 def build_classifier(model_name: str, image_size: int = 0, weights: str = "imagenet", dropout: float = 0.3,
-                     augment: bool = True, freeze_batchnorm: bool = True, seed: int = 0):
+                     augment: bool = True, freeze_batchnorm: bool = True, seed: int = 0, bn_momentum: float = 0.0):
     """Build the flat classifier of the study: [augmentation] -> backbone -> GAP -> Dropout -> Dense(2, softmax).
 
     Inputs are float RGB in [0, 255]; both families carry their own rescaling/normalisation layers.
@@ -161,6 +161,10 @@ def build_classifier(model_name: str, image_size: int = 0, weights: str = "image
     outputs = keras.layers.Dense(2, activation="softmax", name=HEAD_LAYER)(features)
     model = keras.Model(inputs, outputs, name=spec.short)
     set_trainable(model, base, spec, freeze_batchnorm)
+    if bn_momentum:  # from scratch, the default 0.99 leaves inference statistics far from the data for many steps
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
     return model
 
 

@@ -105,7 +105,8 @@ def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, 
 
 
 def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0,
-              epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, extra_key: dict | None = None) -> dict:
+              epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, extra_key: dict | None = None,
+              callbacks: list | None = None) -> dict:
     """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json."""
     import keras
 
@@ -119,6 +120,13 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     total_epochs = epochs or cfg.epochs
     resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
                 "fold": fold, "train": dataclasses.asdict(cfg), "extra": extra_key or {}}
+    if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
+        from pipeline.stain_stage import stain_dir
+
+        target_file = stain_dir(exp_dir, stain) / "target.json"
+        if not target_file.exists():
+            raise PipelineError(f"run `python -m pipeline stain {exp_dir} --method {stain}` before training a {stain} run")
+        resolved["stain_key"] = read_json(target_file)["key"]
     fingerprint = data_fingerprint(frame)
     config_hash = stable_hash({"resolved": resolved, "data": fingerprint})
 
@@ -169,17 +177,18 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             print(f"{run_id}: resuming after epoch {state['epochs_done']} of {total_epochs}")
             net = load_classifier(run_dir / "last.keras")
         else:
-            net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed)
+            net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
+                                   cfg.bn_momentum)
             if cfg.warmup_epochs:
                 _warmup(net, ds_train, ds_val, cfg, run_dir, state, len(x_train), spec)
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
-        callbacks = _epoch_callbacks(run_dir, state, len(x_train), cfg.batch_size, total_epochs)
+        all_callbacks = _epoch_callbacks(run_dir, state, len(x_train), cfg.batch_size, total_epochs) + list(callbacks or [])
         if cfg.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
+            all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
         if state["epochs_done"] < total_epochs:
             state["phase"] = "finetune"
             net.fit(ds_train, validation_data=ds_val, epochs=total_epochs, initial_epoch=state["epochs_done"],
-                    verbose=0, callbacks=callbacks, class_weight=class_weight, shuffle=False)
+                    verbose=0, callbacks=all_callbacks, class_weight=class_weight, shuffle=False)
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

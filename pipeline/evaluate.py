@@ -1,0 +1,67 @@
+"""Stage ``evaluate``: ``metrics.parquet`` for every run and ensemble, per split, with breakdowns.
+
+Rows: one per (run_id, split, group_type, group). ``group_type`` is ``all`` (with patient-bootstrap 95%
+CIs in ``<metric>_lo``/``<metric>_hi`` and the patient recognition rate), ``magnification`` or ``subtype``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import EvaluateConfig
+from pipeline.experiment import load_manifest
+from pipeline.metrics import CI_METRICS, binary_metrics, bootstrap_ci, patient_recognition_rate
+from pipeline.predictions import load_predictions
+from pipeline.store import PipelineError, write_json, write_parquet
+
+REFERENCE_CSV = Path(__file__).parent / "reference" / "paper_results.csv"
+
+
+def evaluate_predictions(preds: pd.DataFrame, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0,
+                         threshold: float = 0.5) -> pd.DataFrame:
+    rows = []
+    for (run_id, split), part in preds.groupby(["run_id", "split"], sort=True):
+        y, prob, pred = part["label"].to_numpy(), part["prob_malignant"].to_numpy(), part["pred"].to_numpy()
+        head = {"run_id": run_id, "split": split, "kind": part["kind"].iloc[0], "model": part["model"].iloc[0],
+                "family": part["family"].iloc[0], "stain": part["stain"].iloc[0]}
+        overall = {**head, "group_type": "all", "group": "all", **binary_metrics(y, prob, pred, threshold, cfg.ece_bins)}
+        overall["patient_recognition_rate"] = patient_recognition_rate(part["patient_id"], pred == y)
+        overall["patients"] = int(part["patient_id"].nunique())
+        ci = bootstrap_ci(y, prob, pred, part["patient_num"].to_numpy(), cfg.bootstrap, seed, cfg.ci)
+        for metric in CI_METRICS:
+            overall[f"{metric}_lo"], overall[f"{metric}_hi"] = ci[metric]
+        rows.append(overall)
+        for group_type in ("magnification", "subtype"):
+            for group, sub in part.groupby(group_type, sort=True):
+                m = binary_metrics(sub["label"].to_numpy(), sub["prob_malignant"].to_numpy(), sub["pred"].to_numpy(),
+                                   threshold, cfg.ece_bins)
+                rows.append({**head, "group_type": group_type, "group": str(group), **m})
+    return pd.DataFrame(rows)
+
+
+def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0, threshold: float = 0.5) -> pd.DataFrame:
+    exp_dir = Path(exp_dir)
+    start = time.perf_counter()
+    preds = load_predictions(exp_dir)
+    if preds.empty:
+        raise PipelineError(f"no predictions in {exp_dir}; run `python -m pipeline train {exp_dir} --model ...` first")
+    if "patient_id" not in preds:
+        preds = preds.merge(load_manifest(exp_dir)[["image_id", "patient_id", "patient_num", "magnification", "subtype"]],
+                            on="image_id", how="left")
+    metrics = evaluate_predictions(preds, cfg, seed, threshold)
+    write_parquet(metrics, exp_dir / "metrics.parquet")
+    write_json({"bootstrap": cfg.bootstrap, "ci": cfg.ci, "seed": seed, "threshold": threshold,
+                "seconds": round(time.perf_counter() - start, 2)}, exp_dir / "metrics.json")
+    table = metrics[(metrics["group_type"] == "all") & (metrics["split"] == "test")]
+    cols = ["run_id", "accuracy", "accuracy_lo", "accuracy_hi", "f1", "roc_auc", "patient_recognition_rate"]
+    print(table[cols].round(3).to_string(index=False))
+    return metrics
+
+
+def load_reference() -> pd.DataFrame:
+    """The study's reported test numbers (data, with its source in the CSV header)."""
+    return pd.read_csv(REFERENCE_CSV, comment="#")

@@ -1,0 +1,158 @@
+"""Stage ``gradcam``: tf-keras-vis Grad-CAM / Grad-CAM++ / Faster-ScoreCAM maps, cached for the dashboard.
+
+Maps target each model's predicted class (or the true class), on ``top_activation``, with the softmax
+replaced by a linear output (``ReplaceToLinear``), computed in batches. Upsampling is tf-keras-vis's own
+(scipy zoom, order 1) to the model input size, for every method, so maps are comparable.
+
+Beyond the study, each map gets:
+* ``deletion_auc``: delete (grey out) the most salient pixels first in ``deletion_steps`` steps and
+  average the model's probability for the target class; lower = the map points at what the model uses.
+* ``mean_iou``: mean IoU of its top-20% region with the other members' maps of the same image.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import GradcamConfig
+from pipeline.data import load_images
+from pipeline.experiment import load_split_frame
+from pipeline.heatmaps import gradcam_dir, load_maps, region_iou
+from pipeline.indexer import data_root_of
+from pipeline.models import GRADCAM_LAYER, load_classifier
+from pipeline.predictions import load_predictions
+from pipeline.progress import progress
+from pipeline.store import PipelineError, atomic_path, read_json, stable_hash, write_json, write_parquet
+
+
+def make_explainer(model, method: str):
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+    cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}[method]
+    return cls(model, model_modifier=ReplaceToLinear(), clone=True)
+
+
+def compute_maps(model, images: np.ndarray, classes: np.ndarray, method: str = "gradcam", batch_size: int = 16) -> np.ndarray:
+    """(N, H, W) float maps in [0, 1] for ``images`` (float-convertible, 0-255) and target ``classes``."""
+    import warnings
+
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    explainer = make_explainer(model, method)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = np.asarray(images[start : start + batch_size], dtype=np.float32)
+        kwargs = {"penultimate_layer": GRADCAM_LAYER}
+        if method == "scorecam":
+            kwargs["max_N"] = 10  # Faster-ScoreCAM
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cam = explainer(CategoricalScore([int(c) for c in classes[start : start + batch_size]]), x, **kwargs)
+        out.append(np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0))
+    maps = np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)
+    return np.clip(maps, 0.0, 1.0)
+
+
+def deletion_auc(model, images: np.ndarray, maps: np.ndarray, classes: np.ndarray, steps: int = 10,
+                 batch_size: int = 64) -> np.ndarray:
+    """Mean target-class probability as the most salient pixels are greyed out (0%..90% deleted)."""
+    n, h, w = maps.shape
+    order = np.argsort(-maps.reshape(n, -1), axis=1)
+    fractions = np.arange(steps) / steps
+    probs = np.zeros((n, steps))
+    grey = np.float32(127.5)
+    for s, frac in enumerate(fractions):
+        x = np.asarray(images, dtype=np.float32).copy()
+        k = int(round(frac * h * w))
+        if k:
+            rows = np.repeat(np.arange(n), k)
+            flat = order[:, :k].ravel()
+            x.reshape(n, h * w, 3)[rows, flat] = grey
+        p = model.predict(x, batch_size=batch_size, verbose=0)
+        probs[:, s] = p[np.arange(n), classes]
+    return probs.mean(axis=1)
+
+
+def single_runs(exp_dir: Path) -> list[str]:
+    preds = load_predictions(exp_dir)
+    return sorted(preds.loc[preds["kind"] == "single", "run_id"].unique().tolist())
+
+
+def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs: list[str] | None = None, fold: int = 0) -> pd.DataFrame:
+    exp_dir = Path(exp_dir)
+    runs = runs or single_runs(exp_dir)
+    if not runs:
+        raise PipelineError(f"no trained runs in {exp_dir}; run `train` first")
+    frame = load_split_frame(exp_dir, fold)
+    part = frame[frame["split"] == cfg.split].sort_values("image_id")
+    if cfg.max_images and len(part) > cfg.max_images:
+        part = part.sample(cfg.max_images, random_state=0).sort_values("image_id")
+    preds = load_predictions(exp_dir)
+    data_root = data_root_of(exp_dir)
+    all_scores = []
+    for method in cfg.methods:
+        out_dir = gradcam_dir(exp_dir, method)
+        for run_id in runs:
+            run_dir = exp_dir / "runs" / run_id
+            info = read_json(run_dir / "run.json")
+            key = stable_hash({"model": info["config_hash"], "ids": part["image_id"].tolist(), "target": cfg.target,
+                               "steps": cfg.deletion_steps})
+            target = out_dir / f"{run_id.replace(':', '_')}.npz"
+            meta_path = target.with_suffix(".json")
+            if target.exists() and meta_path.exists() and read_json(meta_path).get("key") == key:
+                all_scores.append(pd.read_parquet(target.with_suffix(".parquet")))
+                print(f"gradcam {method} {run_id}: up to date")
+                continue
+            model = load_classifier(run_dir / "model.keras")
+            images = np.asarray(load_images(exp_dir, data_root, part, info["image_size"], info["resolved_config"]["train"]["resize"],
+                                            info["stain"]))
+            run_preds = preds[(preds["run_id"] == run_id)].set_index("image_id").loc[part["image_id"]]
+            classes = (part["label"].to_numpy() if cfg.target == "true" else run_preds["pred"].to_numpy()).astype(int)
+            start = time.perf_counter()
+            maps = compute_maps(model, images, classes, method, cfg.batch_size)
+            seconds = time.perf_counter() - start
+            deletion = deletion_auc(model, images, maps, classes, cfg.deletion_steps)
+            prob_m = run_preds["prob_malignant"].to_numpy()
+            scores = pd.DataFrame({"method": method, "run_id": run_id, "image_id": part["image_id"].to_numpy(),
+                                   "target_class": classes, "prob_target": np.where(classes == 1, prob_m, 1 - prob_m),
+                                   "deletion_auc": deletion})
+            with atomic_path(target, ".npz") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, image_id=part["image_id"].to_numpy().astype(str), maps=(maps * 255).round().astype(np.uint8))
+            write_parquet(scores, target.with_suffix(".parquet"))
+            write_json({"key": key, "images": len(part), "seconds": round(seconds, 2),
+                        "maps_per_s": round(len(part) / max(seconds, 1e-9), 2)}, meta_path)
+            print(f"gradcam {method} {run_id}: {len(part)} maps, {len(part) / max(seconds, 1e-9):.1f} maps/s")
+            all_scores.append(scores)
+    scores = pd.concat(all_scores, ignore_index=True)
+    scores = add_agreement(exp_dir, scores)
+    for method, sub in scores.groupby("method"):
+        write_parquet(sub, gradcam_dir(exp_dir, method) / "scores.parquet")
+    return scores
+
+
+def add_agreement(exp_dir: Path, scores: pd.DataFrame, fraction: float = 0.2) -> pd.DataFrame:
+    """Per map: mean top-20% IoU with the other members' maps of the same image (stain-normalized runs excluded)."""
+    out = []
+    for method, sub in scores.groupby("method"):
+        runs = sorted(r for r in sub["run_id"].unique() if "-" not in r)
+        maps = {r: load_maps(exp_dir, method, r) for r in runs}
+        ious: dict[tuple[str, str], list[float]] = {}
+        for image_id in sub["image_id"].unique():
+            have = [r for r in runs if image_id in maps[r]]
+            for a, b in combinations(have, 2):
+                iou = region_iou(maps[a][image_id], maps[b][image_id], fraction)
+                ious.setdefault((a, image_id), []).append(iou)
+                ious.setdefault((b, image_id), []).append(iou)
+        sub = sub.copy()
+        sub["mean_iou"] = [float(np.mean(ious[(r, i)])) if (r, i) in ious else np.nan for r, i in zip(sub["run_id"], sub["image_id"])]
+        out.append(sub)
+    return pd.concat(out, ignore_index=True)

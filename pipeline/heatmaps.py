@@ -1,0 +1,93 @@
+"""Cached Grad-CAM maps: reading, overlaying, agreement and the study's multi-model panel, without TensorFlow.
+
+Maps are stored per (method, run) as ``DIR/gradcam/<method>/<run_id>.npz`` with ``image_id`` and ``maps``
+(uint8, 0-255 = 0-1, at the model's input size), so the dashboard can overlay them with numpy alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+METHOD_DIRS = {"gradcam": "gradcam", "gradcam++": "gradcampp", "scorecam": "scorecam"}
+# A compact 'jet'-like colormap (blue -> cyan -> yellow -> red), enough for qualitative overlays.
+_ANCHORS = np.array([0.0, 0.35, 0.65, 1.0])
+_COLOURS = np.array([[0, 0, 160], [0, 220, 255], [255, 230, 0], [220, 0, 0]], dtype=np.float64)
+
+
+def gradcam_dir(exp_dir: Path | str, method: str) -> Path:
+    return Path(exp_dir) / "gradcam" / METHOD_DIRS[method]
+
+
+def load_maps(exp_dir: Path | str, method: str, run_id: str) -> dict[str, np.ndarray]:
+    """{image_id: float map in [0, 1]} for one run; empty when not computed."""
+    path = gradcam_dir(exp_dir, method) / f"{run_id.replace(':', '_')}.npz"
+    if not path.exists():
+        return {}
+    data = np.load(path, allow_pickle=False)
+    return {i: m.astype(np.float32) / 255.0 for i, m in zip(data["image_id"].tolist(), data["maps"])}
+
+
+def load_scores(exp_dir: Path | str, method: str) -> pd.DataFrame:
+    path = gradcam_dir(exp_dir, method) / "scores.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    heat = np.clip(np.asarray(heat, dtype=np.float64), 0, 1)
+    return np.stack([np.interp(heat, _ANCHORS, _COLOURS[:, c]) for c in range(3)], axis=-1).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a [0, 1] heatmap (any size; resized bilinearly) over an RGB uint8 image."""
+    h, w = image.shape[:2]
+    if heat.shape != (h, w):
+        heat = np.asarray(Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)) / 255.0
+    return (image.astype(np.float64) * (1 - alpha) + colorize(heat) * alpha).round().astype(np.uint8)
+
+
+def top_region(heat: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    """Boolean mask of the most salient ``fraction`` of pixels."""
+    flat = heat.ravel()
+    k = max(1, int(round(fraction * flat.size)))
+    cut = np.partition(flat, flat.size - k)[flat.size - k]
+    return heat >= cut
+
+
+def region_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.2, size: int = 64) -> float:
+    """IoU of the top-``fraction`` regions of two maps, compared on a common ``size`` grid."""
+    def grid(m):
+        return np.asarray(Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)) / 255.0
+    ra, rb = top_region(grid(a), fraction), top_region(grid(b), fraction)
+    union = (ra | rb).sum()
+    return float((ra & rb).sum() / union) if union else 1.0
+
+
+def panel(image: np.ndarray, maps: dict[str, np.ndarray], probs: dict[str, tuple[float, float]], label: int,
+          tile: int = 220, alpha: float = 0.45) -> Image.Image:
+    """The study's 2 x 5 mosaic: V1 row B0-B4, V2 row B0-S; each tile labelled with P(true) / P(pred)."""
+    rows = [["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4"], ["v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s"]]
+    small = np.asarray(Image.fromarray(image).resize((tile, int(tile * image.shape[0] / image.shape[1]))))
+    th = small.shape[0] + 34
+    canvas = Image.new("RGB", (tile * 5, th * 2 + 24), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, names in enumerate(rows):
+        family_probs = [probs[n][0] for n in names if n in probs]
+        mean = f"{np.mean(family_probs):.2f}" if family_probs else "-"
+        draw.text((4, r * th + (24 if r else 0) - (0 if r else 0)), "", fill="black")
+        for c, name in enumerate(names):
+            x, y = c * tile, r * th + 24
+            if name in maps:
+                canvas.paste(Image.fromarray(overlay(small, maps[name], alpha)), (x, y))
+                p_true, p_pred = probs.get(name, (float("nan"), float("nan")))
+                draw.text((x + 4, y + small.shape[0] + 2), f"{name}  P(true)={p_true:.2f}", fill="black")
+                draw.text((x + 4, y + small.shape[0] + 16), f"P(pred)={p_pred:.2f}", fill="black")
+            else:
+                draw.rectangle([x + 2, y + 2, x + tile - 2, y + small.shape[0] - 2], outline="grey")
+                draw.text((x + 8, y + 8), f"{name}: not trained", fill="grey")
+        draw.text((4, r * th + 6 if r == 0 else r * th + 6), f"{'V1' if r == 0 else 'V2'} family mean P(true)={mean}  "
+                  f"(true class: {'malignant' if label else 'benign'}; Grad-CAM is qualitative)", fill="black")
+    return canvas

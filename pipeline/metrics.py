@@ -1,0 +1,168 @@
+"""Classification metrics, patient-level bootstrap CIs and McNemar's test: pure numpy/scipy/sklearn.
+
+Malignant is the positive class (as in the study). Point estimates use scikit-learn; the bootstrap uses
+equivalent vectorised numpy versions because it evaluates thousands of resamples. Confidence intervals
+resample *patients*, not images: images of one patient are strongly correlated, and resampling images
+would make the intervals far too narrow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+METRIC_NAMES = ["accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc", "pr_auc",
+                "brier", "ece"]
+CI_METRICS = ["accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc", "brier"]
+
+
+def _safe_div(a: float, b: float) -> float:
+    return float(a) / float(b) if b else float("nan")
+
+
+def confusion_counts(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
+    return {"tp": int((y & pred).sum()), "fn": int((y & ~pred).sum()), "fp": int((~y & pred).sum()), "tn": int((~y & ~pred).sum())}
+
+
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
+    """Binary ECE: |observed malignant rate - mean predicted probability|, weighted over equal-width bins."""
+    y, prob = np.asarray(y, dtype=float), np.asarray(prob, dtype=float)
+    if len(y) == 0:
+        return float("nan")
+    idx = np.minimum((prob * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            total += sel.mean() * abs(y[sel].mean() - prob[sel].mean())
+    return float(total)
+
+
+def binary_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray | None = None, threshold: float = 0.5,
+                   ece_bins: int = 10) -> dict[str, float]:
+    """Every metric of the study plus calibration, for one set of predictions."""
+    y = np.asarray(y).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    pred = (prob >= threshold).astype(int) if pred is None else np.asarray(pred).astype(int)
+    c = confusion_counts(y, pred)
+    precision = _safe_div(c["tp"], c["tp"] + c["fp"])
+    recall = _safe_div(c["tp"], c["tp"] + c["fn"])
+    specificity = _safe_div(c["tn"], c["tn"] + c["fp"])
+    both = len(np.unique(y)) == 2
+    out = {
+        "n": int(len(y)),
+        "accuracy": _safe_div(c["tp"] + c["tn"], len(y)),
+        "precision": precision, "recall": recall, "specificity": specificity,
+        "f1": _safe_div(2 * precision * recall, precision + recall) if not math.isnan(precision + recall) else float("nan"),
+        "balanced_accuracy": (recall + specificity) / 2,
+        "roc_auc": float(roc_auc_score(y, prob)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, prob)) if both else float("nan"),
+        "brier": float(np.mean((prob - y) ** 2)) if len(y) else float("nan"),
+        "ece": expected_calibration_error(y, prob, ece_bins),
+    }
+    out.update(c)
+    return out
+
+
+def patient_recognition_rate(patient: np.ndarray, correct: np.ndarray) -> float:
+    """BreakHis's patient-level score: mean over patients of each patient's image accuracy."""
+    frame = pd.DataFrame({"patient": np.asarray(patient), "correct": np.asarray(correct, dtype=float)})
+    return float(frame.groupby("patient")["correct"].mean().mean()) if len(frame) else float("nan")
+
+
+def _fast_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """CI_METRICS for a batch of resamples: y/prob/pred are (B, n) arrays (numpy only, rank-based AUC)."""
+    y = y.astype(bool)
+    pred = pred.astype(bool)
+    tp = (y & pred).sum(1).astype(float)
+    fn = (y & ~pred).sum(1).astype(float)
+    fp = (~y & pred).sum(1).astype(float)
+    tn = (~y & ~pred).sum(1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = (tp + tn) / y.shape[1]
+        prec = tp / (tp + fp)
+        rec = tp / (tp + fn)
+        spec = tn / (tn + fp)
+        f1 = 2 * prec * rec / (prec + rec)
+        bal = (rec + spec) / 2
+        ranks = stats.rankdata(prob, axis=1)
+        n_pos, n_neg = y.sum(1), (~y).sum(1)
+        auc = ((ranks * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        brier = ((prob - y) ** 2).mean(1)
+    return np.stack([acc, prec, rec, spec, f1, bal, auc, brier], axis=1)
+
+
+def bootstrap_ci(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
+                 seed: int = 0, ci: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile CIs for CI_METRICS by resampling ``groups`` (patients) with replacement.
+
+    Resamples are re-weighted to the original image count by drawing images through their patients,
+    so every resample is a plausible test set. Deterministic for a given seed.
+    """
+    y, prob, pred, groups = map(np.asarray, (y, prob, pred, groups))
+    if len(y) == 0 or n_boot <= 0:
+        return {m: (float("nan"), float("nan")) for m in CI_METRICS}
+    rng = np.random.default_rng(seed)
+    codes, uniques = pd.factorize(groups)
+    members = [np.flatnonzero(codes == g) for g in range(len(uniques))]
+    n = len(y)
+    samples = np.empty((n_boot, n), dtype=np.int64)
+    for b in range(n_boot):  # concatenate whole patients until n images, then trim (keeps sizes equal)
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
+        while len(idx) < n:
+            idx = np.concatenate([idx, members[rng.integers(0, len(members))]])
+        samples[b] = idx[:n]
+    values = _fast_metrics(y[samples], prob[samples], pred[samples])
+    alpha = (1 - ci) / 2
+    lo = np.nanquantile(values, alpha, axis=0)
+    hi = np.nanquantile(values, 1 - alpha, axis=0)
+    return {m: (float(lo[i]), float(hi[i])) for i, m in enumerate(CI_METRICS)}
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
+    """McNemar's test on paired correctness: exact binomial when discordant pairs < 25, else chi2 with continuity."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError("McNemar needs the same images for both runs")
+    only_a = int((a & ~b).sum())
+    only_b = int((~a & b).sum())
+    n = only_a + only_b
+    if n == 0:
+        return {"only_a": 0, "only_b": 0, "statistic": 0.0, "p_value": 1.0, "method": "exact"}
+    if n < 25:
+        p = stats.binomtest(min(only_a, only_b), n, 0.5).pvalue
+        return {"only_a": only_a, "only_b": only_b, "statistic": float(min(only_a, only_b)), "p_value": float(min(p, 1.0)),
+                "method": "exact"}
+    stat = (abs(only_a - only_b) - 1) ** 2 / n
+    return {"only_a": only_a, "only_b": only_b, "statistic": float(stat), "p_value": float(stats.chi2.sf(stat, 1)),
+            "method": "chi2"}
+
+
+def fold_summary(metrics: pd.DataFrame, by=("run_id", "split"), value_cols=None) -> pd.DataFrame:
+    """Mean and sd across folds/repeats (rows with a ``fold`` column) of the patient protocol."""
+    value_cols = value_cols or [c for c in METRIC_NAMES if c in metrics]
+    grouped = metrics.groupby(list(by))[value_cols]
+    mean, sd = grouped.mean().add_suffix("_mean"), grouped.std(ddof=1).add_suffix("_sd")
+    return mean.join(sd).join(grouped.size().rename("folds")).reset_index()
+
+
+def paired_bootstrap_delta(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
+                           seed: int = 0, ci: float = 0.95) -> tuple[float, float]:
+    """CI of accuracy(b) - accuracy(a) on the same images, resampling patients (paired)."""
+    y, pred_a, pred_b, groups = map(np.asarray, (y, pred_a, pred_b, groups))
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    diff = (pred_b == y).astype(float) - (pred_a == y).astype(float)
+    codes, uniques = pd.factorize(groups)
+    per_group_sum = np.bincount(codes, weights=diff, minlength=len(uniques))
+    per_group_n = np.bincount(codes, minlength=len(uniques)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(uniques), size=(n_boot, len(uniques)))
+    deltas = per_group_sum[draws].sum(1) / per_group_n[draws].sum(1)
+    alpha = (1 - ci) / 2
+    return float(np.quantile(deltas, alpha)), float(np.quantile(deltas, 1 - alpha))

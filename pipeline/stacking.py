@@ -1,0 +1,67 @@
+"""The study's stacking meta-model on frozen backbones' pooled features.
+
+Architecture as published: concat(features) -> BN -> Dropout .2 -> Dense 128 ReLU -> BN -> Dropout .2
+-> Dense 32 ReLU -> BN -> Dropout .2 -> Dense 2 softmax, Adam 1e-3, trained on the validation split.
+Unlike the study, the test split is never used for monitoring: an inner, stratified 80/20 split of the
+validation images picks the epoch (best inner-holdout loss), so test stays a true hold-out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.store import PipelineError
+
+
+def load_features(run_dir: Path, image_ids: list[str]) -> np.ndarray:
+    path = Path(run_dir) / "features.npz"
+    if not path.exists():
+        raise PipelineError(f"{path} is missing; re-run `train` for {Path(run_dir).name} to write pooled features")
+    data = np.load(path, allow_pickle=False)
+    index = {k: i for i, k in enumerate(data["image_id"].tolist())}
+    missing = [i for i in image_ids if i not in index]
+    if missing:
+        raise PipelineError(f"{path} lacks features for {len(missing)} images (e.g. {missing[0]})")
+    return data["features"][[index[i] for i in image_ids]].astype(np.float32)
+
+
+def build_meta_model(n_features: int, seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((n_features,), name="features")
+    x = keras.layers.BatchNormalization()(inputs)
+    x = keras.layers.Dropout(0.2)(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    x = keras.layers.Dense(32, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs, name="stacking")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def fit_stacking(val_x: np.ndarray, val_y: np.ndarray, test_x: np.ndarray, epochs: int = 60, seed: int = 0) -> dict:
+    """Train on an inner split of val, select the epoch on the inner hold-out, predict test."""
+    import keras
+    from sklearn.model_selection import train_test_split
+
+    val_y = np.asarray(val_y, dtype=np.int32)
+    if np.bincount(val_y, minlength=2).min() < 2:
+        raise PipelineError("stacking needs at least 2 validation images of each class")
+    inner_train, inner_hold = train_test_split(np.arange(len(val_y)), test_size=0.2, stratify=val_y, random_state=seed)
+    model = build_meta_model(val_x.shape[1], seed)
+    stop = keras.callbacks.EarlyStopping("val_loss", patience=max(5, epochs // 4), restore_best_weights=True)
+    history = model.fit(val_x[inner_train], val_y[inner_train], validation_data=(val_x[inner_hold], val_y[inner_hold]),
+                        epochs=epochs, batch_size=32, verbose=0, callbacks=[stop], shuffle=True)
+    best_epoch = int(np.argmin(history.history["val_loss"])) + 1
+    return {
+        "test_prob": model.predict(test_x, verbose=0)[:, 1],
+        "holdout_prob": model.predict(val_x[inner_hold], verbose=0)[:, 1],
+        "holdout_index": inner_hold, "best_epoch": best_epoch,
+    }
