@@ -48,7 +48,7 @@ bench-quick: install
 	$(PY) -m pipeline.bench --quick
 
 lint: install
-	$(PY) -m compileall -q pipeline dashboard pages tests
+	$(VENV)/bin/ruff check pipeline dashboard pages tests
 
 clean:
 	rm -rf artifacts/demo artifacts/sample artifacts/bench data/demo

@@ -33,6 +33,15 @@ def pick_experiment() -> Experiment | None:
     return exp
 
 
+def page_start(title: str) -> Experiment:
+    """Title + experiment picker; stops the page when there is no experiment yet."""
+    st.title(title)
+    exp = pick_experiment()
+    if exp is None:
+        st.stop()
+    return exp
+
+
 def require(frame, what: str, command: str) -> None:
     """Stop the page with a clear message when an artifact is missing (never a traceback)."""
     if frame is None or (isinstance(frame, pd.DataFrame) and frame.empty):

@@ -3,18 +3,14 @@
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.data import image_for
-from dashboard.ui import CELL_NAMES, confusion_figure, pick_experiment, require, short_run
+from dashboard.ui import CELL_NAMES, confusion_figure, page_start, require, short_run
 from pipeline.metrics import confusion_counts
 
-st.title("Confusion matrices")
-exp = pick_experiment()
-if exp is None:
-    st.stop()
+exp = page_start("Confusion matrices")
 preds = exp.predictions()
 require(preds, "predictions.parquet", f"python -m pipeline run --config pipeline/configs/{exp.name}.toml")
 run_ids = sorted(preds.run_id.unique(), key=lambda r: (r.startswith("ensemble"), r))

@@ -13,16 +13,13 @@ import streamlit as st
 from sklearn.metrics import roc_curve
 
 from dashboard.data import cached_weights, member_matrices
-from dashboard.ui import FAMILY_COLOURS, confusion_figure, csv_download, pick_experiment, require
+from dashboard.ui import FAMILY_COLOURS, confusion_figure, csv_download, page_start, require
 from pipeline.ensemble import agreement_matrix, combine
 from pipeline.ensemble_stage import member_runs
 from pipeline.evaluate import load_reference
 from pipeline.metrics import binary_metrics
 
-st.title("Ensemble builder")
-exp = pick_experiment()
-if exp is None:
-    st.stop()
+exp = page_start("Ensemble builder")
 preds = exp.predictions()
 require(preds, "predictions.parquet", f"python -m pipeline train artifacts/{exp.name} --model efficientnet_b0")
 members = member_runs(preds)
@@ -34,7 +31,7 @@ arrays = member_matrices(str(path), path.stat().st_mtime, tuple(members))
 
 st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)")
 chosen = []
-for family, row in (("v1", [m for m in members if m.startswith("v1_")]), ("v2", [m for m in members if m.startswith("v2_")])):
+for row in ([m for m in members if m.startswith("v1_")], [m for m in members if m.startswith("v2_")]):
     if not row:
         continue
     cols = st.columns(max(len(row), 5))

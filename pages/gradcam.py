@@ -8,17 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.data import image_for
-from dashboard.ui import pick_experiment, require
+from dashboard.ui import page_start, require
 from pipeline.heatmaps import METHOD_DIRS, load_maps, load_scores, overlay, panel
 
 ROWS = [["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4"], ["v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s"]]
 
-st.title("Grad-CAM")
+exp = page_start("Grad-CAM")
 st.caption("Grad-CAM is qualitative: it shows where a model's evidence for a class lies, not why, and maps of "
            "low-resolution feature grids (small input sizes) are coarse.")
-exp = pick_experiment()
-if exp is None:
-    st.stop()
 available = [m for m in METHOD_DIRS if not load_scores(exp.path, m).empty]
 require(pd.DataFrame({"m": available}), "Cached Grad-CAM maps", f"python -m pipeline gradcam artifacts/{exp.name}")
 c1, c2, c3 = st.columns([1, 3, 1])

@@ -6,16 +6,13 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.data import image_for
-from dashboard.ui import pick_experiment, require
+from dashboard.ui import page_start, require
 from pipeline.ensemble_stage import member_runs
 from pipeline.heatmaps import METHOD_DIRS, load_maps, overlay
 
 PAGE_SIZE = 12
 
-st.title("Misclassified images")
-exp = pick_experiment()
-if exp is None:
-    st.stop()
+exp = page_start("Misclassified images")
 preds = exp.predictions()
 require(preds, "predictions.parquet", f"python -m pipeline run --config pipeline/configs/{exp.name}.toml")
 run_ids = sorted(preds.run_id.unique(), key=lambda r: (r.startswith("ensemble"), r))

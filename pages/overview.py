@@ -3,14 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard.ui import csv_download, pick_experiment, require
+from dashboard.ui import csv_download, page_start, require
 from pipeline.evaluate import load_reference
 from pipeline.splits import leakage_report
 
-st.title("Overview")
-exp = pick_experiment()
-if exp is None:
-    st.stop()
+exp = page_start("Overview")
 manifest = exp.manifest()
 require(manifest, "The image manifest", f"python -m pipeline index DATA_ROOT --out artifacts/{exp.name}")
 
@@ -49,7 +46,7 @@ split_choice = st.radio("Split", ["test", "val"], horizontal=True, key="overview
 table = metrics[(metrics.group_type == "all") & (metrics.split == split_choice)].copy()
 for m in ("accuracy", "f1", "roc_auc", "recall", "specificity"):
     if f"{m}_lo" in table:
-        table[f"{m} 95% CI"] = table.apply(lambda r: f"{r[f'{m}_lo']:.3f}-{r[f'{m}_hi']:.3f}", axis=1)
+        table[f"{m} 95% CI"] = [f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table[f"{m}_lo"], table[f"{m}_hi"])]
 show = ["run_id", "kind", "stain", "n", "accuracy", "accuracy 95% CI", "precision", "recall", "specificity", "f1",
         "f1 95% CI", "balanced_accuracy", "roc_auc", "roc_auc 95% CI", "pr_auc", "brier", "ece", "patient_recognition_rate", "patients"]
 table = table[[c for c in show if c in table]].sort_values("accuracy", ascending=False)

@@ -1,17 +1,13 @@
 """Stain comparison: runs that differ only by stain normalization, compared on the same images."""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from dashboard.data import image_for, read_json
-from dashboard.ui import pick_experiment, require
+from dashboard.ui import page_start, require
 from pipeline.metrics import binary_metrics, mcnemar, paired_bootstrap_delta
 
-st.title("Stain comparison")
-exp = pick_experiment()
-if exp is None:
-    st.stop()
+exp = page_start("Stain comparison")
 preds = exp.predictions()
 require(preds, "predictions.parquet", f"python -m pipeline run --config pipeline/configs/{exp.name}.toml")
 singles = preds[preds.kind == "single"]
@@ -41,7 +37,8 @@ cols = st.columns(4)
 cols[0].metric(f"Accuracy {base}", f"{ma['accuracy']:.4f}")
 cols[1].metric(f"Accuracy {stained}", f"{mb['accuracy']:.4f}", f"{mb['accuracy'] - ma['accuracy']:+.4f}")
 cols[2].metric("Δ accuracy 95% CI (patient bootstrap)", f"{delta[0]:+.3f} to {delta[1]:+.3f}")
-cols[3].metric("McNemar p-value", f"{test['p_value']:.3g}", help=f"{test['method']} test; only {base} right: {test['only_a']}, only {stained} right: {test['only_b']}")
+cols[3].metric("McNemar p-value", f"{test['p_value']:.3g}",
+               help=f"{test['method']} test; only {base} right: {test['only_a']}, only {stained} right: {test['only_b']}")
 table = pd.DataFrame({base: ma, stained: mb}).loc[["accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "brier", "ece"]]
 table["delta"] = table[stained] - table[base]
 st.dataframe(table.round(4))

@@ -4,12 +4,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.ui import pick_experiment, require, run_colour
+from dashboard.ui import page_start, require, run_colour
 
-st.title("Training curves")
-exp = pick_experiment()
-if exp is None:
-    st.stop()
+exp = page_start("Training curves")
 runs_dir = exp.path / "runs"
 runs = sorted(p.name for p in runs_dir.iterdir() if (p / "history.parquet").exists()) if runs_dir.exists() else []
 require(pd.DataFrame({"r": runs}), "Training history", f"python -m pipeline train artifacts/{exp.name} --model efficientnet_b0")
@@ -31,7 +28,8 @@ for run in chosen:
         fig.add_scatter(x=best_row.epoch, y=best_row[f"val_{metric}"], mode="markers", marker=dict(size=12, symbol="star", color=colour),
                         name=f"{run} best epoch {best}")
     rows.append({"run": run, "epochs": len(hist), "best_epoch": best, "best_val_accuracy": info.get("best_val_accuracy"),
-                 "test_accuracy": info.get("test_accuracy"), "s/epoch (after 1st)": hist.seconds.iloc[1:].mean() if len(hist) > 1 else hist.seconds.mean(),
+                 "test_accuracy": info.get("test_accuracy"),
+                 "s/epoch (after 1st)": hist.seconds.iloc[1:].mean() if len(hist) > 1 else hist.seconds.mean(),
                  "img/s": info.get("train_images_per_s")})
 fig.update_layout(xaxis_title="epoch", yaxis_title=metric, height=480)
 st.plotly_chart(fig, width="stretch")

@@ -43,7 +43,8 @@ def cmd_split(args) -> None:
     report = leakage_report(manifest, split)
     print(report.to_string(index=False))
     shared = int(report["shared_patient_num"].max())
-    print(f"leakage: {shared} patient(s) shared between train/val/test" + (" (image-level split: patients leak)" if shared else " (leak-free)"))
+    verdict = " (image-level split: patients leak)" if shared else " (leak-free)"
+    print(f"leakage: {shared} patient(s) shared between train/val/test{verdict}")
 
 
 def _train_config_from_args(args):
@@ -86,10 +87,23 @@ def cmd_evaluate(args) -> None:
 
 def cmd_gradcam(args) -> None:
     from pipeline.config import GradcamConfig
-    from pipeline.gradcam import run_gradcam
+    from pipeline.gradcam import run_gradcam, save_panel
 
+    if args.panel:
+        out = save_panel(args.dir, args.panel, args.method, args.out)
+        print(f"wrote {out}")
+        return
     cfg = GradcamConfig(methods=[args.method], split=args.split, max_images=args.max_images, target=args.target)
     run_gradcam(args.dir, cfg, runs=args.runs)
+
+
+def cmd_summarize_folds(args) -> None:
+    from pipeline.evaluate import summarize_folds
+
+    summary = summarize_folds(args.dirs, args.out)
+    cols = [c for c in ("run_id", "split", "folds", "accuracy_mean", "accuracy_sd", "f1_mean", "f1_sd") if c in summary]
+    print(summary[summary["split"] == "test"][cols].round(4).to_string(index=False))
+    print(f"wrote {args.out}")
 
 
 def cmd_run(args) -> None:
@@ -167,7 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="*", help="run ids (default: every single-model run)")
     p.add_argument("--max-images", type=int, default=0)
     p.add_argument("--target", default="predicted", choices=["predicted", "true"])
+    p.add_argument("--panel", metavar="IMAGE_ID", help="save the study's 2x5 multi-model panel of this image as PNG")
+    p.add_argument("--out", help="PNG path for --panel (default DIR/gradcam/panel_<image>_<method>.png)")
     p.set_defaults(func=cmd_gradcam)
+
+    p = sub.add_parser("summarize-folds", help="mean +- sd across experiments trained on different folds/repeats")
+    p.add_argument("dirs", nargs="+", help="experiment folders, one per fold (each with metrics.parquet)")
+    p.add_argument("--out", required=True, help="parquet to write, e.g. artifacts/patient_folds.parquet")
+    p.set_defaults(func=cmd_summarize_folds)
 
     p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
     p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")

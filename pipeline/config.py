@@ -63,7 +63,6 @@ class TrainConfig:
     mixed_precision: bool = False  # GPU only
     jit_compile: bool = False  # XLA, GPU only
     strategy: str = "default"  # default | mirrored | multiworker
-    cache: str = "disk"  # disk | memory: decoded-and-resized image cache
     predict_batch_size: int = 64
 
 
@@ -136,7 +135,6 @@ CHOICES = {
     "stain.method": ("vahadane", "macenko", "reinhard"),
     "train.resize": ("square", "pad"),
     "train.strategy": ("default", "mirrored", "multiworker"),
-    "train.cache": ("disk", "memory"),
     "ensemble.hard_tie_break": ("mean_prob", "benign"),
     "gradcam.split": ("val", "test"),
     "gradcam.target": ("predicted", "true"),

@@ -31,19 +31,6 @@ def image_source_root(exp_dir: Path, data_root: Path, stain: str) -> Path:
     return root
 
 
-def decode_resize(path: str, size: int, resize: str = "square") -> np.ndarray:
-    """Decode one PNG to uint8 RGB and resize it (bilinear, like the study's image_dataset_from_directory)."""
-    import tensorflow as tf
-
-    raw = tf.io.read_file(path)
-    img = tf.io.decode_png(raw, channels=3)
-    if resize == "pad":
-        out = tf.image.resize_with_pad(img, size, size, method="bilinear")
-    else:
-        out = tf.image.resize(img, (size, size), method="bilinear")
-    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8).numpy()
-
-
 def cache_path(exp_dir: Path, image_ids: list[str], size: int, resize: str, stain: str) -> Path:
     key = stable_hash({"ids": list(image_ids), "size": size, "resize": resize, "stain": stain})
     return Path(exp_dir) / "cache" / "images" / f"{stain}_{size}px_{resize}_{key}.npy"

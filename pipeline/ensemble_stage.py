@@ -57,7 +57,7 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
         record["weights"][group] = dict(zip(names, np.round(weights, 4).tolist()))
         for method in ("soft", "hard", "weighted"):
             run_id = ensemble_run_id(method, names)
-            for split, p, meta in (("val", val_p, val_meta), ("test", test_p, test_meta)):
+            for p, meta in ((val_p, val_meta), (test_p, test_meta)):
                 res = combine(p[idx], method, cfg.threshold, cfg.hard_tie_break, weights)
                 rows.append(make_rows(run_id, "ensemble", method, group, "none", meta, res.score, pred=res.pred))
         if cfg.stacking and group in ("v1", "v2", "all"):
@@ -73,7 +73,7 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
             idx = [members.index(n) for n in names]
             record[f"best_{method}_subset"] = {"members": names, "val_accuracy": float(best["val_accuracy"]),
                                                "test_accuracy": float(best["test_accuracy"])}
-            for split, p, meta in (("val", val_p, val_meta), ("test", test_p, test_meta)):
+            for p, meta in ((val_p, val_meta), (test_p, test_meta)):
                 res = combine(p[idx], method, cfg.threshold, cfg.hard_tie_break)
                 rows.append(make_rows(run_id, "ensemble", f"{method}-best", "subset", "none", meta, res.score, pred=res.pred))
     new = pd.concat(rows, ignore_index=True)

@@ -9,14 +9,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.config import EvaluateConfig
 from pipeline.experiment import load_manifest
-from pipeline.metrics import CI_METRICS, binary_metrics, bootstrap_ci, patient_recognition_rate
+from pipeline.metrics import CI_METRICS, METRIC_NAMES, binary_metrics, bootstrap_ci, fold_summary, patient_recognition_rate
 from pipeline.predictions import load_predictions
-from pipeline.store import PipelineError, write_json, write_parquet
+from pipeline.store import PipelineError, read_json, write_json, write_parquet
 
 REFERENCE_CSV = Path(__file__).parent / "reference" / "paper_results.csv"
 
@@ -65,3 +64,27 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
 def load_reference() -> pd.DataFrame:
     """The study's reported test numbers (data, with its source in the CSV header)."""
     return pd.read_csv(REFERENCE_CSV, comment="#")
+
+
+def summarize_folds(exp_dirs: list[Path | str], out: Path | str) -> pd.DataFrame:
+    """Mean +- sd of every metric across experiments that differ only in the fold they trained on.
+
+    The BreakHis protocol repeats a patient split (``split.folds``); train one experiment per fold (set
+    ``split.fold`` in a copy of the preset), then summarise them here.
+    """
+    frames = []
+    for i, d in enumerate(exp_dirs):
+        d = Path(d)
+        metrics_path = d / "metrics.parquet"
+        if not metrics_path.exists():
+            raise PipelineError(f"{metrics_path} is missing; run `python -m pipeline evaluate {d}` first")
+        run = read_json(d / "pipeline_run.json") if (d / "pipeline_run.json").exists() else {}
+        fold = run.get("config", {}).get("split", {}).get("fold", i)
+        m = pd.read_parquet(metrics_path)
+        frames.append(m[m["group_type"] == "all"].assign(fold=fold, experiment=d.name))
+    allm = pd.concat(frames, ignore_index=True)
+    if allm["fold"].nunique() < len(exp_dirs):
+        raise PipelineError("two experiments trained on the same fold; give one experiment per fold")
+    summary = fold_summary(allm, value_cols=[c for c in METRIC_NAMES if c in allm])
+    write_parquet(summary, out)
+    return summary

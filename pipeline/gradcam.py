@@ -26,7 +26,6 @@ from pipeline.heatmaps import gradcam_dir, load_maps, region_iou
 from pipeline.indexer import data_root_of
 from pipeline.models import GRADCAM_LAYER, load_classifier
 from pipeline.predictions import load_predictions
-from pipeline.progress import progress
 from pipeline.store import PipelineError, atomic_path, read_json, stable_hash, write_json, write_parquet
 
 
@@ -156,3 +155,33 @@ def add_agreement(exp_dir: Path, scores: pd.DataFrame, fraction: float = 0.2) ->
         sub["mean_iou"] = [float(np.mean(ious[(r, i)])) if (r, i) in ious else np.nan for r, i in zip(sub["run_id"], sub["image_id"])]
         out.append(sub)
     return pd.concat(out, ignore_index=True)
+
+
+def save_panel(exp_dir: Path | str, image_id: str, method: str = "gradcam", out: Path | str | None = None) -> Path:
+    """Render the study's 2 x 5 multi-model panel for one image from cached maps and save it as PNG."""
+    from PIL import Image
+
+    from pipeline.heatmaps import panel
+
+    exp_dir = Path(exp_dir)
+    preds = load_predictions(exp_dir)
+    rows = preds[(preds["image_id"] == image_id) & (preds["kind"] == "single") & (preds["stain"] == "none")]
+    if rows.empty:
+        raise PipelineError(f"no predictions for image {image_id!r} in {exp_dir}")
+    label = int(rows["label"].iloc[0])
+    maps, probs = {}, {}
+    for _, r in rows.iterrows():
+        run_maps = load_maps(exp_dir, method, r["run_id"])
+        if image_id in run_maps:
+            maps[r["run_id"]] = run_maps[image_id]
+            pm = float(r["prob_malignant"])
+            probs[r["run_id"]] = (pm if label else 1 - pm, pm if r["pred"] else 1 - pm)
+    if not maps:
+        raise PipelineError(f"no cached {method} maps for {image_id!r}; run `python -m pipeline gradcam {exp_dir} --method {method}`")
+    manifest = load_split_frame(exp_dir).set_index("image_id")
+    with Image.open(data_root_of(exp_dir) / manifest.loc[image_id, "path"]) as img:
+        image = np.asarray(img.convert("RGB"))
+    out = Path(out) if out else gradcam_dir(exp_dir, method) / f"panel_{image_id}_{method.replace('+', 'p')}.png"
+    with atomic_path(out, ".png") as tmp:
+        panel(image, maps, probs, label).save(tmp, format="PNG")
+    return out

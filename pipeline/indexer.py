@@ -70,7 +70,8 @@ def index_dataset(data_root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
         rel = path.relative_to(data_root).as_posix()
         parsed = parse_file_name(path.name)
         if parsed is None:
-            reason = "not a PNG file (extension)" if path.suffix.lower() != ".png" else "file name does not follow SOB_<B|M>_<TYPE>-<yy>-<patient>-<mag>-<seq>.png"
+            reason = ("not a PNG file (extension)" if path.suffix.lower() != ".png"
+                      else "file name does not follow SOB_<B|M>_<TYPE>-<yy>-<patient>-<mag>-<seq>.png")
             rejects.append({"path": rel, "reason": reason})
             continue
         disagreement = folder_disagreement(parsed, path.relative_to(breast).parts[:-1])

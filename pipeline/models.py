@@ -158,7 +158,8 @@ def build_classifier(model_name: str, image_size: int = 0, weights: str = "image
         load_backbone_weights(base, app, spec, size, weights)
     features = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(base.output)
     features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    outputs = keras.layers.Dense(2, activation="softmax", name=HEAD_LAYER)(features)
+    # float32 head: under a mixed_float16 policy the softmax must not run in half precision
+    outputs = keras.layers.Dense(2, activation="softmax", name=HEAD_LAYER, dtype="float32")(features)
     model = keras.Model(inputs, outputs, name=spec.short)
     set_trainable(model, base, spec, freeze_batchnorm)
     if bn_momentum:  # from scratch, the default 0.99 leaves inference statistics far from the data for many steps

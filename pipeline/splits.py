@@ -60,13 +60,14 @@ def _assign_groups(groups: pd.DataFrame, ratios, rng: np.random.Generator, class
     filled = {s: 0.0 for s in SPLITS}
     sub_filled = {(s, st): 0.0 for s in SPLITS for st in subtype_totals.index}
     assignment: dict = {}
+    def score(split: str, subtype: str) -> float:
+        target = ratios[SPLITS.index(split)]
+        class_deficit = target - filled[split] / total
+        sub_deficit = target - sub_filled[(split, subtype)] / subtype_totals[subtype]
+        return class_deficit + 0.25 * sub_deficit
+
     for _, g in groups.iterrows():
-        def score(split: str) -> float:
-            target = ratios[SPLITS.index(split)]
-            class_deficit = target - filled[split] / total
-            sub_deficit = target - sub_filled[(split, g["subtype"])] / subtype_totals[g["subtype"]]
-            return class_deficit + 0.25 * sub_deficit
-        best = max(SPLITS, key=score)
+        best = max(SPLITS, key=lambda split: score(split, g["subtype"]))
         assignment[g["group"]] = best
         filled[best] += g["images"]
         sub_filled[(best, g["subtype"])] += g["images"]

@@ -108,7 +108,7 @@ class StainTarget:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StainTarget":
+    def from_dict(cls, d: dict) -> StainTarget:
         return cls(**{k: (np.asarray(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 

@@ -113,7 +113,7 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     index_path = out_root / "index.parquet"
     done = pd.read_parquet(index_path) if index_path.exists() else pd.DataFrame(columns=["image_id", "sha256", "status"])
     known = dict(zip(done["image_id"], done["sha256"]))
-    todo, records = [], []
+    todo = []
     for _, row in frame.iterrows():
         src = data_root / row["path"]
         sha = file_sha256(src, 16)

@@ -62,7 +62,8 @@ def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[n
 def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, total_epochs: int):
     import keras
     from tqdm.auto import tqdm
-    import os, sys
+    import os
+    import sys
 
     quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1"
 
@@ -91,6 +92,7 @@ def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, 
             state["history"].append(row)
             if state["best_val_accuracy"] is None or row["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = row["val_accuracy"], epoch + 1
+                self.best_weights = self.model.get_weights()  # predict from memory: no reload, no re-trace
                 with atomic_path(run_dir / "model.keras", ".keras") as tmp:
                     self.model.save(tmp)
             with atomic_path(run_dir / "last.keras", ".keras") as tmp:
@@ -185,14 +187,20 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         all_callbacks = _epoch_callbacks(run_dir, state, len(x_train), cfg.batch_size, total_epochs) + list(callbacks or [])
         if cfg.early_stopping_patience:
             all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
-        if state["epochs_done"] < total_epochs:
+        fitted = state["epochs_done"] < total_epochs
+        if fitted:
             state["phase"] = "finetune"
             net.fit(ds_train, validation_data=ds_val, epochs=total_epochs, initial_epoch=state["epochs_done"],
                     verbose=0, callbacks=all_callbacks, class_weight=class_weight, shuffle=False)
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    best = load_classifier(run_dir / "model.keras")
+    best_weights = getattr(all_callbacks[0], "best_weights", None) if fitted else None
+    if best_weights is not None:
+        net.set_weights(best_weights)
+        best = net
+    else:  # resumed after the best epoch, or nothing left to fit: the checkpoint on disk is the best model
+        best = load_classifier(run_dir / "model.keras")
     eval_mask = frame["split"].isin(["val", "test"]).to_numpy()
     eval_frame = frame[eval_mask].reset_index(drop=True)
     probs, feats = predict_with_features(best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size)

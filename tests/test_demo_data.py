@@ -3,7 +3,6 @@
 import hashlib
 
 import numpy as np
-from PIL import Image
 
 from pipeline.demo_data import generate_demo_data, patient_roster, render_image
 from pipeline.indexer import index_dataset

@@ -1,0 +1,362 @@
+"""``make bench``: the pipeline against its baselines, measured side by side in one run.
+
+Every figure is a ratio of two measurements taken in the same process on the same data, because these
+machines are noisy (absolute numbers vary up to ~1.7x run to run); absolute times are context only.
+Writes ``artifacts/bench/report.json`` and ``report.md`` and prints the table.
+
+    python -m pipeline.bench           # full (<= 15 min on 2 cores)
+    python -m pipeline.bench --quick   # minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("HISTOCOMPARE_QUIET", "1")
+
+import numpy as np  # noqa: E402
+
+from pipeline.config import PROJECT_ROOT  # noqa: E402
+from pipeline.store import library_versions, write_json  # noqa: E402
+
+SAMPLE = Path(os.environ.get("BREAKHIS_SAMPLE", PROJECT_ROOT.parent / "shared" / "breakhis-sample"))
+
+
+def _dataset(work: Path, quick: bool) -> tuple[Path, str]:
+    """An indexed, patient-split experiment over the real sample (or demo data when the sample is absent)."""
+    from pipeline.experiment import load_manifest
+    from pipeline.indexer import run_index
+    from pipeline.splits import make_split
+    from pipeline.store import write_parquet
+
+    exp = work / "exp"
+    if (SAMPLE / "BreaKHis_v1").is_dir():
+        source, label = SAMPLE, f"real BreakHis sample ({SAMPLE})"
+    else:
+        from pipeline.demo_data import generate_demo_data
+
+        source, label = work / "demo", "SYNTHETIC demo data (sample not found)"
+        generate_demo_data(source, seed=0, patients=16, images_per_patient=4 if quick else 8)
+    run_index(source, exp)
+    write_parquet(make_split(load_manifest(exp), "patient", seed=0), exp / "split.parquet")
+    return exp, label
+
+
+def _timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_input_pipeline(exp: Path, quick: bool) -> dict:
+    """B0 training images/s at 128 px: project pipeline from PNGs (cold, warm cache) vs in-memory tensors."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.data import cache_path, load_images, make_dataset
+    from pipeline.experiment import load_split_frame
+    from pipeline.indexer import data_root_of
+    from pipeline.models import build_classifier, compile_classifier
+
+    size, batch = 128, 32
+    frame = load_split_frame(exp)
+    train = frame[frame.split == "train"].reset_index(drop=True)
+    if quick:
+        train = train.head(96)
+    y = train.label.to_numpy()
+    keras.utils.set_random_seed(0)
+    model = compile_classifier(build_classifier("efficientnet_b0", size, "none", freeze_batchnorm=False))
+    cache = cache_path(exp, train.image_id.tolist(), size, "square", "none")
+    cache.unlink(missing_ok=True)
+
+    # Warm-up (graph tracing) on in-memory data so no variant pays for it.
+    images = np.asarray(load_images(exp, data_root_of(exp), train, size))
+    memory_ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), y)).shuffle(len(y), seed=0).batch(batch).cache().prefetch(2)
+    model.fit(memory_ds, epochs=1, verbose=0)
+    epochs = 1 if quick else 2
+
+    def fit(ds):
+        model.fit(ds, epochs=epochs, verbose=0)
+
+    t_memory = _timed(lambda: fit(memory_ds))
+    cache.unlink()
+
+    def cold():
+        imgs = load_images(exp, data_root_of(exp), train, size)
+        fit(make_dataset(np.asarray(imgs), y, batch, shuffle=True))
+
+    t_cold = _timed(cold)
+    t_warm = _timed(lambda: fit(make_dataset(np.asarray(load_images(exp, data_root_of(exp), train, size)), y, batch, shuffle=True)))
+    n = len(y) * epochs
+    return {
+        "name": "Input pipeline efficiency (B0 train, 128 px)", "images": int(len(y)), "epochs": epochs,
+        "memory_images_per_s": n / t_memory, "cold_images_per_s": n / t_cold, "warm_images_per_s": n / t_warm,
+        "ratio_warm": t_memory / t_warm, "ratio_cold": t_memory / t_cold, "target": "warm >= 0.95",
+        "baseline": "in-memory tf.data tensors", "ok": t_memory / t_warm >= 0.95,
+    }
+
+
+def bench_prediction(exp: Path, quick: bool) -> dict:
+    """All models predicting one split: shared decode-once cache vs image_dataset_from_directory per model."""
+    import keras
+
+    from pipeline.data import load_images, make_dataset
+    from pipeline.experiment import load_split_frame
+    from pipeline.indexer import data_root_of
+    from pipeline.models import MODEL_ORDER, build_classifier
+
+    size = 128
+    models = MODEL_ORDER[:3] if quick else MODEL_ORDER
+    frame = load_split_frame(exp)
+    part = frame[frame.split != "train"].reset_index(drop=True)
+    root = data_root_of(exp)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for _, r in part.iterrows():  # the study's layout: one folder per class
+            dst = folder / ("malignant" if r.label else "benign") / Path(r.path).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(root / r.path, dst)
+        built = {}
+        for name in models:
+            keras.utils.set_random_seed(0)
+            m = build_classifier(name, size, "none")
+            m.predict(np.zeros((16, size, size, 3), np.float32), batch_size=16, verbose=0)  # trace both batch sizes first
+            m.predict(np.zeros((64, size, size, 3), np.float32), batch_size=64, verbose=0)
+            built[name] = m
+        from pipeline.data import cache_path
+
+        cache_path(exp, part.image_id.tolist(), size, "square", "none").unlink(missing_ok=True)
+
+        def ours():
+            imgs = np.asarray(load_images(exp, root, part, size))  # decoded once, shared by every model
+            for m in built.values():
+                m.predict(make_dataset(imgs, None, 64), verbose=0)
+
+        def study():
+            for m in built.values():
+                ds = keras.utils.image_dataset_from_directory(folder, image_size=(size, size), batch_size=16, shuffle=False,
+                                                              verbose=False)
+                m.predict(ds, verbose=0)
+
+        t_study = _timed(study)
+        t_ours = _timed(ours)
+    n = len(part) * len(models)
+    return {"name": f"Prediction ({len(models)} models x {len(part)} images, 128 px)", "models": len(models),
+            "images": int(len(part)), "ours_images_per_s": n / t_ours, "study_images_per_s": n / t_study,
+            "ratio": t_study / t_ours, "target": ">= 2x", "baseline": "image_dataset_from_directory per model, batch 16",
+            "ok": t_study / t_ours >= 2}
+
+
+def bench_ensemble(quick: bool) -> dict:
+    """Milliseconds to score one subset (soft and hard) for 10 members x 8,000 and x 1,000,000 images."""
+    from pipeline.ensemble import combine
+
+    rng = np.random.default_rng(0)
+    out = {"name": "Ensemble re-scoring (10 members)", "baseline": "targets: < 10 ms (8k), < 1 s (1M)"}
+    for n in (8_000, 1_000_000):
+        probs = rng.random((10, n))
+        subset = probs[[0, 2, 3, 5, 7, 9]]
+        for method in ("soft", "hard"):
+            t = _timed(lambda subset=subset, method=method: combine(subset, method), repeat=5 if n < 100_000 else 2)
+            out[f"{method}_{n}_ms"] = t * 1000
+    out["ok"] = max(out["soft_8000_ms"], out["hard_8000_ms"]) < 10 and max(out["soft_1000000_ms"], out["hard_1000000_ms"]) < 1000
+    return out
+
+
+def bench_gradcam(exp: Path, quick: bool) -> dict:
+    """Maps/s: tf-keras-vis batched (16) vs a per-image loop, B0 at 128 px."""
+    import keras
+
+    from pipeline.data import load_images
+    from pipeline.experiment import load_split_frame
+    from pipeline.gradcam import compute_maps
+    from pipeline.indexer import data_root_of
+    from pipeline.models import build_classifier
+
+    size = 128
+    frame = load_split_frame(exp)
+    part = frame[frame.split == "test"].head(16 if quick else 48).reset_index(drop=True)
+    imgs = np.asarray(load_images(exp, data_root_of(exp), part, size))
+    classes = part.label.to_numpy()
+    keras.utils.set_random_seed(0)
+    model = build_classifier("efficientnet_b0", size, "none")
+    compute_maps(model, imgs[:16], classes[:16], batch_size=16)  # warm-up (tracing) for both shapes
+    compute_maps(model, imgs[:1], classes[:1], batch_size=1)
+    t_batched = _timed(lambda: compute_maps(model, imgs, classes, batch_size=16))
+    t_loop = _timed(lambda: [compute_maps(model, imgs[i : i + 1], classes[i : i + 1], batch_size=1) for i in range(len(imgs))])
+    return {"name": f"Grad-CAM ({len(imgs)} maps, B0 128 px)", "batched_maps_per_s": len(imgs) / t_batched,
+            "loop_maps_per_s": len(imgs) / t_loop, "ratio": t_loop / t_batched, "target": ">= 3x",
+            "baseline": "per-image loop (batch 1)", "ok": t_loop / t_batched >= 3}
+
+
+def bench_vahadane(exp: Path, quick: bool) -> dict:
+    """Images/s of our Vahadane vs staintools + spams (when installed), and the stain-matrix difference."""
+    from PIL import Image
+
+    from pipeline.experiment import load_split_frame
+    from pipeline.indexer import data_root_of
+    from pipeline.stain import fit_target, normalize, vahadane_stain_matrix
+
+    frame = load_split_frame(exp)
+    root = data_root_of(exp)
+    paths = [root / p for p in frame.sort_values("image_id").path.head(4 if quick else 12)]
+    imgs = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    target = fit_target(imgs[0], "vahadane")
+    t_ours = _timed(lambda: [normalize(i, target) for i in imgs])
+    out = {"name": f"Vahadane ({len(imgs)} images 700x460, fit + transform)", "ours_images_per_s": len(imgs) / t_ours}
+    try:
+        import staintools  # noqa: F401  (dev-only optional baseline: pip install staintools spams-bin)
+
+        normalizer = staintools.StainNormalizer(method="vahadane")
+        normalizer.fit(imgs[0])
+        t_theirs = _timed(lambda: [normalizer.transform(i) for i in imgs])
+        theirs = staintools.VahadaneStainExtractor.get_stain_matrix(imgs[1])
+        ours = vahadane_stain_matrix(imgs[1])
+        out.update(staintools_images_per_s=len(imgs) / t_theirs, ratio=t_theirs / t_ours,
+                   max_stain_matrix_difference=float(np.abs(theirs - ours).max()), baseline="staintools 2.1.2 + spams-bin")
+    except ImportError:
+        out.update(baseline="staintools + spams-bin not installed (optional; pip install staintools spams-bin)", ratio=None)
+    out["ok"] = out["ours_images_per_s"] > 1.0
+    return out
+
+
+def bench_dashboard(quick: bool) -> dict:
+    """AppTest time to first render of each page and the ensemble builder's per-interaction latency."""
+    from streamlit.testing.v1 import AppTest
+
+    demo = PROJECT_ROOT / "artifacts" / "demo"
+    tmp = None
+    if (demo / "predictions.parquet").exists():
+        os.environ["HISTOCOMPARE_ARTIFACTS"], os.environ["HISTOCOMPARE_EXPERIMENT"] = str(demo.parent), "demo"
+        source = "demo artifacts"
+    else:
+        import sys
+
+        sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+        from dashboard_fixture import build
+
+        tmp = Path(tempfile.mkdtemp())
+        build(tmp)
+        os.environ["HISTOCOMPARE_ARTIFACTS"], os.environ["HISTOCOMPARE_EXPERIMENT"] = str(tmp / "artifacts"), "fixture"
+        source = "test fixture (run `make demo` first for demo artifacts)"
+    app = str(PROJECT_ROOT / "dashboard" / "app.py")
+    pages = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam"]
+    first = {}
+    for page in pages:
+        at = AppTest.from_file(app, default_timeout=120)
+        at.run()
+        t = time.perf_counter()
+        at.switch_page(f"../pages/{page}.py")
+        at.run()
+        first[page] = (time.perf_counter() - t) * 1000
+    at = AppTest.from_file(app, default_timeout=120)
+    at.run()
+    at.switch_page("../pages/ensemble_builder.py")
+    at.run()
+    latencies = []
+    boxes = [c.key for c in at.checkbox if c.key and c.key.startswith("member_")]
+    for i in range(4 if quick else 12):
+        key = boxes[i % len(boxes)]
+        box = at.checkbox(key=key)
+        t = time.perf_counter()
+        (box.uncheck() if box.value else box.check()).run()
+        latencies.append((time.perf_counter() - t) * 1000)
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"name": f"Dashboard ({source}, AppTest)", **{f"first_render_ms_{p}": v for p, v in first.items()},
+            "toggle_median_ms": float(np.median(latencies)), "toggle_max_ms": float(np.max(latencies)),
+            "target": "toggle < 200 ms", "baseline": "absolute (no baseline)", "ok": float(np.median(latencies)) < 200}
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# histocompare benchmark ({'quick' if report['quick'] else 'full'})", "",
+             f"Machine: {report['machine']['cores']} cores, {report['machine']['platform']}, TensorFlow {report['machine']['tensorflow']}. "
+             f"Data: {report['data']}. Reproduce: `{report['command']}`. Absolute numbers vary by machine (up to ~1.7x here run to run); "
+             "ratios are measured side by side in one run.", "",
+             "| benchmark | ours | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['name']} | error: {r['error']} | | | | |")
+            continue
+        name = r["name"]
+        if name.startswith("Input"):
+            ours = f"warm {r['warm_images_per_s']:.1f} img/s, cold {r['cold_images_per_s']:.1f} img/s"
+            base = f"{r['memory_images_per_s']:.1f} img/s ({r['baseline']})"
+            ratio = f"warm {r['ratio_warm']:.2f}, cold {r['ratio_cold']:.2f}"
+        elif name.startswith("Prediction"):
+            ours, ratio = f"{r['ours_images_per_s']:.1f} img/s", f"{r['ratio']:.2f}x"
+            base = f"{r['study_images_per_s']:.1f} img/s ({r['baseline']})"
+        elif name.startswith("Ensemble"):
+            ours = (f"8k: soft {r['soft_8000_ms']:.2f} ms, hard {r['hard_8000_ms']:.2f} ms; "
+                    f"1M: soft {r['soft_1000000_ms']:.0f} ms, hard {r['hard_1000000_ms']:.0f} ms")
+            base, ratio = r["baseline"], "-"
+        elif name.startswith("Grad-CAM"):
+            ours, ratio = f"{r['batched_maps_per_s']:.1f} maps/s", f"{r['ratio']:.2f}x"
+            base = f"{r['loop_maps_per_s']:.1f} maps/s ({r['baseline']})"
+        elif name.startswith("Vahadane"):
+            ours = f"{r['ours_images_per_s']:.2f} img/s"
+            base = (f"{r['staintools_images_per_s']:.2f} img/s, max |dW| {r['max_stain_matrix_difference']:.4f}"
+                    if r.get("ratio") else r["baseline"])
+            ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
+        else:
+            firsts = {k.split("first_render_ms_")[1]: v for k, v in r.items() if k.startswith("first_render_ms_")}
+            ours = ("first render " + ", ".join(f"{k} {v:.0f}" for k, v in firsts.items())
+                    + f" ms; toggle median {r['toggle_median_ms']:.0f} ms (max {r['toggle_max_ms']:.0f})")
+            base, ratio = r["baseline"], "-"
+        lines.append(f"| {name} | {ours} | {base} | {ratio} | {r.get('target', '-')} | {'yes' if r.get('ok') else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: minutes instead of ~15")
+    parser.add_argument("--out", default=str(PROJECT_ROOT / "artifacts" / "bench"))
+    parser.add_argument("--only", nargs="*", help="input prediction ensemble gradcam vahadane dashboard")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="histocompare-bench-"))
+    start = time.perf_counter()
+    try:
+        exp, data_label = _dataset(work, args.quick)
+        benches = {"input": lambda: bench_input_pipeline(exp, args.quick), "prediction": lambda: bench_prediction(exp, args.quick),
+                   "ensemble": lambda: bench_ensemble(args.quick), "gradcam": lambda: bench_gradcam(exp, args.quick),
+                   "vahadane": lambda: bench_vahadane(exp, args.quick), "dashboard": lambda: bench_dashboard(args.quick)}
+        results = []
+        for key, fn in benches.items():
+            if args.only and key not in args.only:
+                continue
+            print(f"bench: {key} ...", flush=True)
+            t = time.perf_counter()
+            try:
+                res = fn()
+            except Exception as exc:  # a failing benchmark is reported, not hidden, and the others still run
+                res = {"name": key, "error": f"{type(exc).__name__}: {exc}"}
+            res["seconds"] = round(time.perf_counter() - t, 1)
+            results.append(res)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    versions = library_versions()
+    report = {"quick": args.quick, "data": data_label, "results": results, "seconds": round(time.perf_counter() - start, 1),
+              "command": "make bench" + ("-quick" if args.quick else ""),
+              "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "tensorflow": versions.get("tensorflow"),
+                          "python": versions["python"]}, "versions": versions, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(report, out / "report.json")
+    markdown = render_markdown(report)
+    (out / "report.md").write_text(markdown)
+    print(markdown)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
