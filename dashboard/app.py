@@ -18,7 +18,7 @@ import streamlit as st  # noqa: E402
 st.set_page_config(page_title="histocompare", page_icon=":material/biotech:", layout="wide")
 
 PAGES = [
-    st.Page(str(ROOT / "pages" / "overview.py"), title="Overview", icon=":material/dashboard:", default=True, url_path="overview"),
+    st.Page(str(ROOT / "pages" / "overview.py"), title="Overview", icon=":material/dashboard:", default=True),
     st.Page(str(ROOT / "pages" / "confusion.py"), title="Confusion matrices", icon=":material/grid_on:", url_path="confusion"),
     st.Page(str(ROOT / "pages" / "misclassified.py"), title="Misclassified images", icon=":material/image_search:",
             url_path="misclassified"),

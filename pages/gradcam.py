@@ -62,7 +62,7 @@ for family_row in ROWS:
         probs[run] = (p_true, p_pred)
         family_p.append(p_true)
         s = scores[(scores.run_id == run) & (scores.image_id == image_id)]
-        col.image(overlay(img, maps[run], alpha), caption=f"{run} {'✅' if pred == label else '❌'}")
+        col.image(overlay(img, maps[run], alpha), caption=f"{run} {'✓ right' if pred == label else '✗ wrong'}")
         col.caption(f"P(true) {p_true:.2f} · P(pred) {p_pred:.2f}" + (
             f"  \nagreement IoU {s.mean_iou.iloc[0]:.2f} · deletion AUC {s.deletion_auc.iloc[0]:.2f}" if len(s) else ""))
     if family_p:

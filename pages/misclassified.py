@@ -16,7 +16,9 @@ exp = page_start("Misclassified images")
 preds = exp.predictions()
 require(preds, "predictions.parquet", f"python -m pipeline run --config pipeline/configs/{exp.name}.toml")
 run_ids = sorted(preds.run_id.unique(), key=lambda r: (r.startswith("ensemble"), r))
-default_run = st.session_state.pop("browser_run", None)
+test_errors = preds[preds.split == "test"].assign(wrong=lambda d: d.pred != d.label).groupby("run_id").wrong.sum()
+# Open on the run with the most test errors (the interesting one), unless another page sent us a run.
+default_run = st.session_state.pop("browser_run", None) or (test_errors.idxmax() if len(test_errors) else None)
 preset_ids = st.session_state.get("browser_ids")
 
 with st.sidebar:
@@ -62,6 +64,7 @@ rows = rows.sort_values({"most confident errors first": "confidence", "highest l
                         ascending=(sort == "image id"))
 st.write(f"**{len(rows)}** image(s) match ({run}, {split}).")
 if rows.empty:
+    st.info("Nothing to show: this run makes no errors under these filters. Pick another run or turn off 'Errors only'.")
     st.stop()
 
 # Every member's probability and vote for the shown images (single runs without stain normalization).
@@ -100,7 +103,7 @@ for i, (_, r) in enumerate(shown.iterrows()):
                 b.image(overlay(img, maps[r.image_id], alpha), caption=f"{method} ({cam_runs[0]})")
             else:
                 b.caption(f"no {method} map (run `python -m pipeline gradcam`)")
-        verdict = "✅" if r.pred == r.label else "❌"
+        verdict = "✓ right:" if r.pred == r.label else "✗ wrong:"
         st.markdown(f"{verdict} **{r.image_id}**  \ntrue **{names[r.label]}**, predicted **{names[r.pred]}** "
                     f"(P(malignant) = {r.prob_malignant:.3f}, loss {r.loss:.2f})  \n"
                     f"{r.subtype} · {r.magnification}X · patient {r.patient_id}")

@@ -64,6 +64,8 @@ class TrainConfig:
     jit_compile: bool = False  # XLA, GPU only
     strategy: str = "default"  # default | mirrored | multiworker
     predict_batch_size: int = 64
+    checkpoint_seconds: float = 60.0  # resume checkpoint (weights + Adam state) at most this often; 0 = every epoch
+    workers: int = 1  # runs trained concurrently by `run` (tracing is single-threaded: 2 helps on small CPU runs)
 
 
 @dataclass

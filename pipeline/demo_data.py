@@ -18,6 +18,8 @@ Deterministic: the same seed yields byte-identical PNGs (numpy Generator seeded 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +185,16 @@ def render_image(patient: dict, magnification: int, seq: int, seed: int) -> np.n
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def generate_demo_data(out_dir: Path | str, seed: int = 0, patients: int = 24, images_per_patient: int = 8) -> dict:
+def _write_image(job: tuple) -> str:
+    patient, mag, seq, seed, target = job
+    pixels = render_image(patient, mag, seq, seed)
+    with atomic_path(Path(target), ".png") as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG", optimize=False, compress_level=6)
+    return target
+
+
+def generate_demo_data(out_dir: Path | str, seed: int = 0, patients: int = 24, images_per_patient: int = 8,
+                       workers: int = 2) -> dict:
     """Write a BreakHis-shaped synthetic dataset under ``out_dir/BreaKHis_v1``; return a summary."""
     if images_per_patient < 1:
         raise PipelineError(f"--images-per-patient must be >= 1, got {images_per_patient}")
@@ -197,15 +208,20 @@ def generate_demo_data(out_dir: Path | str, seed: int = 0, patients: int = 24, i
             seq = k // len(MAGNIFICATIONS) + 1
             jobs.append((p, mag, seq))
     start = time.perf_counter()
-    for patient, mag, seq in progress(jobs, desc="demo-data"):
+    todo = []
+    for patient, mag, seq in jobs:
         name = ParsedName(label=patient["label"], subtype=patient["subtype"], year="14", patient_id=patient["patient_id"],
                           patient_num=patient["num"], magnification=mag, seq=seq)
         target = breast / name.relative_dir() / name.file_name()
-        if target.exists():
-            continue  # idempotent; a half-written file cannot exist thanks to the atomic rename
-        pixels = render_image(patient, mag, seq, seed)
-        with atomic_path(target, ".png") as tmp:
-            Image.fromarray(pixels).save(tmp, format="PNG", optimize=False, compress_level=6)
+        if not target.exists():  # idempotent; a half-written file cannot exist thanks to the atomic rename
+            todo.append((patient, mag, seq, seed, str(target)))
+    if workers > 1 and len(todo) > 8:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for _ in progress(pool.map(_write_image, todo, chunksize=4), desc="demo-data", total=len(todo)):
+                pass
+    else:
+        for job in progress(todo, desc="demo-data"):
+            _write_image(job)
     (out_dir / "README.md").write_text(README_TEXT.format(seed=seed))
     (out_dir / "SYNTHETIC").write_text(f"seed={seed} patients={patients} images_per_patient={images_per_patient}\n")
     return {"images": len(jobs), "patients": len(roster), "seconds": round(time.perf_counter() - start, 2),

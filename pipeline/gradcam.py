@@ -85,7 +85,9 @@ def single_runs(exp_dir: Path) -> list[str]:
     return sorted(preds.loc[preds["kind"] == "single", "run_id"].unique().tolist())
 
 
-def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs: list[str] | None = None, fold: int = 0) -> pd.DataFrame:
+def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs: list[str] | None = None, fold: int = 0,
+                workers: int = 1) -> pd.DataFrame:
+    """Maps + scores for every (method, run); ``workers`` > 1 explains runs in parallel spawned processes."""
     exp_dir = Path(exp_dir)
     runs = runs or single_runs(exp_dir)
     if not runs:
@@ -94,47 +96,68 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
     part = frame[frame["split"] == cfg.split].sort_values("image_id")
     if cfg.max_images and len(part) > cfg.max_images:
         part = part.sample(cfg.max_images, random_state=0).sort_values("image_id")
-    preds = load_predictions(exp_dir)
-    data_root = data_root_of(exp_dir)
-    all_scores = []
-    for method in cfg.methods:
-        out_dir = gradcam_dir(exp_dir, method)
-        for run_id in runs:
-            run_dir = exp_dir / "runs" / run_id
-            info = read_json(run_dir / "run.json")
-            key = stable_hash({"model": info["config_hash"], "ids": part["image_id"].tolist(), "target": cfg.target,
-                               "steps": cfg.deletion_steps})
-            target = out_dir / f"{run_id.replace(':', '_')}.npz"
-            meta_path = target.with_suffix(".json")
-            if target.exists() and meta_path.exists() and read_json(meta_path).get("key") == key:
-                all_scores.append(pd.read_parquet(target.with_suffix(".parquet")))
-                print(f"gradcam {method} {run_id}: up to date")
-                continue
-            model = load_classifier(run_dir / "model.keras")
-            images = np.asarray(load_images(exp_dir, data_root, part, info["image_size"], info["resolved_config"]["train"]["resize"],
-                                            info["stain"]))
-            run_preds = preds[(preds["run_id"] == run_id)].set_index("image_id").loc[part["image_id"]]
-            classes = (part["label"].to_numpy() if cfg.target == "true" else run_preds["pred"].to_numpy()).astype(int)
-            start = time.perf_counter()
-            maps = compute_maps(model, images, classes, method, cfg.batch_size)
-            seconds = time.perf_counter() - start
-            deletion = deletion_auc(model, images, maps, classes, cfg.deletion_steps)
-            prob_m = run_preds["prob_malignant"].to_numpy()
-            scores = pd.DataFrame({"method": method, "run_id": run_id, "image_id": part["image_id"].to_numpy(),
-                                   "target_class": classes, "prob_target": np.where(classes == 1, prob_m, 1 - prob_m),
-                                   "deletion_auc": deletion})
-            with atomic_path(target, ".npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, image_id=part["image_id"].to_numpy().astype(str), maps=(maps * 255).round().astype(np.uint8))
-            write_parquet(scores, target.with_suffix(".parquet"))
-            write_json({"key": key, "images": len(part), "seconds": round(seconds, 2),
-                        "maps_per_s": round(len(part) / max(seconds, 1e-9), 2)}, meta_path)
-            print(f"gradcam {method} {run_id}: {len(part)} maps, {len(part) / max(seconds, 1e-9):.1f} maps/s")
-            all_scores.append(scores)
-    scores = pd.concat(all_scores, ignore_index=True)
-    scores = add_agreement(exp_dir, scores)
+    image_ids = part["image_id"].tolist()
+    jobs = [(str(exp_dir), method, run_id, image_ids, cfg, fold) for method in cfg.methods for run_id in runs]
+    if workers > 1 and len(jobs) > 1:
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        threads = max(1, (os.cpu_count() or 2) // workers)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            all_scores = list(pool.map(_explain_run_job, [(job, threads) for job in jobs]))
+    else:
+        all_scores = [explain_run(*job) for job in jobs]
+    scores = add_agreement(exp_dir, pd.concat(all_scores, ignore_index=True))
     for method, sub in scores.groupby("method"):
         write_parquet(sub, gradcam_dir(exp_dir, method) / "scores.parquet")
+    return scores
+
+
+def _explain_run_job(args: tuple) -> pd.DataFrame:
+    job, threads = args
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # set by an earlier job in this worker
+        pass
+    return explain_run(*job)
+
+
+def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig, fold: int = 0) -> pd.DataFrame:
+    """Grad-CAM maps (cached as npz) and per-map scores of one run; skipped when the cache is up to date."""
+    exp_dir = Path(exp_dir)
+    run_dir = exp_dir / "runs" / run_id
+    info = read_json(run_dir / "run.json")
+    key = stable_hash({"model": info["config_hash"], "ids": image_ids, "target": cfg.target, "steps": cfg.deletion_steps})
+    target = gradcam_dir(exp_dir, method) / f"{run_id.replace(':', '_')}.npz"
+    meta_path = target.with_suffix(".json")
+    if target.exists() and meta_path.exists() and read_json(meta_path).get("key") == key:
+        print(f"gradcam {method} {run_id}: up to date")
+        return pd.read_parquet(target.with_suffix(".parquet"))
+    part = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
+    model = load_classifier(run_dir / "model.keras")
+    images = np.asarray(load_images(exp_dir, data_root_of(exp_dir), part, info["image_size"],
+                                    info["resolved_config"]["train"]["resize"], info["stain"]))
+    preds = load_predictions(exp_dir)
+    run_preds = preds[preds["run_id"] == run_id].set_index("image_id").loc[image_ids]
+    classes = (part["label"].to_numpy() if cfg.target == "true" else run_preds["pred"].to_numpy()).astype(int)
+    start = time.perf_counter()
+    maps = compute_maps(model, images, classes, method, cfg.batch_size)
+    seconds = time.perf_counter() - start
+    deletion = deletion_auc(model, images, maps, classes, cfg.deletion_steps)
+    prob_m = run_preds["prob_malignant"].to_numpy()
+    scores = pd.DataFrame({"method": method, "run_id": run_id, "image_id": image_ids, "target_class": classes,
+                           "prob_target": np.where(classes == 1, prob_m, 1 - prob_m), "deletion_auc": deletion})
+    with atomic_path(target, ".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, image_id=np.asarray(image_ids).astype(str), maps=(maps * 255).round().astype(np.uint8))
+    write_parquet(scores, target.with_suffix(".parquet"))
+    write_json({"key": key, "images": len(image_ids), "seconds": round(seconds, 2),
+                "maps_per_s": round(len(image_ids) / max(seconds, 1e-9), 2)}, meta_path)
+    print(f"gradcam {method} {run_id}: {len(image_ids)} maps, {len(image_ids) / max(seconds, 1e-9):.1f} maps/s", flush=True)
     return scores
 
 

@@ -59,7 +59,8 @@ def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[n
     return probs[:, 1].astype(np.float32), feats.astype(np.float16)
 
 
-def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, total_epochs: int):
+def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, total_epochs: int,
+                     checkpoint_seconds: float = 60.0):
     import keras
     from tqdm.auto import tqdm
     import os
@@ -95,10 +96,13 @@ def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, 
                 self.best_weights = self.model.get_weights()  # predict from memory: no reload, no re-trace
                 with atomic_path(run_dir / "model.keras", ".keras") as tmp:
                     self.model.save(tmp)
-            with atomic_path(run_dir / "last.keras", ".keras") as tmp:
-                self.model.save(tmp)
             state["epochs_done"] = epoch + 1
             write_parquet(pd.DataFrame(state["history"]), run_dir / "history.parquet")
+            if epoch + 1 < total_epochs and time.time() - state.get("checkpoint_time", 0.0) >= checkpoint_seconds:
+                # The resume point: weights + Adam state (~3x the weights), so written at most every N seconds.
+                with atomic_path(run_dir / "last.keras", ".keras") as tmp:
+                    self.model.save(tmp)
+                state["checkpoint_epoch"], state["checkpoint_time"] = epoch + 1, time.time()
             write_json(state, run_dir / "state.json")
             print(f"  epoch {epoch + 1}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
                   f"val_acc {row['val_accuracy']:.3f} | {seconds:.1f}s {row['images_per_s']:.1f} img/s", flush=True)
@@ -142,11 +146,17 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
 
     state_path = run_dir / "state.json"
     state = read_json(state_path) if state_path.exists() else None
-    if force or state is None or state.get("config_hash") != config_hash or not (run_dir / "last.keras").exists():
+    resumable = (state is not None and state.get("config_hash") == config_hash and state.get("checkpoint_epoch")
+                 and (run_dir / "last.keras").exists())
+    if force or not resumable:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        state = {"config_hash": config_hash, "epochs_done": 0, "best_val_accuracy": None, "best_epoch": None, "history": []}
+        state = {"config_hash": config_hash, "epochs_done": 0, "checkpoint_epoch": 0, "best_val_accuracy": None,
+                 "best_epoch": None, "history": []}
+    else:  # continue from the last resume checkpoint; epochs after it are trained again
+        state["epochs_done"] = state["checkpoint_epoch"]
+        state["history"] = [h for h in state["history"] if h["epoch"] <= state["checkpoint_epoch"]]
 
     check_weights_available([spec], cfg.weights)
     timings: dict[str, float] = {}
@@ -176,15 +186,16 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     t0 = time.perf_counter()
     with _strategy(cfg.strategy).scope():
         if state["epochs_done"] > 0:
-            print(f"{run_id}: resuming after epoch {state['epochs_done']} of {total_epochs}")
+            print(f"{run_id}: resuming after epoch {state['epochs_done']} of {total_epochs} (last resume checkpoint)")
             net = load_classifier(run_dir / "last.keras")
         else:
             net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
                                    cfg.bn_momentum)
             if cfg.warmup_epochs:
-                _warmup(net, ds_train, ds_val, cfg, run_dir, state, len(x_train), spec)
+                _warmup(net, ds_train, ds_val, cfg)
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
-        all_callbacks = _epoch_callbacks(run_dir, state, len(x_train), cfg.batch_size, total_epochs) + list(callbacks or [])
+        all_callbacks = _epoch_callbacks(run_dir, state, len(x_train), cfg.batch_size, total_epochs,
+                                         cfg.checkpoint_seconds) + list(callbacks or [])
         if cfg.early_stopping_patience:
             all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
         fitted = state["epochs_done"] < total_epochs
@@ -232,7 +243,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     return info
 
 
-def _warmup(net, ds_train, ds_val, cfg: TrainConfig, run_dir: Path, state: dict, n_train: int, spec) -> None:
+def _warmup(net, ds_train, ds_val, cfg: TrainConfig) -> None:
     """Optional head-only epochs before fine-tuning (off in the study's recipe)."""
     import keras
 

@@ -10,17 +10,24 @@ import pytest
 
 from pipeline.config import EnsembleConfig, EvaluateConfig, GradcamConfig, TrainConfig
 from pipeline.predictions import load_predictions
-from pipeline.train import train_run
 
 TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3)
 
 
 @pytest.fixture(scope="module")
-def two_member_experiment(tmp_path_factory, demo_experiment):
+def two_member_experiment(tmp_path_factory, demo_experiment, demo_root):
+    """Two members trained by `run`'s parallel path (two spawned workers), as `make demo` does."""
+    from pipeline.config import Config, ExperimentConfig, RunSpec
+    from pipeline.run import train_all
+
     exp = tmp_path_factory.mktemp("stages") / "exp"
     shutil.copytree(demo_experiment, exp)
-    train_run(exp, "efficientnet_b0", TINY)
-    train_run(exp, "efficientnet_v2_b0", TINY)
+    cfg = Config(experiment=ExperimentConfig(name="stages", data_root=str(demo_root), out_dir=str(exp)),
+                 train=TrainConfig(**{**TINY.__dict__, "workers": 2}),
+                 runs=[RunSpec("efficientnet_b0"), RunSpec("efficientnet_v2_b0")])
+    infos = train_all(cfg)
+    assert sorted(i["run_id"] for i in infos) == ["v1_b0", "v2_b0"]
+    assert sorted(load_predictions(exp).run_id.unique()) == ["v1_b0", "v2_b0"]
     return exp
 
 
