@@ -139,6 +139,10 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
         return pd.read_parquet(target.with_suffix(".parquet"))
     part = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
     model = load_classifier(run_dir / "model.keras")
+    grid = model.get_layer(GRADCAM_LAYER).output.shape[1]
+    if grid is not None and grid < 2:
+        print(f"warning: {run_id} at {info['image_size']} px has a {grid}x{grid} '{GRADCAM_LAYER}' grid: its Grad-CAM maps are "
+              "constant; train at >= 64 px for spatial maps", flush=True)
     images = np.asarray(load_images(exp_dir, data_root_of(exp_dir), part, info["image_size"],
                                     info["resolved_config"]["train"]["resize"], info["stain"]))
     preds = load_predictions(exp_dir)

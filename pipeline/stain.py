@@ -74,7 +74,9 @@ def vahadane_stain_matrix(img: np.ndarray, seed: int = 0, n_samples: int = 5000)
 def macenko_stain_matrix(img: np.ndarray, alpha: float = 1.0, beta: float = 0.15) -> np.ndarray:
     """Macenko et al. 2009: extreme angles of OD pixels in the plane of the two main eigenvectors."""
     od = _tissue_od(img)
-    od = od[(od > beta).all(axis=1)]
+    # Transparent pixels are dropped by total optical density. The common per-channel rule (OD > beta in every
+    # channel) also drops pure-eosin pixels, whose red OD is tiny, and biases the E vector towards H.
+    od = od[np.linalg.norm(od, axis=1) > beta]
     if len(od) < MIN_TISSUE_PIXELS:
         raise StainError("too few stained pixels for Macenko")
     _, vecs = np.linalg.eigh(np.cov(od.T))

@@ -96,6 +96,7 @@ def test_misclassified_filters_change_results(app, fixture_root):
     rows = preds[(preds.run_id == "v1_b0") & (preds.split == "test")]
     errors = rows[rows.pred != rows.label]
     at = app("misclassified")
+    at.sidebar.selectbox(key="mis_run").set_value("v1_b0").run()
     count = lambda: int(next(m.value for m in at.markdown if "image(s) match" in m.value).split("**")[1])
     assert count() == len(errors)
     at.sidebar.multiselect(key="mis_true").set_value(["benign"]).run()

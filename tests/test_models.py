@@ -37,15 +37,16 @@ def test_two_learning_rates_are_applied():
     for mult in (1.0, 10.0):
         keras.utils.set_random_seed(0)
         model = build_classifier("efficientnet_b0", 32, weights="none", augment=False, dropout=0.0)
-        model.compile(optimizer=two_rate_adam_class()(learning_rate=1e-4, head_multiplier=mult),
+        model.compile(optimizer=two_rate_adam_class()(learning_rate=1e-2, head_multiplier=mult),
                       loss="sparse_categorical_crossentropy")
         head0 = model.get_layer("head_dense").kernel.numpy().copy()
         stem0 = model.get_layer("stem_conv").kernel.numpy().copy()
         model.train_on_batch(x, y)
         deltas[mult] = (np.abs(model.get_layer("head_dense").kernel.numpy() - head0),
                         np.abs(model.get_layer("stem_conv").kernel.numpy() - stem0))
-    moved = deltas[1.0][0] > 0
-    np.testing.assert_allclose(deltas[10.0][0][moved] / deltas[1.0][0][moved], 10.0, rtol=1e-3)
+    moved = deltas[1.0][0] > 1e-5  # well above float32 rounding of the weights themselves
+    assert moved.mean() > 0.5
+    np.testing.assert_allclose(deltas[10.0][0][moved] / deltas[1.0][0][moved], 10.0, rtol=1e-2)
     np.testing.assert_allclose(deltas[10.0][1], deltas[1.0][1], rtol=1e-5, atol=1e-12)
 
 
