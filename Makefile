@@ -9,7 +9,7 @@ PORT ?= 8501
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo pipeline dashboard test bench bench-quick lint browser clean
+.PHONY: install demo pipeline dashboard test bench bench-quick bench-baselines lint browser clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,11 +41,18 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium not installed: the browser test will be skipped"; }
 
+# Optional Vahadane baseline for the benchmark: archived staintools + the spams-bin wheel, kept out of .venv.
+BENCH_EXTRA := .bench-extra
+bench-baselines: install
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --target $(BENCH_EXTRA) staintools==2.1.2 \
+		spams-bin==2.6.14 opencv-python-headless==5.0.0.93 matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 \
+		fonttools==4.68.0 kiwisolver==1.5.1 pyparsing==3.3.3
+
 bench: install
-	$(PY) -m pipeline.bench
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(BENCH_EXTRA) $(PY) -m pipeline.bench
 
 bench-quick: install
-	$(PY) -m pipeline.bench --quick
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(BENCH_EXTRA) $(PY) -m pipeline.bench --quick
 
 lint: install
 	$(VENV)/bin/ruff check pipeline dashboard pages tests

@@ -210,22 +210,22 @@ def bench_vahadane(exp: Path, quick: bool) -> dict:
     frame = load_split_frame(exp)
     root = data_root_of(exp)
     paths = [root / p for p in frame.sort_values("image_id").path.head(4 if quick else 12)]
-    imgs = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    imgs = [np.array(Image.open(p).convert("RGB")) for p in paths]  # writable: staintools edits its input
     target = fit_target(imgs[0], "vahadane")
     t_ours = _timed(lambda: [normalize(i, target) for i in imgs])
     out = {"name": f"Vahadane ({len(imgs)} images 700x460, fit + transform)", "ours_images_per_s": len(imgs) / t_ours}
     try:
-        import staintools  # noqa: F401  (dev-only optional baseline: pip install staintools spams-bin)
+        import staintools  # noqa: F401  (optional baseline: `make bench-baselines` installs it into .bench-extra/)
 
         normalizer = staintools.StainNormalizer(method="vahadane")
-        normalizer.fit(imgs[0])
-        t_theirs = _timed(lambda: [normalizer.transform(i) for i in imgs])
-        theirs = staintools.VahadaneStainExtractor.get_stain_matrix(imgs[1])
+        normalizer.fit(imgs[0].copy())
+        t_theirs = _timed(lambda: [normalizer.transform(i.copy()) for i in imgs])
+        theirs = staintools.VahadaneStainExtractor.get_stain_matrix(imgs[1].copy())
         ours = vahadane_stain_matrix(imgs[1])
         out.update(staintools_images_per_s=len(imgs) / t_theirs, ratio=t_theirs / t_ours,
                    max_stain_matrix_difference=float(np.abs(theirs - ours).max()), baseline="staintools 2.1.2 + spams-bin")
     except ImportError:
-        out.update(baseline="staintools + spams-bin not installed (optional; pip install staintools spams-bin)", ratio=None)
+        out.update(baseline="staintools + spams-bin not installed (optional: `make bench-baselines`)", ratio=None)
     out["ok"] = out["ours_images_per_s"] > 1.0
     return out
 

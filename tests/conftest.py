@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ os.environ.setdefault("HISTOCOMPARE_QUIET", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BENCH_EXTRA = PROJECT_ROOT / ".bench-extra"  # optional baselines (`make bench-baselines`), never in .venv
+if BENCH_EXTRA.is_dir() and str(BENCH_EXTRA) not in sys.path:
+    sys.path.append(str(BENCH_EXTRA))
 SAMPLE_ROOT = Path(os.environ.get("BREAKHIS_SAMPLE", PROJECT_ROOT.parent / "shared" / "breakhis-sample"))
 
 

@@ -110,3 +110,14 @@ def test_target_must_come_from_train(demo_experiment, tmp_path):
     test_id = split.loc[split.split == "test", "image_id"].iloc[0]
     with pytest.raises(PipelineError, match="not a training image"):
         run_stain(exp, "vahadane", target=test_id)
+
+
+def test_vahadane_matches_staintools_on_real_images(sample_root):
+    """Cross-check against staintools + spams (installed only by `make bench-baselines`)."""
+    staintools = pytest.importorskip("staintools", reason="staintools + spams-bin not installed (optional: make bench-baselines)")
+    paths = sorted(sample_root.rglob("*.png"))[::80][:4]
+    for path in paths:
+        img = np.array(Image.open(path).convert("RGB"))
+        theirs = staintools.VahadaneStainExtractor.get_stain_matrix(img.copy())
+        ours = vahadane_stain_matrix(img)
+        assert angle_degrees(ours, theirs).max() < 3.0, path.name
