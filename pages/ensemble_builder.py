@@ -47,7 +47,16 @@ if not chosen:
     st.warning("Select at least one member.")
     st.stop()
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def all_member_metrics(key: tuple, split: str, threshold: float) -> dict:
+    """Each member's metrics alone (cached: they do not change when other members are toggled)."""
+    member_probs, member_meta = arrays[split]
+    labels = member_meta["label"].to_numpy()
+    return {m: binary_metrics(labels, member_probs[i], None, threshold) for i, m in enumerate(members)}
+
+
 t0 = time.perf_counter()
+member_metrics = all_member_metrics((str(path), path.stat().st_mtime, tuple(members)), split, threshold)
 idx = [members.index(m) for m in chosen]
 probs, meta = arrays[split]
 val_probs, val_meta = arrays["val"]
@@ -55,7 +64,7 @@ weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(cho
 result = combine(probs[idx], method, threshold, weights=weights)
 y = meta["label"].to_numpy()
 scores = binary_metrics(y, result.score, result.pred, threshold)
-singles = {m: binary_metrics(y, probs[members.index(m)], None, threshold) for m in chosen}
+singles = {m: member_metrics[m] for m in chosen}
 best_single = max(singles, key=lambda m: singles[m]["accuracy"])
 elapsed_ms = (time.perf_counter() - t0) * 1000
 st.session_state["ensemble_last_ms"] = elapsed_ms

@@ -74,27 +74,22 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """tf.data over cached uint8 images: shuffle indices (cheap), gather a batch, cast to float [0, 255]."""
+    """tf.data over cached uint8 images: shuffle indices, ``tf.gather`` a batch, cast to float [0, 255].
+
+    Pure TensorFlow ops: an earlier ``tf.numpy_function`` gather took the GIL once per batch and ran at
+    0.72x of in-memory tensors (`make bench`). The images stay uint8 (4x smaller than float) until the
+    batch is cast, and shuffling indices rather than images keeps no second copy in a shuffle buffer.
+    """
     import tensorflow as tf
 
-    n = len(images)
-    indices = tf.data.Dataset.range(n)
+    images_t = tf.convert_to_tensor(np.asarray(images))
+    indices = tf.data.Dataset.range(len(images))
     if shuffle:
-        indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        indices = indices.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     indices = indices.batch(batch_size)
-    array = np.asarray(images)  # memmap pages in once; bounded by the cache size of this split
-    label_array = None if labels is None else np.asarray(labels, dtype=np.int32)
-
-    def gather(idx):
-        idx = np.sort(idx)  # sorted reads are friendlier to the memmap; order inside a batch is irrelevant
-        x = array[idx]
-        y = label_array[idx] if label_array is not None else np.zeros(len(idx), np.int32)
-        return x, y
-
-    def _map(idx):
-        x, y = tf.numpy_function(gather, [idx], [tf.uint8, tf.int32])
-        x = tf.cast(tf.ensure_shape(x, (None,) + array.shape[1:]), tf.float32)
-        y = tf.ensure_shape(y, (None,))
-        return (x, y) if label_array is not None else x
-
-    return indices.map(_map, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    if labels is None:
+        return indices.map(lambda i: tf.cast(tf.gather(images_t, i), tf.float32),
+                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    labels_t = tf.convert_to_tensor(np.asarray(labels, dtype=np.int32))
+    return indices.map(lambda i: (tf.cast(tf.gather(images_t, i), tf.float32), tf.gather(labels_t, i)),
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

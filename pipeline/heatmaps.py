@@ -71,15 +71,18 @@ def panel(image: np.ndarray, maps: dict[str, np.ndarray], probs: dict[str, tuple
     """The study's 2 x 5 mosaic: V1 row B0-B4, V2 row B0-S; each tile labelled with P(true) / P(pred)."""
     rows = [["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4"], ["v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s"]]
     small = np.asarray(Image.fromarray(image).resize((tile, int(tile * image.shape[0] / image.shape[1]))))
-    th = small.shape[0] + 34
-    canvas = Image.new("RGB", (tile * 5, th * 2 + 24), "white")
+    header, labels = 24, 34
+    row_h = header + small.shape[0] + labels
+    canvas = Image.new("RGB", (tile * 5, row_h * 2), "white")
     draw = ImageDraw.Draw(canvas)
     for r, names in enumerate(rows):
+        top = r * row_h
         family_probs = [probs[n][0] for n in names if n in probs]
         mean = f"{np.mean(family_probs):.2f}" if family_probs else "-"
-        draw.text((4, r * th + (24 if r else 0) - (0 if r else 0)), "", fill="black")
+        draw.text((4, top + 6), f"{'V1' if r == 0 else 'V2'} family mean P(true)={mean}  "
+                  f"(true class: {'malignant' if label else 'benign'}; Grad-CAM is qualitative)", fill="black")
         for c, name in enumerate(names):
-            x, y = c * tile, r * th + 24
+            x, y = c * tile, top + header
             if name in maps:
                 canvas.paste(Image.fromarray(overlay(small, maps[name], alpha)), (x, y))
                 p_true, p_pred = probs.get(name, (float("nan"), float("nan")))
@@ -88,6 +91,4 @@ def panel(image: np.ndarray, maps: dict[str, np.ndarray], probs: dict[str, tuple
             else:
                 draw.rectangle([x + 2, y + 2, x + tile - 2, y + small.shape[0] - 2], outline="grey")
                 draw.text((x + 8, y + 8), f"{name}: not trained", fill="grey")
-        draw.text((4, r * th + 6 if r == 0 else r * th + 6), f"{'V1' if r == 0 else 'V2'} family mean P(true)={mean}  "
-                  f"(true class: {'malignant' if label else 'benign'}; Grad-CAM is qualitative)", fill="black")
     return canvas
