@@ -9,6 +9,7 @@ would make the intervals far too narrow.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -119,8 +120,10 @@ def bootstrap_ci(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, groups: np.n
         samples[b] = idx[:n]
     values = _fast_metrics(y[samples], prob[samples], pred[samples])
     alpha = (1 - ci) / 2
-    lo = np.nanquantile(values, alpha, axis=0)
-    hi = np.nanquantile(values, 1 - alpha, axis=0)
+    with warnings.catch_warnings():  # a metric undefined in every resample (e.g. AUC with one class) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo = np.nanquantile(values, alpha, axis=0)
+        hi = np.nanquantile(values, 1 - alpha, axis=0)
     return {m: (float(lo[i]), float(hi[i])) for i, m in enumerate(CI_METRICS)}
 
 
