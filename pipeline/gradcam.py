@@ -130,6 +130,9 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     """Grad-CAM maps (cached as npz) and per-map scores of one run; skipped when the cache is up to date."""
     exp_dir = Path(exp_dir)
     run_dir = exp_dir / "runs" / run_id
+    if not (run_dir / "run.json").exists() or not (run_dir / "model.keras").exists():
+        known = sorted(p.name for p in (exp_dir / "runs").glob("*") if (p / "run.json").exists())
+        raise PipelineError(f"no completed run {run_id!r} in {exp_dir} (completed runs: {', '.join(known) or 'none'})")
     info = read_json(run_dir / "run.json")
     key = stable_hash({"model": info["config_hash"], "ids": image_ids, "target": cfg.target, "steps": cfg.deletion_steps})
     target = gradcam_dir(exp_dir, method) / f"{run_id.replace(':', '_')}.npz"

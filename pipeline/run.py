@@ -148,9 +148,9 @@ def _prepare_image_caches(cfg: Config) -> None:
     from pipeline.data import load_images
     from pipeline.experiment import load_split_frame
     from pipeline.indexer import data_root_of
-    from pipeline.models import get_spec
+    from pipeline.train import input_size
 
     frame = load_split_frame(cfg.out_dir, cfg.split.fold)
-    wanted = {(r.image_size or cfg.train.image_size or get_spec(r.model).size, r.stain) for r in cfg.runs}
+    wanted = {(input_size(r.model, r.image_size, cfg.train), r.stain) for r in cfg.runs}
     for size, stain in sorted(wanted):
         load_images(cfg.out_dir, data_root_of(cfg.out_dir), frame, size, cfg.train.resize, stain)

@@ -31,6 +31,11 @@ def run_id_for(model: str, stain: str = "none") -> str:
     return short if stain == "none" else f"{short}-{stain}"
 
 
+def input_size(model: str, image_size: int, cfg: TrainConfig) -> int:
+    """A run's input size: its own override, else the preset's, else the study's size for the model."""
+    return image_size or cfg.image_size or get_spec(model).size
+
+
 def check_classes(frame: pd.DataFrame) -> None:
     """Every split needs both classes; a run on an empty class would silently learn nothing."""
     for split in ("train", "val", "test"):
@@ -122,7 +127,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     check_classes(frame)
     run_id = run_id_for(spec.name, stain)
     run_dir = exp_dir / "runs" / run_id
-    size = image_size or cfg.image_size or spec.size
+    size = input_size(spec.name, image_size, cfg)
     total_epochs = epochs or cfg.epochs
     resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
                 "fold": fold, "train": dataclasses.asdict(cfg), "extra": extra_key or {}}

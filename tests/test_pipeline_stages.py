@@ -135,3 +135,11 @@ def test_panel_renders(two_member_experiment):
     img = np.full((460, 700, 3), 200, np.uint8)
     out = panel(img, {"v1_b0": heat}, {"v1_b0": (0.7, 0.7)}, label=1)
     assert out.size[0] == 5 * 220 and np.asarray(out).std() > 0
+
+
+def test_gradcam_unknown_run_is_a_clear_error(two_member_experiment):
+    from pipeline.gradcam import run_gradcam
+    from pipeline.store import PipelineError
+
+    with pytest.raises(PipelineError, match="no completed run 'v1_b7'.*v1_b0"):
+        run_gradcam(two_member_experiment, GradcamConfig(max_images=2), runs=["v1_b7"])
