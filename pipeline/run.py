@@ -124,10 +124,9 @@ def train_all(cfg: Config) -> list[dict]:
 
     out = cfg.out_dir
     jobs = []
-    for run in cfg.runs:
-        extra = {"stain_target": cfg.stain.target} if run.stain != "none" else {}
+    for run in cfg.runs:  # a stained run's hash includes its stain target's key (train_run reads target.json)
         jobs.append({"exp_dir": str(out), "model": run.model, "cfg": cfg.train, "stain": run.stain, "image_size": run.image_size,
-                     "epochs": run.epochs, "seed": cfg.experiment.seed, "fold": cfg.split.fold, "extra_key": extra})
+                     "epochs": run.epochs, "seed": cfg.experiment.seed, "fold": cfg.split.fold})
     workers = max(1, min(cfg.train.workers, len(jobs)))
     if workers == 1:
         from pipeline.train import train_run

@@ -116,8 +116,7 @@ def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, 
 
 
 def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0,
-              epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, extra_key: dict | None = None,
-              callbacks: list | None = None) -> dict:
+              epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, callbacks: list | None = None) -> dict:
     """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json."""
     import keras
 
@@ -130,7 +129,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     size = input_size(spec.name, image_size, cfg)
     total_epochs = epochs or cfg.epochs
     resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
-                "fold": fold, "train": dataclasses.asdict(cfg), "extra": extra_key or {}}
+                "fold": fold, "train": dataclasses.asdict(cfg)}
     if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
         from pipeline.stain_stage import stain_dir
 
