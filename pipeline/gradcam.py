@@ -27,6 +27,7 @@ from pipeline.indexer import data_root_of
 from pipeline.models import GRADCAM_LAYER, load_classifier
 from pipeline.predictions import load_predictions
 from pipeline.store import PipelineError, atomic_path, read_json, stable_hash, write_json, write_parquet
+from pipeline.workers import map_in_workers
 
 
 def make_explainer(model, method: str):
@@ -98,31 +99,15 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
         part = part.sample(cfg.max_images, random_state=0).sort_values("image_id")
     image_ids = part["image_id"].tolist()
     jobs = [(str(exp_dir), method, run_id, image_ids, cfg, fold) for method in cfg.methods for run_id in runs]
-    if workers > 1 and len(jobs) > 1:
-        import os
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        threads = max(1, (os.cpu_count() or 2) // workers)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            all_scores = list(pool.map(_explain_run_job, [(job, threads) for job in jobs]))
-    else:
-        all_scores = [explain_run(*job) for job in jobs]
+    all_scores = map_in_workers(_explain_run_job, jobs, workers)
     scores = add_agreement(exp_dir, pd.concat(all_scores, ignore_index=True))
     for method, sub in scores.groupby("method"):
         write_parquet(sub, gradcam_dir(exp_dir, method) / "scores.parquet")
     return scores
 
 
-def _explain_run_job(args: tuple) -> pd.DataFrame:
-    job, threads = args
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # set by an earlier job in this worker
-        pass
+def _explain_run_job(job: tuple) -> pd.DataFrame:
+    """``explain_run`` on one job tuple (module-level so a spawned worker can unpickle it)."""
     return explain_run(*job)
 
 

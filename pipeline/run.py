@@ -93,16 +93,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict:
 
 
 def _train_job(job: dict) -> dict:
-    """One training run in a worker process (spawned: TensorFlow is not fork-safe)."""
-    import tensorflow as tf
-
-    threads = job.pop("threads")
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:  # already initialised in this worker by an earlier job: keep its setting
-            pass
+    """One training run (module-level so a spawned worker can unpickle it)."""
     import keras
 
     from pipeline.train import train_run
@@ -112,35 +103,21 @@ def _train_job(job: dict) -> dict:
 
 
 def train_all(cfg: Config) -> list[dict]:
-    """Train every run of the preset, ``cfg.train.workers`` at a time (largest models first).
+    """Train every run of the preset, ``cfg.train.workers`` at a time (see :mod:`pipeline.workers`).
 
-    Graph tracing of an EfficientNet takes 20-60 s of single-threaded Python per run, which dominates
-    small CPU runs; two workers that each get half the cores overlap one's tracing with the other's
-    compute. With one worker (the default) runs train in this process, one after the other.
+    With one worker (the default) runs train in this process, one after the other, in preset order.
     """
-    import os
-
     from pipeline.models import get_spec
+    from pipeline.workers import map_in_workers
 
-    out = cfg.out_dir
     jobs = []
     for run in cfg.runs:  # a stained run's hash includes its stain target's key (train_run reads target.json)
-        jobs.append({"exp_dir": str(out), "model": run.model, "cfg": cfg.train, "stain": run.stain, "image_size": run.image_size,
-                     "epochs": run.epochs, "seed": cfg.experiment.seed, "fold": cfg.split.fold})
-    workers = max(1, min(cfg.train.workers, len(jobs)))
-    if workers == 1:
-        from pipeline.train import train_run
-
-        return [train_run(**job) for job in jobs]
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    _prepare_image_caches(cfg)  # decode once here, so workers never race to build the same cache
-    threads = max(1, (os.cpu_count() or 2) // workers)
-    jobs.sort(key=lambda j: -get_spec(j["model"]).size)  # biggest backbones first: better packing of the two queues
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_train_job, {**job, "threads": threads}) for job in jobs]
-        return [f.result() for f in futures]
+        jobs.append({"exp_dir": str(cfg.out_dir), "model": run.model, "cfg": cfg.train, "stain": run.stain,
+                     "image_size": run.image_size, "epochs": run.epochs, "seed": cfg.experiment.seed, "fold": cfg.split.fold})
+    if cfg.train.workers > 1 and len(jobs) > 1:
+        _prepare_image_caches(cfg)  # decode once here, so workers never race to build the same cache
+        jobs.sort(key=lambda j: -get_spec(j["model"]).size)  # biggest backbones first: better packing of the queues
+    return map_in_workers(_train_job, jobs, cfg.train.workers)
 
 
 def _prepare_image_caches(cfg: Config) -> None:
