@@ -60,7 +60,7 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
             for p, meta in ((val_p, val_meta), (test_p, test_meta)):
                 res = combine(p[idx], method, cfg.threshold, cfg.hard_tie_break, weights)
                 rows.append(make_rows(run_id, "ensemble", method, group, "none", meta, res.score, pred=res.pred))
-        if cfg.stacking and group in ("v1", "v2", "all"):
+        if cfg.stacking:
             rows.extend(_stacking_rows(exp_dir, names, group, val_meta, test_meta, cfg, seed, record))
     if cfg.subset_search:
         subsets = subset_search(val_p, val_meta["label"].to_numpy(), test_p, test_meta["label"].to_numpy(), members,
