@@ -17,8 +17,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from pipeline.ensemble import fit_weights
-from pipeline.predictions import probability_matrix
+from pipeline.artifacts.catalog import Catalog, check_stain_key
+from pipeline.artifacts.io import read_parquet_file
+from pipeline.artifacts.predictions import probability_matrix
+from pipeline.core.ensemble import fit_weights
+from pipeline.core.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +34,7 @@ def list_experiments(root: Path | None = None) -> list[str]:
     root = root or artifacts_root()
     if not root.exists():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "manifest.parquet").exists())
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and Catalog(p).manifest.exists())
 
 
 def _mtime(path: Path) -> float:
@@ -40,7 +43,7 @@ def _mtime(path: Path) -> float:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read_parquet(path: str, mtime: float) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    return read_parquet_file(path)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -62,12 +65,13 @@ class Experiment:
     name: str
     path: Path
 
-    def file(self, name: str) -> Path:
-        return self.path / name
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.path)
 
     @property
     def dataset(self) -> dict:
-        return read_json(self.file("dataset.json")) or {}
+        return read_json(self.catalog.dataset) or {}
 
     @property
     def synthetic(self) -> bool:
@@ -79,25 +83,28 @@ class Experiment:
         return Path(root).resolve() if root else None
 
     def manifest(self) -> pd.DataFrame | None:
-        return read_parquet(self.file("manifest.parquet"))
+        return read_parquet(self.catalog.manifest)
 
     def split(self) -> pd.DataFrame | None:
-        return read_parquet(self.file("split.parquet"))
+        return read_parquet(self.catalog.split)
 
     def predictions(self) -> pd.DataFrame | None:
-        return read_parquet(self.file("predictions.parquet"))
+        return read_parquet(self.catalog.predictions)
 
     def metrics(self) -> pd.DataFrame | None:
-        return read_parquet(self.file("metrics.parquet"))
+        return read_parquet(self.catalog.metrics)
 
     def subsets(self) -> pd.DataFrame | None:
-        return read_parquet(self.file("subsets.parquet"))
+        return read_parquet(self.catalog.subsets)
 
     def history(self, run_id: str) -> pd.DataFrame | None:
-        return read_parquet(self.path / "runs" / run_id / "history.parquet")
+        return read_parquet(self.catalog.run(run_id).history)
 
     def run_info(self, run_id: str) -> dict | None:
-        return read_json(self.path / "runs" / run_id / "run.json")
+        return read_json(self.catalog.run(run_id).info)
+
+    def stain_target(self, method: str) -> dict | None:
+        return read_json(self.catalog.stain_target(method))
 
 
 def get_experiment(name: str) -> Experiment:
@@ -133,10 +140,13 @@ def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: st
     if stain == "none":
         root = exp.data_root
     else:
-        target = read_json(exp.path / "stain" / stain / "target.json")
-        if not target:
+        target = exp.stain_target(stain)
+        if not target or not isinstance(target.get("key"), str):
             return None
-        root = exp.path / "stain" / stain / target["key"]
+        try:
+            root = exp.catalog.stain_images(stain, check_stain_key(target["key"]))
+        except PipelineError:
+            return None
     path = safe_image_path(root, rows.iloc[0])
     return None if path is None else load_image(str(path), _mtime(path), width)
 
@@ -144,7 +154,7 @@ def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: st
 @st.cache_data(show_spinner=False, max_entries=32)
 def member_matrices(preds_path: str, mtime: float, members: tuple[str, ...]) -> dict:
     """Val and test probability matrices of ``members`` (the ensemble builder's cached arrays)."""
-    preds = pd.read_parquet(preds_path)
+    preds = read_parquet_file(preds_path)
     out = {}
     for split in ("val", "test"):
         probs, meta = probability_matrix(preds, list(members), split)

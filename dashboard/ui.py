@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.data import Experiment, get_experiment, list_experiments
+from pipeline.artifacts.catalog import parse_run_id
 
 FAMILY_COLOURS = {"v1": "#1f77b4", "v2": "#d62728", "ensemble": "#2ca02c", "subset": "#9467bd", "all": "#2ca02c"}
 CELL_NAMES = {"tp": "malignant predicted malignant (TP)", "fn": "malignant predicted benign (FN)",
@@ -50,9 +51,7 @@ def require(frame, what: str, command: str) -> None:
 
 
 def run_colour(run_id: str, family: str | None = None) -> str:
-    if run_id.startswith("ensemble:"):
-        return FAMILY_COLOURS["ensemble"]
-    return FAMILY_COLOURS.get(family or run_id[:2], "#7f7f7f")
+    return FAMILY_COLOURS.get(family or parse_run_id(run_id).family, "#7f7f7f")
 
 
 def confusion_figure(counts: dict, title: str, normalize: bool = False) -> go.Figure:

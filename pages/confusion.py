@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard.data import image_for
 from dashboard.ui import CELL_NAMES, confusion_figure, page_start, require, short_run
-from pipeline.metrics import confusion_counts
+from pipeline.core.metrics import confusion_counts
 
 exp = page_start("Confusion matrices")
 preds = exp.predictions()

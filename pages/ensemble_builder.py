@@ -1,6 +1,6 @@
 """Ensemble builder: toggle members, pick the rule and threshold; everything re-scores instantly.
 
-Scoring uses the same pure functions as the pipeline (``pipeline.ensemble``, ``pipeline.metrics``) on
+Scoring uses the same pure functions as the pipeline (``pipeline.core.ensemble``, ``pipeline.core.metrics``) on
 probability matrices cached once per experiment, so an interaction costs well under 200 ms.
 """
 
@@ -13,11 +13,12 @@ import streamlit as st
 from sklearn.metrics import roc_curve
 
 from dashboard.data import cached_weights, member_matrices
-from dashboard.ui import FAMILY_COLOURS, confusion_figure, csv_download, page_start, require
-from pipeline.ensemble import agreement_matrix, combine
-from pipeline.ensemble_stage import member_runs
-from pipeline.evaluate import load_reference
-from pipeline.metrics import binary_metrics
+from dashboard.ui import FAMILY_COLOURS, confusion_figure, csv_download, page_start, require, run_colour
+from pipeline.artifacts.catalog import parse_run_id
+from pipeline.artifacts.predictions import member_runs
+from pipeline.core.ensemble import agreement_matrix, combine
+from pipeline.core.metrics import binary_metrics
+from pipeline.core.reference import load_reference
 
 exp = page_start("Ensemble builder")
 preds = exp.predictions()
@@ -26,12 +27,12 @@ members = member_runs(preds)
 if len(members) < 1:
     st.info("No single-model runs without stain normalization yet: train some with `python -m pipeline train`.")
     st.stop()
-path = exp.file("predictions.parquet")
+path = exp.catalog.predictions
 arrays = member_matrices(str(path), path.stat().st_mtime, tuple(members))
 
 st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)")
 chosen = []
-for row in ([m for m in members if m.startswith("v1_")], [m for m in members if m.startswith("v2_")]):
+for row in ([m for m in members if parse_run_id(m).family == "v1"], [m for m in members if parse_run_id(m).family == "v2"]):
     if not row:
         continue
     cols = st.columns(max(len(row), 5))
@@ -90,7 +91,7 @@ if len(np.unique(y)) == 2:
     fig.add_scatter(x=fpr, y=tpr, name="ensemble", line=dict(color=FAMILY_COLOURS["ensemble"], width=3))
     for m in chosen:
         f, t, _ = roc_curve(y, probs[members.index(m)])
-        fig.add_scatter(x=f, y=t, name=m, line=dict(color=FAMILY_COLOURS[m[:2]], width=1), opacity=0.5)
+        fig.add_scatter(x=f, y=t, name=m, line=dict(color=run_colour(m), width=1), opacity=0.5)
 fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), showlegend=False)
 fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=300, margin=dict(t=40, b=10))
 mid.plotly_chart(fig, width="stretch", key="ens_roc")

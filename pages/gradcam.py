@@ -9,14 +9,16 @@ import streamlit as st
 
 from dashboard.data import image_for
 from dashboard.ui import page_start, require
-from pipeline.heatmaps import METHOD_DIRS, load_maps, load_scores, overlay, panel
+from pipeline.artifacts.catalog import GRADCAM_METHODS, parse_run_id
+from pipeline.artifacts.gradcam_cache import load_maps, load_scores
+from pipeline.core.heatmaps import overlay, panel
 
 ROWS = [["v1_b0", "v1_b1", "v1_b2", "v1_b3", "v1_b4"], ["v2_b0", "v2_b1", "v2_b2", "v2_b3", "v2_s"]]
 
 exp = page_start("Grad-CAM")
 st.caption("Grad-CAM is qualitative: it shows where a model's evidence for a class lies, not why, and maps of "
            "low-resolution feature grids (small input sizes) are coarse.")
-available = [m for m in METHOD_DIRS if not load_scores(exp.path, m).empty]
+available = [m for m in GRADCAM_METHODS if not load_scores(exp.path, m).empty]
 require(pd.DataFrame({"m": available}), "Cached Grad-CAM maps", f"python -m pipeline gradcam artifacts/{exp.name}")
 c1, c2, c3 = st.columns([1, 3, 1])
 method = c1.selectbox("Method", available, key="cam_method")
@@ -66,7 +68,7 @@ for family_row in ROWS:
         col.caption(f"P(true) {p_true:.2f} · P(pred) {p_pred:.2f}" + (
             f"  \nagreement IoU {s.mean_iou.iloc[0]:.2f} · deletion AUC {s.deletion_auc.iloc[0]:.2f}" if len(s) else ""))
     if family_p:
-        st.caption(f"{family_row[0][:2].upper()} family mean P(true class) = {np.mean(family_p):.3f}")
+        st.caption(f"{parse_run_id(family_row[0]).family.upper()} family mean P(true class) = {np.mean(family_p):.3f}")
 
 st.caption("Agreement IoU: overlap of the top-20% heatmap region with the other models' maps of this image. "
            "Deletion AUC: mean probability of the explained class while the most salient pixels are greyed out "

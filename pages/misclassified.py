@@ -7,8 +7,10 @@ import streamlit as st
 
 from dashboard.data import image_for
 from dashboard.ui import page_start, require
-from pipeline.ensemble_stage import member_runs
-from pipeline.heatmaps import METHOD_DIRS, load_maps, overlay
+from pipeline.artifacts.catalog import GRADCAM_METHODS, parse_run_id
+from pipeline.artifacts.gradcam_cache import load_maps
+from pipeline.artifacts.predictions import member_runs
+from pipeline.core.heatmaps import overlay
 
 PAGE_SIZE = 12
 
@@ -33,7 +35,7 @@ with st.sidebar:
     patient = st.multiselect("Patient", sorted(preds.patient_id.dropna().unique()), key="mis_patient")
     conf = st.slider("Confidence in the predicted class", 0.5, 1.0, (0.5, 1.0), 0.01, key="mis_conf")
     sort = st.selectbox("Sort", ["most confident errors first", "highest loss first", "image id"], key="mis_sort")
-    method = st.selectbox("Grad-CAM method", list(METHOD_DIRS), key="mis_cam")
+    method = st.selectbox("Grad-CAM method", list(GRADCAM_METHODS), key="mis_cam")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="mis_alpha")
     if preset_ids is not None and st.button("Clear the image list from Confusion matrices", key="mis_clear"):
         st.session_state.pop("browser_ids", None)
@@ -71,7 +73,8 @@ if rows.empty:
 members = member_runs(preds)
 member_table = preds[(preds.split == split) & preds.run_id.isin(members)].pivot_table(
     index="image_id", columns="run_id", values="prob_malignant", aggfunc="first")
-cam_runs = [run] if not run.startswith("ensemble:") else [m for m in run.split(":")[-1].split("+") if m in members][:1]
+ref = parse_run_id(run)
+cam_runs = [run] if ref.kind == "single" else [m for m in ref.members if m in members][:1]
 maps = load_maps(exp.path, method, cam_runs[0]) if cam_runs else {}
 
 pages = max(1, -(-len(rows) // PAGE_SIZE))

@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.ui import csv_download, page_start, require
-from pipeline.evaluate import load_reference
-from pipeline.splits import leakage_report
+from pipeline.core.reference import load_reference
+from pipeline.core.splits import leakage_report
 
 exp = page_start("Overview")
 manifest = exp.manifest()

@@ -3,9 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import image_for, read_json
+from dashboard.data import image_for
 from dashboard.ui import page_start, require
-from pipeline.metrics import binary_metrics, mcnemar, paired_bootstrap_delta
+from pipeline.artifacts.catalog import parse_run_id
+from pipeline.core.metrics import binary_metrics, mcnemar, paired_bootstrap_delta
 
 exp = page_start("Stain comparison")
 preds = exp.predictions()
@@ -13,10 +14,9 @@ require(preds, "predictions.parquet", f"python -m pipeline run --config pipeline
 singles = preds[preds.kind == "single"]
 pairs = []
 for run in sorted(singles.run_id.unique()):
-    if "-" in run:
-        base = run.split("-")[0]
-        if base in set(singles.run_id):
-            pairs.append((base, run))
+    ref = parse_run_id(run)
+    if ref.stain != "none" and ref.base_run in set(singles.run_id):
+        pairs.append((ref.base_run, run))
 if not pairs:
     st.info("No stained/unstained pair of runs. Train the same model with and without normalization, e.g.\n\n"
             f"`python -m pipeline stain artifacts/{exp.name} --method vahadane` then "
@@ -47,11 +47,11 @@ verdict = "helped" if test["p_value"] < 0.05 and mb["accuracy"] > ma["accuracy"]
 st.write(f"On these {len(common)} {split} images, stain normalization **{verdict}**. "
          "The study reported 0.9882 unnormalized vs 0.9679 Vahadane-normalized (V1-B0, image-level split).")
 
-target = read_json(exp.path / "stain" / stained.split("-", 1)[1] / "target.json")
+method = parse_run_id(stained).stain
+target = exp.stain_target(method)
 st.subheader("Images where the two runs disagree")
 disagree = common[(a.pred != b.pred).to_numpy()]
 st.write(f"{len(disagree)} image(s)")
-method = stained.split("-", 1)[1]
 if target:
     timg = image_for(exp, target["target_image_id"], 320)
     if timg is not None:

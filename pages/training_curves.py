@@ -7,8 +7,7 @@ import streamlit as st
 from dashboard.ui import page_start, require, run_colour
 
 exp = page_start("Training curves")
-runs_dir = exp.path / "runs"
-runs = sorted(p.name for p in runs_dir.iterdir() if (p / "history.parquet").exists()) if runs_dir.exists() else []
+runs = [r for r in exp.catalog.run_ids_on_disk() if exp.catalog.run(r).history.exists()]
 require(pd.DataFrame({"r": runs}), "Training history", f"python -m pipeline train artifacts/{exp.name} --model efficientnet_b0")
 chosen = st.multiselect("Runs", runs, default=runs[: min(4, len(runs))], key="curves_runs")
 metric = st.radio("Metric", ["loss", "accuracy"], horizontal=True, key="curves_metric")

@@ -23,29 +23,31 @@ os.environ.setdefault("HISTOCOMPARE_QUIET", "1")
 
 import numpy as np  # noqa: E402
 
+from pipeline.artifacts.io import write_json  # noqa: E402
+from pipeline.artifacts.provenance import library_versions
+from pipeline.artifacts.catalog import Catalog  # noqa: E402
 from pipeline.config import PROJECT_ROOT  # noqa: E402
-from pipeline.store import library_versions, write_json  # noqa: E402
 
 SAMPLE = Path(os.environ.get("BREAKHIS_SAMPLE", PROJECT_ROOT.parent / "shared" / "breakhis-sample"))
 
 
 def _dataset(work: Path, quick: bool) -> tuple[Path, str]:
     """An indexed, patient-split experiment over the real sample (or demo data when the sample is absent)."""
-    from pipeline.experiment import load_manifest
-    from pipeline.indexer import run_index
-    from pipeline.splits import make_split
-    from pipeline.store import write_parquet
+    from pipeline.artifacts.experiment import load_manifest
+    from pipeline.artifacts.io import write_parquet
+    from pipeline.core.splits import make_split
+    from pipeline.stages.index import run_index
 
     exp = work / "exp"
     if (SAMPLE / "BreaKHis_v1").is_dir():
         source, label = SAMPLE, f"real BreakHis sample ({SAMPLE})"
     else:
-        from pipeline.demo_data import generate_demo_data
+        from pipeline.stages.demo_data import generate_demo_data
 
         source, label = work / "demo", "SYNTHETIC demo data (sample not found)"
         generate_demo_data(source, seed=0, patients=16, images_per_patient=4 if quick else 8)
     run_index(source, exp)
-    write_parquet(make_split(load_manifest(exp), "patient", seed=0), exp / "split.parquet")
+    write_parquet(make_split(load_manifest(exp), "patient", seed=0), Catalog(exp).split)
     return exp, label
 
 
@@ -63,10 +65,9 @@ def bench_input_pipeline(exp: Path, quick: bool) -> dict:
     import keras
     import tensorflow as tf
 
-    from pipeline.data import cache_path, load_images, make_dataset
-    from pipeline.experiment import load_split_frame
-    from pipeline.indexer import data_root_of
-    from pipeline.models import build_classifier, compile_classifier
+    from pipeline.artifacts.experiment import data_root_of, load_split_frame
+    from pipeline.ml.data import cache_path, load_images, make_dataset
+    from pipeline.ml.models import build_classifier, compile_classifier
 
     size, batch = 128, 32
     frame = load_split_frame(exp)
@@ -114,10 +115,10 @@ def bench_prediction(exp: Path, quick: bool) -> dict:
     """All models predicting one split: shared decode-once cache vs image_dataset_from_directory per model."""
     import keras
 
-    from pipeline.data import load_images, make_dataset
-    from pipeline.experiment import load_split_frame
-    from pipeline.indexer import data_root_of
-    from pipeline.models import MODEL_ORDER, build_classifier
+    from pipeline.artifacts.experiment import data_root_of, load_split_frame
+    from pipeline.core.model_specs import MODEL_ORDER
+    from pipeline.ml.data import load_images, make_dataset
+    from pipeline.ml.models import build_classifier
 
     size = 128
     models = MODEL_ORDER[:3] if quick else MODEL_ORDER
@@ -137,7 +138,7 @@ def bench_prediction(exp: Path, quick: bool) -> dict:
             m.predict(np.zeros((16, size, size, 3), np.float32), batch_size=16, verbose=0)  # trace both batch sizes first
             m.predict(np.zeros((64, size, size, 3), np.float32), batch_size=64, verbose=0)
             built[name] = m
-        from pipeline.data import cache_path
+        from pipeline.ml.data import cache_path
 
         cache_path(exp, part.image_id.tolist(), size, "square", "none").unlink(missing_ok=True)
 
@@ -163,7 +164,7 @@ def bench_prediction(exp: Path, quick: bool) -> dict:
 
 def bench_ensemble(quick: bool) -> dict:
     """Milliseconds to score one subset (soft and hard) for 10 members x 8,000 and x 1,000,000 images."""
-    from pipeline.ensemble import combine
+    from pipeline.core.ensemble import combine
 
     rng = np.random.default_rng(0)
     out = {"name": "Ensemble re-scoring (10 members)", "baseline": "targets: < 10 ms (8k), < 1 s (1M)"}
@@ -181,11 +182,10 @@ def bench_gradcam(exp: Path, quick: bool) -> dict:
     """Maps/s: tf-keras-vis batched (16) vs a per-image loop, B0 at 128 px."""
     import keras
 
-    from pipeline.data import load_images
-    from pipeline.experiment import load_split_frame
-    from pipeline.gradcam import compute_maps
-    from pipeline.indexer import data_root_of
-    from pipeline.models import build_classifier
+    from pipeline.artifacts.experiment import data_root_of, load_split_frame
+    from pipeline.ml.data import load_images
+    from pipeline.ml.explain import compute_maps
+    from pipeline.ml.models import build_classifier
 
     size = 128
     frame = load_split_frame(exp)
@@ -207,9 +207,8 @@ def bench_vahadane(exp: Path, quick: bool) -> dict:
     """Images/s of our Vahadane vs staintools + spams (when installed), and the stain-matrix difference."""
     from PIL import Image
 
-    from pipeline.experiment import load_split_frame
-    from pipeline.indexer import data_root_of
-    from pipeline.stain import fit_target, normalize, vahadane_stain_matrix
+    from pipeline.artifacts.experiment import data_root_of, load_split_frame
+    from pipeline.core.stain import fit_target, normalize, vahadane_stain_matrix
 
     frame = load_split_frame(exp)
     root = data_root_of(exp)
@@ -237,65 +236,37 @@ def bench_vahadane(exp: Path, quick: bool) -> dict:
 def bench_dashboard(quick: bool) -> dict:
     """AppTest time to first render of each page and the ensemble builder's per-interaction latency.
 
-    Runs in a fresh interpreter: the dashboard never imports TensorFlow, and this process has (its
-    thread pools slowed AppTest's script thread ~10x here).
+    Measured by ``python -m dashboard.bench`` in a fresh interpreter: the dashboard never imports TensorFlow,
+    and this process has (its thread pools slowed AppTest's script thread ~10x here). It reads the demo
+    artifacts when ``make demo`` has run, else a synthetic fixture built here.
     """
     import json
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "pipeline.bench", "--dashboard-only"] + (["--quick"] if quick else []),
-                         capture_output=True, text=True, cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"dashboard benchmark failed: {out.stderr[-800:]}")
-    return json.loads(lines[-1])
-
-
-def _measure_dashboard(quick: bool) -> dict:
-    from streamlit.testing.v1 import AppTest
-
     demo = PROJECT_ROOT / "artifacts" / "demo"
     tmp = None
-    if (demo / "predictions.parquet").exists():
-        os.environ["HISTOCOMPARE_ARTIFACTS"], os.environ["HISTOCOMPARE_EXPERIMENT"] = str(demo.parent), "demo"
-        source = "demo artifacts"
+    if Catalog(demo).predictions.exists():
+        artifacts, experiment, source = demo.parent, "demo", "demo artifacts"
     else:
-        import sys
-
-        sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-        from dashboard_fixture import build
+        from pipeline.fixtures import build
 
         tmp = Path(tempfile.mkdtemp())
         build(tmp)
-        os.environ["HISTOCOMPARE_ARTIFACTS"], os.environ["HISTOCOMPARE_EXPERIMENT"] = str(tmp / "artifacts"), "fixture"
-        source = "test fixture (run `make demo` first for demo artifacts)"
-    app = str(PROJECT_ROOT / "dashboard" / "app.py")
-    pages = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam"]
-    first = {}
-    for page in pages:
-        at = AppTest.from_file(app, default_timeout=120)
-        at.run()
-        t = time.perf_counter()
-        at.switch_page(f"../pages/{page}.py")
-        at.run()
-        first[page] = (time.perf_counter() - t) * 1000
-    at = AppTest.from_file(app, default_timeout=120)
-    at.run()
-    at.switch_page("../pages/ensemble_builder.py")
-    at.run()
-    latencies = []
-    boxes = [c.key for c in at.checkbox if c.key and c.key.startswith("member_")]
-    for i in range(4 if quick else 12):
-        box = at.checkbox(key=boxes[i % len(boxes)])
-        t = time.perf_counter()
-        (box.uncheck() if box.value else box.check()).run()
-        latencies.append((time.perf_counter() - t) * 1000)
-    if tmp:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"name": f"Dashboard ({source}, AppTest)", **{f"first_render_ms_{p}": v for p, v in first.items()},
-            "toggle_median_ms": float(np.median(latencies)), "toggle_max_ms": float(np.max(latencies)),
-            "target": "toggle < 200 ms", "baseline": "absolute (no baseline)", "ok": float(np.median(latencies)) < 200}
+        artifacts, experiment, source = tmp / "artifacts", "fixture", "test fixture (run `make demo` first for demo artifacts)"
+    try:
+        out = subprocess.run([sys.executable, "-m", "dashboard.bench", "--artifacts", str(artifacts), "--experiment", experiment]
+                             + (["--quick"] if quick else []), capture_output=True, text=True, cwd=PROJECT_ROOT,
+                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"dashboard benchmark failed: {out.stderr[-800:]}")
+    result = json.loads(lines[-1])
+    result["name"] = f"Dashboard ({source}, AppTest)"
+    return result
 
 
 def render_markdown(report: dict) -> str:
@@ -342,13 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: minutes instead of ~15")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "artifacts" / "bench"))
     parser.add_argument("--only", nargs="*", help="input prediction ensemble gradcam vahadane dashboard")
-    parser.add_argument("--dashboard-only", action="store_true", help=argparse.SUPPRESS)  # the fresh-interpreter child
     args = parser.parse_args(argv)
-    if args.dashboard_only:
-        import json
-
-        print(json.dumps(_measure_dashboard(args.quick)))
-        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="histocompare-bench-"))

@@ -9,23 +9,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.store import PipelineError  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
 
 
 def cmd_index(args) -> None:
-    from pipeline.indexer import run_index, summarize
+    from pipeline.artifacts.catalog import Catalog
+    from pipeline.stages.index import run_index, summarize
 
     manifest, rejects = run_index(args.data_root, args.out)
     print(summarize(manifest, rejects))
-    print(f"wrote {Path(args.out) / 'manifest.parquet'} and rejects.parquet")
+    print(f"wrote {Catalog(args.out).manifest} and rejects.parquet")
 
 
 def cmd_demo_data(args) -> None:
-    from pipeline.demo_data import generate_demo_data
+    from pipeline.stages.demo_data import generate_demo_data
 
     summary = generate_demo_data(args.out_dir, args.seed, args.patients, args.images_per_patient)
     print(f"SYNTHETIC demo data: {summary['images']} images of {summary['patients']} patients "
@@ -33,18 +33,10 @@ def cmd_demo_data(args) -> None:
 
 
 def cmd_split(args) -> None:
-    from pipeline.experiment import load_manifest
-    from pipeline.splits import leakage_report, make_split, parse_ratios
-    from pipeline.store import write_parquet
+    from pipeline.core.splits import parse_ratios
+    from pipeline.stages.split import run_split
 
-    manifest = load_manifest(args.dir)
-    split = make_split(manifest, args.mode, parse_ratios(args.ratios), args.seed, args.group_by, args.folds)
-    write_parquet(split, Path(args.dir) / "split.parquet")
-    report = leakage_report(manifest, split)
-    print(report.to_string(index=False))
-    shared = int(report["shared_patient_num"].max())
-    verdict = " (image-level split: patients leak)" if shared else " (leak-free)"
-    print(f"leakage: {shared} patient(s) shared between train/val/test{verdict}")
+    run_split(args.dir, args.mode, parse_ratios(args.ratios), args.seed, args.group_by, args.folds)
 
 
 def _train_config_from_args(args):
@@ -59,35 +51,35 @@ def _train_config_from_args(args):
 
 
 def cmd_train(args) -> None:
-    from pipeline.train import train_run
+    from pipeline.stages.train import train_run
 
     cfg = _train_config_from_args(args)
     train_run(args.dir, args.model, cfg, stain=args.stain, seed=args.seed, fold=args.fold, force=args.force)
 
 
 def cmd_stain(args) -> None:
-    from pipeline.stain_stage import run_stain
+    from pipeline.stages.stain import run_stain
 
     run_stain(args.dir, args.method, target=args.target, fold=args.fold)
 
 
 def cmd_ensemble(args) -> None:
     from pipeline.config import EnsembleConfig
-    from pipeline.ensemble_stage import run_ensembles
+    from pipeline.stages.ensemble import run_ensembles
 
     run_ensembles(args.dir, EnsembleConfig(stacking=not args.no_stacking, hard_tie_break=args.tie_break), seed=args.seed)
 
 
 def cmd_evaluate(args) -> None:
     from pipeline.config import EvaluateConfig
-    from pipeline.evaluate import run_evaluate
+    from pipeline.stages.evaluate import run_evaluate
 
     run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap), seed=args.seed)
 
 
 def cmd_gradcam(args) -> None:
     from pipeline.config import GradcamConfig
-    from pipeline.gradcam import run_gradcam, save_panel
+    from pipeline.stages.gradcam import run_gradcam, save_panel
 
     if args.panel:
         out = save_panel(args.dir, args.panel, args.method, args.out)
@@ -98,7 +90,7 @@ def cmd_gradcam(args) -> None:
 
 
 def cmd_summarize_folds(args) -> None:
-    from pipeline.evaluate import summarize_folds
+    from pipeline.stages.evaluate import summarize_folds
 
     summary = summarize_folds(args.dirs, args.out)
     cols = [c for c in ("run_id", "split", "folds", "accuracy_mean", "accuracy_sd", "f1_mean", "f1_sd") if c in summary]
@@ -108,13 +100,14 @@ def cmd_summarize_folds(args) -> None:
 
 def cmd_run(args) -> None:
     from pipeline.config import load_config
-    from pipeline.run import run_pipeline
+    from pipeline.runner import run_pipeline
 
     run_pipeline(load_config(args.config), only=args.only)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="histocompare batch pipeline")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index a BreakHis folder tree into manifest.parquet")
@@ -197,9 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TF_COMMANDS = {"train", "ensemble", "gradcam", "run"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["HISTOCOMPARE_VERBOSE"] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     try:
+        if args.command in TF_COMMANDS:
+            from pipeline.ml.runtime import quiet_tensorflow
+
+            quiet_tensorflow()
         args.func(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import PipelineError
+from pipeline.core.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -181,7 +181,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
 
 def config_from_dict(raw: dict) -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
-    from pipeline.models import MODEL_SPECS  # local: models imports keras lazily, this stays light
+    from pipeline.core.model_specs import MODEL_SPECS  # local: models imports keras lazily, this stays light
 
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for key in raw:
@@ -201,7 +201,7 @@ def config_from_dict(raw: dict) -> Config:
             raise PipelineError(f"config key 'runs[{i}].model': unknown model {run.model!r} (known: {', '.join(MODEL_SPECS)})")
         if run.stain not in CHOICES["runs.stain"]:
             raise PipelineError(f"config key 'runs[{i}].stain' must be one of {CHOICES['runs.stain']}, got {run.stain!r}")
-    from pipeline.splits import parse_ratios
+    from pipeline.core.splits import parse_ratios
 
     parse_ratios(cfg.split.ratios)
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:

@@ -17,6 +17,9 @@ R = TypeVar("R")
 
 
 def _limit_tf_threads(threads: int) -> None:
+    from pipeline.ml.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)

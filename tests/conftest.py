@@ -29,7 +29,7 @@ def sample_root() -> Path:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A small SYNTHETIC dataset (12 patients x 4 images) shared by the tests."""
-    from pipeline.demo_data import generate_demo_data
+    from pipeline.stages.demo_data import generate_demo_data
 
     root = tmp_path_factory.mktemp("demo_data")
     generate_demo_data(root, seed=3, patients=12, images_per_patient=4)
@@ -39,10 +39,10 @@ def demo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_experiment(tmp_path_factory, demo_root) -> Path:
     """Indexed + patient-split experiment folder over the demo data (no training)."""
-    from pipeline.experiment import load_manifest
-    from pipeline.indexer import run_index
-    from pipeline.splits import make_split
-    from pipeline.store import write_parquet
+    from pipeline.artifacts.experiment import load_manifest
+    from pipeline.artifacts.io import write_parquet
+    from pipeline.core.splits import make_split
+    from pipeline.stages.index import run_index
 
     exp = tmp_path_factory.mktemp("exp_demo")
     run_index(demo_root, exp)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.breakhis import SUBTYPES, ParsedName, folder_disagreement, parse_file_name
+from pipeline.core.breakhis import SUBTYPES, ParsedName, folder_disagreement, parse_file_name
 
 
 @pytest.mark.parametrize("code", sorted(SUBTYPES))

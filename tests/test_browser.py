@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import PROJECT_ROOT
-from dashboard_fixture import MEMBERS, build
+
+from pipeline.fixtures import MEMBERS, build
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -55,8 +55,8 @@ def server(tmp_path):
 def test_toggle_member_changes_accuracy_in_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from pipeline.ensemble import combine
-    from pipeline.predictions import probability_matrix
+    from pipeline.artifacts.predictions import probability_matrix
+    from pipeline.core.ensemble import combine
 
     url, root = server
     preds = pd.read_parquet(root / "artifacts" / "fixture" / "predictions.parquet")

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.config import PROJECT_ROOT, config_from_dict, load_config
-from pipeline.store import PipelineError
+from pipeline.core.errors import PipelineError
 
 PRESETS = sorted((PROJECT_ROOT / "pipeline" / "configs").glob("*.toml"))
 

@@ -2,10 +2,10 @@
 
 
 import pytest
+from conftest import PROJECT_ROOT
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT
-from dashboard_fixture import MEMBERS, build
+from pipeline.fixtures import MEMBERS, build
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam"]
@@ -55,8 +55,8 @@ def _metric(at, label):
 def test_member_toggle_rescoring_matches_pure_functions(app, fixture_root):
     import pandas as pd
 
-    from pipeline.ensemble import combine
-    from pipeline.predictions import probability_matrix
+    from pipeline.artifacts.predictions import probability_matrix
+    from pipeline.core.ensemble import combine
 
     at = app("ensemble_builder")
     preds = pd.read_parquet(fixture_root / "artifacts" / "fixture" / "predictions.parquet")

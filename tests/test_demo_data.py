@@ -4,8 +4,8 @@ import hashlib
 
 import numpy as np
 
-from pipeline.demo_data import generate_demo_data, patient_roster, render_image
-from pipeline.indexer import index_dataset
+from pipeline.stages.demo_data import generate_demo_data, patient_roster, render_image
+from pipeline.stages.index import index_dataset
 
 
 def _digest(root):

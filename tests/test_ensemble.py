@@ -2,12 +2,22 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.ensemble import (agreement_matrix, all_subsets, combine, fit_weights, hard_vote, soft_vote,
-                               subset_accuracies, subset_search, weighted_vote)
-from pipeline.store import PipelineError
+from pipeline.core.ensemble import (
+    agreement_matrix,
+    all_subsets,
+    combine,
+    fit_weights,
+    hard_vote,
+    soft_vote,
+    subset_accuracies,
+    subset_search,
+    weighted_vote,
+)
+from pipeline.core.errors import PipelineError
 
 P = np.array([[0.9, 0.2, 0.6, 0.4],
               [0.7, 0.4, 0.3, 0.45],

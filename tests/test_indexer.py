@@ -7,13 +7,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PROJECT_ROOT
 from PIL import Image
 
-from pipeline.breakhis import ParsedName
-from pipeline.indexer import index_dataset, run_index
-from pipeline.store import PipelineError
-
-from conftest import PROJECT_ROOT
+from pipeline.core.breakhis import ParsedName
+from pipeline.core.errors import PipelineError
+from pipeline.stages.index import index_dataset, run_index
 
 
 def _write(root, parsed: ParsedName, size=(700, 460)):

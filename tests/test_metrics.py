@@ -5,8 +5,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.metrics import (_fast_metrics, binary_metrics, bootstrap_ci, expected_calibration_error, fold_summary,
-                              mcnemar, patient_recognition_rate)
+from pipeline.core.metrics import (
+    _fast_metrics,
+    binary_metrics,
+    bootstrap_ci,
+    expected_calibration_error,
+    fold_summary,
+    mcnemar,
+    patient_recognition_rate,
+)
 
 Y = np.array([1, 1, 1, 0, 0, 1, 0, 0])
 PROB = np.array([0.9, 0.8, 0.3, 0.6, 0.2, 0.7, 0.1, 0.4])

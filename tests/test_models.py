@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.models import (MODEL_SPECS, build_classifier, check_weights_available, get_spec, two_rate_adam_class)
-from pipeline.store import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.core.model_specs import MODEL_SPECS, get_spec
+from pipeline.ml.models import build_classifier, check_weights_available, two_rate_adam_class
 
 
 @pytest.mark.parametrize("name", list(MODEL_SPECS))

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.artifacts.predictions import load_predictions
 from pipeline.config import EnsembleConfig, EvaluateConfig, GradcamConfig, TrainConfig
-from pipeline.predictions import load_predictions
 
 TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3)
 
@@ -18,7 +18,7 @@ TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze
 def two_member_experiment(tmp_path_factory, demo_experiment, demo_root):
     """Two members trained by `run`'s parallel path (two spawned workers), as `make demo` does."""
     from pipeline.config import Config, ExperimentConfig, RunSpec
-    from pipeline.run import train_all
+    from pipeline.runner import train_all
 
     exp = tmp_path_factory.mktemp("stages") / "exp"
     shutil.copytree(demo_experiment, exp)
@@ -32,9 +32,9 @@ def two_member_experiment(tmp_path_factory, demo_experiment, demo_root):
 
 
 def test_ensembles_and_subset_search(two_member_experiment):
-    from pipeline.ensemble import soft_vote
-    from pipeline.ensemble_stage import run_ensembles
-    from pipeline.predictions import probability_matrix
+    from pipeline.artifacts.predictions import probability_matrix
+    from pipeline.core.ensemble import soft_vote
+    from pipeline.stages.ensemble import run_ensembles
 
     exp = two_member_experiment
     run_ensembles(exp, EnsembleConfig(stacking_epochs=5), seed=0)
@@ -57,8 +57,8 @@ def test_ensembles_and_subset_search(two_member_experiment):
 
 
 def test_evaluate_writes_metrics_with_cis(two_member_experiment):
-    from pipeline.evaluate import run_evaluate
-    from pipeline.metrics import binary_metrics
+    from pipeline.core.metrics import binary_metrics
+    from pipeline.stages.evaluate import run_evaluate
 
     exp = two_member_experiment
     metrics = run_evaluate(exp, EvaluateConfig(bootstrap=100), seed=0)
@@ -75,14 +75,14 @@ def test_evaluate_writes_metrics_with_cis(two_member_experiment):
 
 
 def test_gradcam_maps_scores_and_tf_free_reading(two_member_experiment):
-    from pipeline.gradcam import run_gradcam
+    from pipeline.stages.gradcam import run_gradcam
 
     exp = two_member_experiment
     scores = run_gradcam(exp, GradcamConfig(max_images=6, batch_size=4, deletion_steps=4), runs=["v1_b0", "v2_b0"])
     assert len(scores) == 12 and scores.deletion_auc.between(0, 1).all() and scores.mean_iou.between(0, 1).all()
     # reading cached maps must not need TensorFlow: check in a fresh interpreter
     code = (
-        "import sys; from pipeline.heatmaps import load_maps, load_scores;"
+        "import sys; from pipeline.artifacts.gradcam_cache import load_maps, load_scores;"
         f"m = load_maps({str(exp)!r}, 'gradcam', 'v1_b0'); s = load_scores({str(exp)!r}, 'gradcam');"
         "import numpy as np; v = list(m.values());"
         "assert len(v) == 6 and all(x.shape == (32, 32) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1 for x in v);"
@@ -104,11 +104,10 @@ def test_gradcam_changes_when_weights_are_randomized(demo_experiment):
     """
     import keras
 
-    from pipeline.data import load_images
-    from pipeline.experiment import load_split_frame
-    from pipeline.gradcam import compute_maps
-    from pipeline.indexer import data_root_of
-    from pipeline.models import build_classifier
+    from pipeline.artifacts.experiment import data_root_of, load_split_frame
+    from pipeline.ml.data import load_images
+    from pipeline.ml.explain import compute_maps
+    from pipeline.ml.models import build_classifier
 
     frame = load_split_frame(demo_experiment).query("split == 'test'").head(4)
     images = np.asarray(load_images(demo_experiment, data_root_of(demo_experiment), frame, 96))
@@ -128,7 +127,8 @@ def test_gradcam_changes_when_weights_are_randomized(demo_experiment):
 
 
 def test_panel_renders(two_member_experiment):
-    from pipeline.heatmaps import load_maps, panel
+    from pipeline.artifacts.gradcam_cache import load_maps
+    from pipeline.core.heatmaps import panel
 
     maps = load_maps(two_member_experiment, "gradcam", "v1_b0")
     image_id, heat = next(iter(maps.items()))
@@ -138,8 +138,8 @@ def test_panel_renders(two_member_experiment):
 
 
 def test_gradcam_unknown_run_is_a_clear_error(two_member_experiment):
-    from pipeline.gradcam import run_gradcam
-    from pipeline.store import PipelineError
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.gradcam import run_gradcam
 
     with pytest.raises(PipelineError, match="no completed run 'v1_b7'.*v1_b0"):
         run_gradcam(two_member_experiment, GradcamConfig(max_images=2), runs=["v1_b7"])

@@ -3,10 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.splits import leakage_report, make_split, paper_split, parse_ratios
-from pipeline.store import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.core.splits import leakage_report, make_split, paper_split, parse_ratios
 
 
 def synthetic_manifest(n_benign_patients, n_malignant_patients, images, seed):
@@ -83,7 +84,7 @@ def test_ratios_validation():
 
 
 def test_sample_paper_leaks_patient_does_not(sample_root, tmp_path):
-    from pipeline.indexer import run_index
+    from pipeline.stages.index import run_index
 
     manifest, _ = run_index(sample_root, tmp_path)
     paper = leakage_report(manifest, make_split(manifest, "paper", seed=0))

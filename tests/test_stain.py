@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.stain import (StainError, angle_degrees, fit_target, macenko_stain_matrix, normalize, od_to_rgb,
-                            vahadane_stain_matrix)
+from pipeline.core.stain import StainError, angle_degrees, fit_target, macenko_stain_matrix, normalize, od_to_rgb, vahadane_stain_matrix
 
 H_TRUE = np.array([0.65, 0.70, 0.29])
 E_TRUE = np.array([0.07, 0.99, 0.11])
@@ -64,8 +63,9 @@ def test_blank_image_is_refused():
 
 
 def test_stain_stage_cache_resume_and_fallback(demo_experiment, tmp_path, capsys):
-    from pipeline.indexer import data_root_of
-    from pipeline.stain_stage import normalized_root, run_stain
+    from pipeline.artifacts.experiment import data_root_of
+    from pipeline.artifacts.experiment import normalized_root
+    from pipeline.stages.stain import run_stain
 
     exp = tmp_path / "exp"
     shutil.copytree(demo_experiment, exp)
@@ -101,8 +101,8 @@ def test_stain_stage_cache_resume_and_fallback(demo_experiment, tmp_path, capsys
 
 
 def test_target_must_come_from_train(demo_experiment, tmp_path):
-    from pipeline.stain_stage import run_stain
-    from pipeline.store import PipelineError
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.stain import run_stain
 
     exp = tmp_path / "exp"
     shutil.copytree(demo_experiment, exp)

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.artifacts.predictions import PREDICTION_COLUMNS, load_predictions
 from pipeline.config import TrainConfig
-from pipeline.predictions import PREDICTION_COLUMNS, load_predictions
-from pipeline.store import PipelineError
-from pipeline.train import train_run
+from pipeline.core.errors import PipelineError
+from pipeline.stages.train import train_run
 
 TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3)
 
@@ -111,10 +111,10 @@ def test_clear_errors(tmp_path, trained):
 
 
 def test_real_sample_b0_predicts_every_val_test_image(sample_root, tmp_path):
-    from pipeline.experiment import load_manifest
-    from pipeline.indexer import run_index
-    from pipeline.splits import make_split
-    from pipeline.store import write_parquet
+    from pipeline.artifacts.experiment import load_manifest
+    from pipeline.artifacts.io import write_parquet
+    from pipeline.core.splits import make_split
+    from pipeline.stages.index import run_index
 
     run_index(sample_root, tmp_path)
     write_parquet(make_split(load_manifest(tmp_path), "patient", seed=0), tmp_path / "split.parquet")

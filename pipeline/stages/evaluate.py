@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.experiment import load_manifest
+from pipeline.artifacts.io import read_json, read_parquet, write_json, write_parquet
+from pipeline.artifacts.predictions import load_predictions
 from pipeline.config import EvaluateConfig
-from pipeline.experiment import load_manifest
-from pipeline.metrics import CI_METRICS, METRIC_NAMES, binary_metrics, bootstrap_ci, fold_summary, patient_recognition_rate
-from pipeline.predictions import load_predictions
-from pipeline.store import PipelineError, read_json, write_json, write_parquet
-
-REFERENCE_CSV = Path(__file__).parent / "reference" / "paper_results.csv"
+from pipeline.core.errors import PipelineError
+from pipeline.core.metrics import CI_METRICS, METRIC_NAMES, binary_metrics, bootstrap_ci, fold_summary, patient_recognition_rate
 
 
 def evaluate_predictions(preds: pd.DataFrame, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0,
@@ -52,18 +52,13 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
         preds = preds.merge(load_manifest(exp_dir)[["image_id", "patient_id", "patient_num", "magnification", "subtype"]],
                             on="image_id", how="left")
     metrics = evaluate_predictions(preds, cfg, seed, threshold)
-    write_parquet(metrics, exp_dir / "metrics.parquet")
+    write_parquet(metrics, Catalog(exp_dir).metrics)
     write_json({"bootstrap": cfg.bootstrap, "ci": cfg.ci, "seed": seed, "threshold": threshold,
-                "seconds": round(time.perf_counter() - start, 2)}, exp_dir / "metrics.json")
+                "seconds": round(time.perf_counter() - start, 2)}, Catalog(exp_dir).metrics_info)
     table = metrics[(metrics["group_type"] == "all") & (metrics["split"] == "test")]
     cols = ["run_id", "accuracy", "accuracy_lo", "accuracy_hi", "f1", "roc_auc", "patient_recognition_rate"]
     print(table[cols].round(3).to_string(index=False))
     return metrics
-
-
-def load_reference() -> pd.DataFrame:
-    """The study's reported test numbers (data, with its source in the CSV header)."""
-    return pd.read_csv(REFERENCE_CSV, comment="#")
 
 
 def summarize_folds(exp_dirs: list[Path | str], out: Path | str) -> pd.DataFrame:
@@ -74,14 +69,13 @@ def summarize_folds(exp_dirs: list[Path | str], out: Path | str) -> pd.DataFrame
     """
     frames = []
     for i, d in enumerate(exp_dirs):
-        d = Path(d)
-        metrics_path = d / "metrics.parquet"
-        if not metrics_path.exists():
-            raise PipelineError(f"{metrics_path} is missing; run `python -m pipeline evaluate {d}` first")
-        run = read_json(d / "pipeline_run.json") if (d / "pipeline_run.json").exists() else {}
+        catalog = Catalog(d)
+        if not catalog.metrics.exists():
+            raise PipelineError(f"{catalog.metrics} is missing; run `python -m pipeline evaluate {d}` first")
+        run = read_json(catalog.pipeline_run) if catalog.pipeline_run.exists() else {}
         fold = run.get("config", {}).get("split", {}).get("fold", i)
-        m = pd.read_parquet(metrics_path)
-        frames.append(m[m["group_type"] == "all"].assign(fold=fold, experiment=d.name))
+        m = read_parquet(catalog.metrics)
+        frames.append(m[m["group_type"] == "all"].assign(fold=fold, experiment=catalog.name))
     allm = pd.concat(frames, ignore_index=True)
     if allm["fold"].nunique() < len(exp_dirs):
         raise PipelineError("two experiments trained on the same fold; give one experiment per fold")

@@ -13,34 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.artifacts.catalog import Catalog, ensemble_run_id
+from pipeline.artifacts.io import write_json, write_parquet
+from pipeline.artifacts.predictions import load_predictions, make_rows, member_groups, member_runs, probability_matrix, replace_rows
 from pipeline.config import EnsembleConfig
-from pipeline.ensemble import combine, fit_weights, subset_search
-from pipeline.models import MODEL_ORDER, get_spec
-from pipeline.predictions import load_predictions, make_rows, probability_matrix, replace_rows
-from pipeline.store import PipelineError, write_json, write_parquet
-
-
-def ensemble_run_id(method: str, members: list[str]) -> str:
-    return f"ensemble:{method}:{'+'.join(members)}"
-
-
-def member_runs(preds: pd.DataFrame) -> list[str]:
-    singles = preds[(preds["kind"] == "single") & (preds["stain"] == "none")]
-    runs = singles["run_id"].unique().tolist()
-    order = {get_spec(m).short: i for i, m in enumerate(MODEL_ORDER)}
-    return sorted(runs, key=lambda r: order.get(r, 99))
-
-
-def member_groups(members: list[str]) -> dict[str, list[str]]:
-    """The study's family ensembles (V1, V2), plus all members when both families are present."""
-    v1 = [m for m in members if m.startswith("v1_")]
-    v2 = [m for m in members if m.startswith("v2_")]
-    groups = {"v1": v1, "v2": v2, "all": members if v1 and v2 else []}
-    return {name: ms for name, ms in groups.items() if len(ms) >= 2}
+from pipeline.core.ensemble import combine, fit_weights, subset_search
+from pipeline.core.errors import PipelineError
 
 
 def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), seed: int = 0) -> pd.DataFrame:
     exp_dir = Path(exp_dir)
+    catalog = Catalog(exp_dir)
     start = time.perf_counter()
     preds = load_predictions(exp_dir)
     members = member_runs(preds)
@@ -65,7 +48,7 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
     if cfg.subset_search:
         subsets = subset_search(val_p, val_meta["label"].to_numpy(), test_p, test_meta["label"].to_numpy(), members,
                                 threshold=cfg.threshold, tie_break=cfg.hard_tie_break)
-        write_parquet(subsets, exp_dir / "subsets.parquet")
+        write_parquet(subsets, catalog.subsets)
         for method in ("soft", "hard"):
             best = subsets[(subsets["method"] == method) & (subsets["n_members"] >= 2)].iloc[0]
             names = best["members"].split("+")
@@ -80,18 +63,18 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
     replace_rows(exp_dir, new, sorted(set(old) | set(new["run_id"])))
     record["seconds"] = round(time.perf_counter() - start, 2)
     record["config"] = cfg.__dict__
-    write_json(record, exp_dir / "ensembles.json")
+    write_json(record, catalog.ensembles)
     summary = new.assign(ok=new["pred"] == new["label"]).groupby(["run_id", "split"])["ok"].mean().unstack()
     print(summary.round(3).to_string())
     return new
 
 
 def _stacking_rows(exp_dir, names, group, val_meta, test_meta, cfg, seed, record) -> list[pd.DataFrame]:
-    from pipeline.stacking import fit_stacking, load_features
+    from pipeline.ml.stacking import fit_stacking, load_features
 
-    runs_dir = exp_dir / "runs"
-    val_x = np.concatenate([load_features(runs_dir / n, val_meta["image_id"].tolist()) for n in names], axis=1)
-    test_x = np.concatenate([load_features(runs_dir / n, test_meta["image_id"].tolist()) for n in names], axis=1)
+    catalog = Catalog(exp_dir)
+    val_x = np.concatenate([load_features(catalog.run(n).features, val_meta["image_id"].tolist()) for n in names], axis=1)
+    test_x = np.concatenate([load_features(catalog.run(n).features, test_meta["image_id"].tolist()) for n in names], axis=1)
     try:
         out = fit_stacking(val_x, val_meta["label"].to_numpy(), test_x, cfg.stacking_epochs, seed)
     except PipelineError as exc:

@@ -1,39 +1,16 @@
-"""Cached Grad-CAM maps: reading, overlaying, agreement and the study's multi-model panel, without TensorFlow.
+"""Heatmap maths without TensorFlow: colouring, overlaying, top-region agreement and the study's 2x5 panel.
 
-Maps are stored per (method, run) as ``DIR/gradcam/<method>/<run_id>.npz`` with ``image_id`` and ``maps``
-(uint8, 0-255 = 0-1, at the model's input size), so the dashboard can overlay them with numpy alone.
+Shared by the Grad-CAM stage (agreement scores, the panel PNG) and the dashboard (overlays).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw
 
-METHOD_DIRS = {"gradcam": "gradcam", "gradcam++": "gradcampp", "scorecam": "scorecam"}
 # A compact 'jet'-like colormap (blue -> cyan -> yellow -> red), enough for qualitative overlays.
 _ANCHORS = np.array([0.0, 0.35, 0.65, 1.0])
 _COLOURS = np.array([[0, 0, 160], [0, 220, 255], [255, 230, 0], [220, 0, 0]], dtype=np.float64)
-
-
-def gradcam_dir(exp_dir: Path | str, method: str) -> Path:
-    return Path(exp_dir) / "gradcam" / METHOD_DIRS[method]
-
-
-def load_maps(exp_dir: Path | str, method: str, run_id: str) -> dict[str, np.ndarray]:
-    """{image_id: float map in [0, 1]} for one run; empty when not computed."""
-    path = gradcam_dir(exp_dir, method) / f"{run_id.replace(':', '_')}.npz"
-    if not path.exists():
-        return {}
-    data = np.load(path, allow_pickle=False)
-    return {i: m.astype(np.float32) / 255.0 for i, m in zip(data["image_id"].tolist(), data["maps"])}
-
-
-def load_scores(exp_dir: Path | str, method: str) -> pd.DataFrame:
-    path = gradcam_dir(exp_dir, method) / "scores.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:

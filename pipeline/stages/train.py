@@ -17,18 +17,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.artifacts.catalog import Catalog, RunFiles, single_run_id
+from pipeline.artifacts.experiment import data_fingerprint, data_root_of, load_split_frame, read_stain_target
+from pipeline.artifacts.io import atomic_path, read_json, write_json, write_parquet
+from pipeline.artifacts.predictions import load_predictions, make_rows, replace_rows
+from pipeline.artifacts.provenance import library_versions
 from pipeline.config import TrainConfig
-from pipeline.data import load_images, make_dataset
-from pipeline.experiment import data_fingerprint, load_split_frame
-from pipeline.indexer import data_root_of
-from pipeline.models import FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, get_spec, load_classifier
-from pipeline.predictions import load_predictions, make_rows, replace_rows
-from pipeline.store import PipelineError, atomic_path, library_versions, read_json, stable_hash, write_json, write_parquet
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import stable_hash
+from pipeline.core.model_specs import get_spec
+from pipeline.ml.data import load_images, make_dataset
+from pipeline.ml.models import FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, load_classifier
 
 
 def run_id_for(model: str, stain: str = "none") -> str:
-    short = get_spec(model).short
-    return short if stain == "none" else f"{short}-{stain}"
+    return single_run_id(get_spec(model).short, stain)
 
 
 def input_size(model: str, image_size: int, cfg: TrainConfig) -> int:
@@ -64,12 +67,13 @@ def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[n
     return probs[:, 1].astype(np.float32), feats.astype(np.float16)
 
 
-def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, total_epochs: int,
+def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int, total_epochs: int,
                      checkpoint_seconds: float = 60.0):
-    import keras
-    from tqdm.auto import tqdm
     import os
     import sys
+
+    import keras
+    from tqdm.auto import tqdm
 
     quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1"
 
@@ -78,7 +82,7 @@ def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, 
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.perf_counter()
-            self.bar = tqdm(total=n_train, desc=f"{run_dir.name} epoch {epoch + 1}/{total_epochs}", unit="img",
+            self.bar = tqdm(total=n_train, desc=f"{files.dir.name} epoch {epoch + 1}/{total_epochs}", unit="img",
                             dynamic_ncols=True, disable=quiet, file=sys.stderr)
 
         def on_train_batch_end(self, batch, logs=None):
@@ -99,16 +103,16 @@ def _epoch_callbacks(run_dir: Path, state: dict, n_train: int, batch_size: int, 
             if state["best_val_accuracy"] is None or row["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = row["val_accuracy"], epoch + 1
                 self.best_weights = self.model.get_weights()  # predict from memory: no reload, no re-trace
-                with atomic_path(run_dir / "model.keras", ".keras") as tmp:
+                with atomic_path(files.model, ".keras") as tmp:
                     self.model.save(tmp)
             state["epochs_done"] = epoch + 1
-            write_parquet(pd.DataFrame(state["history"]), run_dir / "history.parquet")
+            write_parquet(pd.DataFrame(state["history"]), files.history)
             if epoch + 1 < total_epochs and time.time() - state.get("checkpoint_time", 0.0) >= checkpoint_seconds:
                 # The resume point: weights + Adam state (~3x the weights), so written at most every N seconds.
-                with atomic_path(run_dir / "last.keras", ".keras") as tmp:
+                with atomic_path(files.last, ".keras") as tmp:
                     self.model.save(tmp)
                 state["checkpoint_epoch"], state["checkpoint_time"] = epoch + 1, time.time()
-            write_json(state, run_dir / "state.json")
+            write_json(state, files.state)
             print(f"  epoch {epoch + 1}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
                   f"val_acc {row['val_accuracy']:.3f} | {seconds:.1f}s {row['images_per_s']:.1f} img/s", flush=True)
 
@@ -125,22 +129,21 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     frame = load_split_frame(exp_dir, fold)
     check_classes(frame)
     run_id = run_id_for(spec.name, stain)
-    run_dir = exp_dir / "runs" / run_id
+    files = Catalog(exp_dir).run(run_id)
+    run_dir = files.dir
     size = input_size(spec.name, image_size, cfg)
     total_epochs = epochs or cfg.epochs
     resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
                 "fold": fold, "train": dataclasses.asdict(cfg)}
     if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
-        from pipeline.stain_stage import stain_dir
-
-        target_file = stain_dir(exp_dir, stain) / "target.json"
-        if not target_file.exists():
+        target = read_stain_target(exp_dir, stain)
+        if target is None:
             raise PipelineError(f"run `python -m pipeline stain {exp_dir} --method {stain}` before training a {stain} run")
-        resolved["stain_key"] = read_json(target_file)["key"]
+        resolved["stain_key"] = target["key"]
     fingerprint = data_fingerprint(frame)
     config_hash = stable_hash({"resolved": resolved, "data": fingerprint})
 
-    info_path = run_dir / "run.json"
+    info_path = files.info
     if not force and info_path.exists():
         info = read_json(info_path)
         has_rows = (load_predictions(exp_dir)["run_id"] == run_id).any()
@@ -148,10 +151,10 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             print(f"{run_id}: up to date (config {config_hash}), skipped")
             return info
 
-    state_path = run_dir / "state.json"
+    state_path = files.state
     state = read_json(state_path) if state_path.exists() else None
     resumable = (state is not None and state.get("config_hash") == config_hash and state.get("checkpoint_epoch")
-                 and (run_dir / "last.keras").exists())
+                 and files.last.exists())
     if force or not resumable:
         if run_dir.exists():
             shutil.rmtree(run_dir)
@@ -191,14 +194,14 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     with _strategy(cfg.strategy).scope():
         if state["epochs_done"] > 0:
             print(f"{run_id}: resuming after epoch {state['epochs_done']} of {total_epochs} (last resume checkpoint)")
-            net = load_classifier(run_dir / "last.keras")
+            net = load_classifier(files.last)
         else:
             net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
                                    cfg.bn_momentum)
             if cfg.warmup_epochs:
                 _warmup(net, ds_train, ds_val, cfg)
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
-        all_callbacks = _epoch_callbacks(run_dir, state, len(x_train), cfg.batch_size, total_epochs,
+        all_callbacks = _epoch_callbacks(files, state, len(x_train), cfg.batch_size, total_epochs,
                                          cfg.checkpoint_seconds) + list(callbacks or [])
         if cfg.early_stopping_patience:
             all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
@@ -215,12 +218,12 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         net.set_weights(best_weights)
         best = net
     else:  # resumed after the best epoch, or nothing left to fit: the checkpoint on disk is the best model
-        best = load_classifier(run_dir / "model.keras")
+        best = load_classifier(files.model)
     eval_mask = frame["split"].isin(["val", "test"]).to_numpy()
     eval_frame = frame[eval_mask].reset_index(drop=True)
     probs, feats = predict_with_features(best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size)
     timings["predict_s"] = time.perf_counter() - t0
-    with atomic_path(run_dir / "features.npz", ".npz") as tmp:
+    with atomic_path(files.features, ".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, image_id=eval_frame["image_id"].to_numpy().astype(str), features=feats)
     rows = make_rows(run_id, "single", spec.name, spec.family, stain, eval_frame, probs)
@@ -241,7 +244,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         "model_file": "model.keras", "family": spec.family, "model": spec.name, "stain": stain, "image_size": size,
     }
     write_json(info, info_path)
-    (run_dir / "last.keras").unlink(missing_ok=True)  # the resume point is no longer needed; model.keras stays
+    files.last.unlink(missing_ok=True)  # the resume point is no longer needed; model.keras stays
     print(f"{run_id}: val acc {info['val_accuracy']:.3f}, test acc {info['test_accuracy']:.3f}, best epoch {info['best_epoch']}, "
           f"train {timings['train_s']:.0f}s ({info['train_images_per_s']} img/s)", flush=True)
     return info

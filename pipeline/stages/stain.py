@@ -21,23 +21,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.experiment import load_split_frame
-from pipeline.indexer import data_root_of
+from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.experiment import data_root_of, load_split_frame, read_stain_target
+from pipeline.artifacts.io import atomic_path, read_parquet, write_json, write_parquet
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import file_sha256, stable_hash
+from pipeline.core.stain import StainError, StainTarget, fit_target, normalize, stain_matrix
 from pipeline.progress import progress
-from pipeline.stain import StainError, StainTarget, fit_target, normalize, stain_matrix
-from pipeline.store import PipelineError, atomic_path, file_sha256, read_json, stable_hash, write_json, write_parquet
-
-
-def stain_dir(exp_dir: Path | str, method: str) -> Path:
-    return Path(exp_dir) / "stain" / method
-
-
-def normalized_root(exp_dir: Path | str, method: str) -> Path:
-    """Folder of the normalized images for the current target of ``method``."""
-    target_file = stain_dir(exp_dir, method) / "target.json"
-    if not target_file.exists():
-        return stain_dir(exp_dir, method) / "missing"
-    return stain_dir(exp_dir, method) / read_json(target_file)["key"]
 
 
 def _load(path: Path) -> np.ndarray:
@@ -84,13 +74,13 @@ def _normalize_one(args: tuple[str, str, dict, int]) -> tuple[str, str]:
 def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto", fold: int = 0, seed: int = 0,
               workers: int = 2) -> pd.DataFrame:
     exp_dir = Path(exp_dir)
+    catalog = Catalog(exp_dir)
     frame = load_split_frame(exp_dir, fold)
     data_root = data_root_of(exp_dir)
     target_id = target
     if target == "auto":  # reuse the earlier choice while the training images are the same
         train_key = stable_hash(sorted(frame.loc[frame["split"] == "train", "image_id"]))
-        previous = stain_dir(exp_dir, method) / "target.json"
-        prev = read_json(previous) if previous.exists() else {}
+        prev = read_stain_target(exp_dir, method) or {}
         if prev.get("rule") == "auto" and prev.get("train_key") == train_key and prev.get("seed") == seed:
             target_id = prev["target_image_id"]
         else:
@@ -102,16 +92,16 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     target_path = data_root / target_row["path"]
     fitted = fit_target(_load(target_path), method, seed)
     key = stable_hash({"method": method, "target": target_id, "sha": file_sha256(target_path), "seed": seed}, 10)
-    out_root = stain_dir(exp_dir, method) / key
+    out_root = catalog.stain_images(method, key)
     write_json({"method": method, "target_image_id": target_id, "target_path": str(target_row["path"]), "rule": target,
                 "key": key, "fold": fold, "seed": seed, "target": fitted.to_dict(),
-                "train_key": stable_hash(sorted(train_ids))}, stain_dir(exp_dir, method) / "target.json")
-    for old in stain_dir(exp_dir, method).iterdir():  # drop caches of older targets
+                "train_key": stable_hash(sorted(train_ids))}, catalog.stain_target(method))
+    for old in catalog.stain_dir(method).iterdir():  # drop caches of older targets
         if old.is_dir() and old.name != key:
             shutil.rmtree(old)
 
     index_path = out_root / "index.parquet"
-    done = pd.read_parquet(index_path) if index_path.exists() else pd.DataFrame(columns=["image_id", "sha256", "status"])
+    done = read_parquet(index_path) if index_path.exists() else pd.DataFrame(columns=["image_id", "sha256", "status"])
     known = dict(zip(done["image_id"], done["sha256"]))
     todo = []
     for _, row in frame.iterrows():

@@ -12,19 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import PipelineError
+from pipeline.core.errors import PipelineError
 
 
-def load_features(run_dir: Path, image_ids: list[str]) -> np.ndarray:
-    path = Path(run_dir) / "features.npz"
+def load_features(path: Path, image_ids: list[str]) -> np.ndarray:
+    """Pooled features of ``image_ids`` (in that order) from a run's ``features.npz``."""
+    path = Path(path)
     if not path.exists():
-        raise PipelineError(f"{path} is missing; re-run `train` for {Path(run_dir).name} to write pooled features")
-    data = np.load(path, allow_pickle=False)
-    index = {k: i for i, k in enumerate(data["image_id"].tolist())}
-    missing = [i for i in image_ids if i not in index]
-    if missing:
-        raise PipelineError(f"{path} lacks features for {len(missing)} images (e.g. {missing[0]})")
-    return data["features"][[index[i] for i in image_ids]].astype(np.float32)
+        raise PipelineError(f"{path} is missing; re-run `train` for {path.parent.name} to write pooled features")
+    with np.load(path, allow_pickle=False) as data:
+        index = {k: i for i, k in enumerate(data["image_id"].tolist())}
+        missing = [i for i in image_ids if i not in index]
+        if missing:
+            raise PipelineError(f"{path} lacks features for {len(missing)} images (e.g. {missing[0]})")
+        return data["features"][[index[i] for i in image_ids]].astype(np.float32)
 
 
 def build_meta_model(n_features: int, seed: int = 0):

@@ -1,8 +1,6 @@
 """Stage ``gradcam``: tf-keras-vis Grad-CAM / Grad-CAM++ / Faster-ScoreCAM maps, cached for the dashboard.
 
-Maps target each model's predicted class (or the true class), on ``top_activation``, with the softmax
-replaced by a linear output (``ReplaceToLinear``), computed in batches. Upsampling is tf-keras-vis's own
-(scipy zoom, order 1) to the model input size, for every method, so maps are comparable.
+Maps (see :mod:`pipeline.ml.explain`) target each model's predicted class, or the true class.
 
 Beyond the study, each map gets:
 * ``deletion_auc``: delete (grey out) the most salient pixels first in ``deletion_steps`` steps and
@@ -19,69 +17,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.artifacts.catalog import Catalog, parse_run_id
+from pipeline.artifacts.experiment import data_root_of, load_split_frame
+from pipeline.artifacts.gradcam_cache import load_maps
+from pipeline.artifacts.io import atomic_path, read_json, read_parquet, write_json, write_parquet
+from pipeline.artifacts.predictions import load_predictions
 from pipeline.config import GradcamConfig
-from pipeline.data import load_images
-from pipeline.experiment import load_split_frame
-from pipeline.heatmaps import gradcam_dir, load_maps, region_iou
-from pipeline.indexer import data_root_of
-from pipeline.models import GRADCAM_LAYER, load_classifier
-from pipeline.predictions import load_predictions
-from pipeline.store import PipelineError, atomic_path, read_json, stable_hash, write_json, write_parquet
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import stable_hash
+from pipeline.core.heatmaps import region_iou
+from pipeline.ml.data import load_images
+from pipeline.ml.explain import compute_maps, deletion_auc
+from pipeline.ml.models import GRADCAM_LAYER, load_classifier
 from pipeline.workers import map_in_workers
 
 
-def make_explainer(model, method: str):
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.scorecam import Scorecam
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-
-    cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}[method]
-    return cls(model, model_modifier=ReplaceToLinear(), clone=True)
-
-
-def compute_maps(model, images: np.ndarray, classes: np.ndarray, method: str = "gradcam", batch_size: int = 16) -> np.ndarray:
-    """(N, H, W) float maps in [0, 1] for ``images`` (float-convertible, 0-255) and target ``classes``."""
-    import warnings
-
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    explainer = make_explainer(model, method)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = np.asarray(images[start : start + batch_size], dtype=np.float32)
-        kwargs = {"penultimate_layer": GRADCAM_LAYER}
-        if method == "scorecam":
-            kwargs["max_N"] = 10  # Faster-ScoreCAM
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cam = explainer(CategoricalScore([int(c) for c in classes[start : start + batch_size]]), x, **kwargs)
-        out.append(np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0))
-    maps = np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)
-    return np.clip(maps, 0.0, 1.0)
-
-
-def deletion_auc(model, images: np.ndarray, maps: np.ndarray, classes: np.ndarray, steps: int = 10,
-                 batch_size: int = 64) -> np.ndarray:
-    """Mean target-class probability as the most salient pixels are greyed out (0%..90% deleted)."""
-    n, h, w = maps.shape
-    order = np.argsort(-maps.reshape(n, -1), axis=1)
-    fractions = np.arange(steps) / steps
-    probs = np.zeros((n, steps))
-    grey = np.float32(127.5)
-    for s, frac in enumerate(fractions):
-        x = np.asarray(images, dtype=np.float32).copy()
-        k = int(round(frac * h * w))
-        if k:
-            rows = np.repeat(np.arange(n), k)
-            flat = order[:, :k].ravel()
-            x.reshape(n, h * w, 3)[rows, flat] = grey
-        p = model.predict(x, batch_size=batch_size, verbose=0)
-        probs[:, s] = p[np.arange(n), classes]
-    return probs.mean(axis=1)
-
-
-def single_runs(exp_dir: Path) -> list[str]:
+def single_runs(exp_dir: Path | str) -> list[str]:
     preds = load_predictions(exp_dir)
     return sorted(preds.loc[preds["kind"] == "single", "run_id"].unique().tolist())
 
@@ -102,7 +53,7 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
     all_scores = map_in_workers(_explain_run_job, jobs, workers)
     scores = add_agreement(exp_dir, pd.concat(all_scores, ignore_index=True))
     for method, sub in scores.groupby("method"):
-        write_parquet(sub, gradcam_dir(exp_dir, method) / "scores.parquet")
+        write_parquet(sub, Catalog(exp_dir).gradcam_scores(method))
     return scores
 
 
@@ -114,19 +65,20 @@ def _explain_run_job(job: tuple) -> pd.DataFrame:
 def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig, fold: int = 0) -> pd.DataFrame:
     """Grad-CAM maps (cached as npz) and per-map scores of one run; skipped when the cache is up to date."""
     exp_dir = Path(exp_dir)
-    run_dir = exp_dir / "runs" / run_id
-    if not (run_dir / "run.json").exists() or not (run_dir / "model.keras").exists():
-        known = sorted(p.name for p in (exp_dir / "runs").glob("*") if (p / "run.json").exists())
+    catalog = Catalog(exp_dir)
+    files = catalog.run(run_id)
+    if not files.info.exists() or not files.model.exists():
+        known = [r for r in catalog.run_ids_on_disk() if catalog.run(r).info.exists()]
         raise PipelineError(f"no completed run {run_id!r} in {exp_dir} (completed runs: {', '.join(known) or 'none'})")
-    info = read_json(run_dir / "run.json")
+    info = read_json(files.info)
     key = stable_hash({"model": info["config_hash"], "ids": image_ids, "target": cfg.target, "steps": cfg.deletion_steps})
-    target = gradcam_dir(exp_dir, method) / f"{run_id.replace(':', '_')}.npz"
-    meta_path = target.with_suffix(".json")
-    if target.exists() and meta_path.exists() and read_json(meta_path).get("key") == key:
+    target, meta_path = catalog.gradcam_maps(method, run_id), catalog.gradcam_run_meta(method, run_id)
+    scores_path = catalog.gradcam_run_scores(method, run_id)
+    if target.exists() and meta_path.exists() and scores_path.exists() and read_json(meta_path).get("key") == key:
         print(f"gradcam {method} {run_id}: up to date")
-        return pd.read_parquet(target.with_suffix(".parquet"))
+        return read_parquet(scores_path)
     part = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
-    model = load_classifier(run_dir / "model.keras")
+    model = load_classifier(files.model)
     grid = model.get_layer(GRADCAM_LAYER).output.shape[1]
     if grid is not None and grid < 2:
         print(f"warning: {run_id} at {info['image_size']} px has a {grid}x{grid} '{GRADCAM_LAYER}' grid: its Grad-CAM maps are "
@@ -146,7 +98,7 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     with atomic_path(target, ".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, image_id=np.asarray(image_ids).astype(str), maps=(maps * 255).round().astype(np.uint8))
-    write_parquet(scores, target.with_suffix(".parquet"))
+    write_parquet(scores, scores_path)
     write_json({"key": key, "images": len(image_ids), "seconds": round(seconds, 2),
                 "maps_per_s": round(len(image_ids) / max(seconds, 1e-9), 2)}, meta_path)
     print(f"gradcam {method} {run_id}: {len(image_ids)} maps, {len(image_ids) / max(seconds, 1e-9):.1f} maps/s", flush=True)
@@ -157,7 +109,7 @@ def add_agreement(exp_dir: Path, scores: pd.DataFrame, fraction: float = 0.2) ->
     """Per map: mean top-20% IoU with the other members' maps of the same image (stain-normalized runs excluded)."""
     out = []
     for method, sub in scores.groupby("method"):
-        runs = sorted(r for r in sub["run_id"].unique() if "-" not in r)
+        runs = sorted(r for r in sub["run_id"].unique() if parse_run_id(r).stain == "none")
         maps = {r: load_maps(exp_dir, method, r) for r in runs}
         ious: dict[tuple[str, str], list[float]] = {}
         for image_id in sub["image_id"].unique():
@@ -176,7 +128,7 @@ def save_panel(exp_dir: Path | str, image_id: str, method: str = "gradcam", out:
     """Render the study's 2 x 5 multi-model panel for one image from cached maps and save it as PNG."""
     from PIL import Image
 
-    from pipeline.heatmaps import panel
+    from pipeline.core.heatmaps import panel
 
     exp_dir = Path(exp_dir)
     preds = load_predictions(exp_dir)
@@ -196,7 +148,7 @@ def save_panel(exp_dir: Path | str, image_id: str, method: str = "gradcam", out:
     manifest = load_split_frame(exp_dir).set_index("image_id")
     with Image.open(data_root_of(exp_dir) / manifest.loc[image_id, "path"]) as img:
         image = np.asarray(img.convert("RGB"))
-    out = Path(out) if out else gradcam_dir(exp_dir, method) / f"panel_{image_id}_{method.replace('+', 'p')}.png"
+    out = Path(out) if out else Catalog(exp_dir).gradcam_panel(method, image_id)
     with atomic_path(out, ".png") as tmp:
         panel(image, maps, probs, label).save(tmp, format="PNG")
     return out

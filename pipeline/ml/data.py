@@ -15,25 +15,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.experiment import normalized_root
+from pipeline.artifacts.io import atomic_path
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import stable_hash
 from pipeline.progress import progress
-from pipeline.store import PipelineError, atomic_path, stable_hash
 
 
 def image_source_root(exp_dir: Path, data_root: Path, stain: str) -> Path:
     """Where the PNGs of a run come from: the dataset, or the stain-normalized copy under the experiment."""
-    if stain == "none":
-        return data_root
-    from pipeline.stain_stage import normalized_root
-
-    root = normalized_root(exp_dir, stain)
-    if not root.exists():
-        raise PipelineError(f"no {stain}-normalized images under {root}; run `python -m pipeline stain {exp_dir} --method {stain}` first")
-    return root
+    return data_root if stain == "none" else normalized_root(exp_dir, stain)
 
 
 def cache_path(exp_dir: Path, image_ids: list[str], size: int, resize: str, stain: str) -> Path:
     key = stable_hash({"ids": list(image_ids), "size": size, "resize": resize, "stain": stain})
-    return Path(exp_dir) / "cache" / "images" / f"{stain}_{size}px_{resize}_{key}.npy"
+    return Catalog(exp_dir).image_cache_dir / f"{stain}_{size}px_{resize}_{key}.npy"
 
 
 def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, resize: str = "square",

@@ -27,9 +27,10 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import ellipse
 
-from pipeline.breakhis import MAGNIFICATIONS, SUBTYPES, ParsedName
+from pipeline.artifacts.io import atomic_path
+from pipeline.core.breakhis import MAGNIFICATIONS, SUBTYPES, ParsedName
+from pipeline.core.errors import PipelineError
 from pipeline.progress import progress
-from pipeline.store import PipelineError, atomic_path
 
 WIDTH, HEIGHT = 700, 460
 # Reference optical-density stain vectors (Ruifrok & Johnston), rows normalised.

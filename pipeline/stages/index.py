@@ -13,9 +13,11 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.breakhis import folder_disagreement, parse_file_name
+from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.io import write_json, write_parquet
+from pipeline.core.breakhis import folder_disagreement, parse_file_name
+from pipeline.core.errors import PipelineError
 from pipeline.progress import progress
-from pipeline.store import PipelineError, read_json, write_json, write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MANIFEST_COLUMNS = [
@@ -118,26 +120,18 @@ def run_index(data_root: Path | str, out_dir: Path | str, synthetic: bool | None
     """CLI body: index, write manifest/rejects/dataset.json atomically, refuse an empty dataset."""
     start = time.perf_counter()
     data_root = Path(data_root).resolve()
-    out_dir = Path(out_dir)
+    catalog = Catalog(out_dir)
     manifest, rejects = index_dataset(data_root)
     if manifest.empty:
-        write_parquet(rejects, out_dir / "rejects.parquet")
+        write_parquet(rejects, catalog.rejects)
         raise PipelineError(
-            f"no valid BreakHis images under {data_root} ({len(rejects)} files rejected, see {out_dir / 'rejects.parquet'}); "
+            f"no valid BreakHis images under {data_root} ({len(rejects)} files rejected, see {catalog.rejects}); "
             "expected PNGs named SOB_<B|M>_<TYPE>-<yy>-<patient>-<mag>-<seq>.png in their class/subtype/patient/magnification folders"
         )
     if synthetic is None:
         synthetic = (data_root / "SYNTHETIC").exists() or (data_root.parent / "SYNTHETIC").exists()
-    write_parquet(manifest, out_dir / "manifest.parquet")
-    write_parquet(rejects, out_dir / "rejects.parquet")
+    write_parquet(manifest, catalog.manifest)
+    write_parquet(rejects, catalog.rejects)
     write_json({"data_root": str(data_root), "synthetic": bool(synthetic), "images": len(manifest),
-                "rejects": len(rejects), "seconds": round(time.perf_counter() - start, 2)}, out_dir / "dataset.json")
+                "rejects": len(rejects), "seconds": round(time.perf_counter() - start, 2)}, catalog.dataset)
     return manifest, rejects
-
-
-def data_root_of(exp_dir: Path | str) -> Path:
-    """The data root an experiment was indexed from (from ``dataset.json``)."""
-    info = Path(exp_dir) / "dataset.json"
-    if not info.exists():
-        raise PipelineError(f"{info} is missing; run `python -m pipeline index DATA_ROOT --out {exp_dir}` first")
-    return Path(read_json(info)["data_root"])

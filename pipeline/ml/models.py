@@ -11,50 +11,14 @@ Keras is imported lazily so that light modules (config, dashboard) never pay Ten
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.store import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.core.model_specs import ModelSpec, get_spec
 
 HEAD_LAYER = "head_dense"
 FEATURE_LAYER = "avg_pool"
 GRADCAM_LAYER = "top_activation"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str  # e.g. efficientnet_v2_b0
-    short: str  # e.g. v2_b0 (used in run ids)
-    family: str  # v1 | v2
-    keras_fn: str  # keras.applications attribute
-    size: int  # the study's input size
-    weights_file: str  # Keras cache file name of the ImageNet no-top weights
-    trainable_last: int = 0  # 0: every non-BN layer trainable; N: only the last N layers (V2B1/V2B2 in the study)
-
-
-MODEL_SPECS: dict[str, ModelSpec] = {
-    s.name: s
-    for s in [
-        ModelSpec("efficientnet_b0", "v1_b0", "v1", "EfficientNetB0", 224, "efficientnetb0_notop.h5"),
-        ModelSpec("efficientnet_b1", "v1_b1", "v1", "EfficientNetB1", 240, "efficientnetb1_notop.h5"),
-        ModelSpec("efficientnet_b2", "v1_b2", "v1", "EfficientNetB2", 260, "efficientnetb2_notop.h5"),
-        ModelSpec("efficientnet_b3", "v1_b3", "v1", "EfficientNetB3", 300, "efficientnetb3_notop.h5"),
-        ModelSpec("efficientnet_b4", "v1_b4", "v1", "EfficientNetB4", 380, "efficientnetb4_notop.h5"),
-        ModelSpec("efficientnet_v2_b0", "v2_b0", "v2", "EfficientNetV2B0", 224, "efficientnetv2-b0_notop.h5"),
-        ModelSpec("efficientnet_v2_b1", "v2_b1", "v2", "EfficientNetV2B1", 240, "efficientnetv2-b1_notop.h5", 300),
-        ModelSpec("efficientnet_v2_b2", "v2_b2", "v2", "EfficientNetV2B2", 260, "efficientnetv2-b2_notop.h5", 300),
-        ModelSpec("efficientnet_v2_b3", "v2_b3", "v2", "EfficientNetV2B3", 300, "efficientnetv2-b3_notop.h5"),
-        ModelSpec("efficientnet_v2_s", "v2_s", "v2", "EfficientNetV2S", 380, "efficientnetv2-s_notop.h5"),
-    ]
-}
-MODEL_ORDER = list(MODEL_SPECS)
-
-
-def get_spec(name: str) -> ModelSpec:
-    for spec in MODEL_SPECS.values():
-        if name in (spec.name, spec.short):
-            return spec
-    raise PipelineError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_SPECS)}")
 
 
 def keras_cache_dir() -> Path:

@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.store import PipelineError, write_parquet
+from pipeline.artifacts.catalog import Catalog, parse_run_id
+from pipeline.artifacts.io import read_parquet_file, write_parquet
+from pipeline.core.errors import PipelineError
+from pipeline.core.model_specs import MODEL_SPECS
 
 PREDICTION_COLUMNS = ["run_id", "kind", "model", "family", "stain", "image_id", "split", "label", "prob_malignant", "pred"]
 META_COLUMNS = ["magnification", "subtype", "patient_id", "patient_num"]
 
 
 def predictions_path(exp_dir: Path | str) -> Path:
-    return Path(exp_dir) / "predictions.parquet"
+    return Catalog(exp_dir).predictions
 
 
 def make_rows(run_id: str, kind: str, model: str, family: str, stain: str, frame: pd.DataFrame,
@@ -43,7 +46,7 @@ def load_predictions(exp_dir: Path | str) -> pd.DataFrame:
     path = predictions_path(exp_dir)
     if not path.exists():
         return pd.DataFrame(columns=PREDICTION_COLUMNS + META_COLUMNS)
-    return pd.read_parquet(path)
+    return read_parquet_file(path)
 
 
 def replace_rows(exp_dir: Path | str, new_rows: pd.DataFrame, run_ids: list[str] | None = None) -> pd.DataFrame:
@@ -73,3 +76,18 @@ def probability_matrix(preds: pd.DataFrame, run_ids: list[str], split: str) -> t
     meta_cols = ["image_id", "label", "split"] + [c for c in META_COLUMNS if c in part]
     meta = part.drop_duplicates("image_id").set_index("image_id").loc[wide.index].reset_index()[meta_cols]
     return wide.to_numpy(dtype=np.float64).T, meta
+
+
+def member_runs(preds: pd.DataFrame) -> list[str]:
+    """Ensemble members: single-model runs without stain normalization (as in the study), in model order."""
+    singles = preds[(preds["kind"] == "single") & (preds["stain"] == "none")]
+    order = {spec.short: i for i, spec in enumerate(MODEL_SPECS.values())}
+    return sorted(singles["run_id"].unique().tolist(), key=lambda r: (order.get(parse_run_id(r).model, 99), r))
+
+
+def member_groups(members: list[str]) -> dict[str, list[str]]:
+    """The study's family ensembles (V1, V2), plus all members when both families are present."""
+    v1 = [m for m in members if parse_run_id(m).family == "v1"]
+    v2 = [m for m in members if parse_run_id(m).family == "v2"]
+    groups = {"v1": v1, "v2": v2, "all": members if v1 and v2 else []}
+    return {name: ms for name, ms in groups.items() if len(ms) >= 2}

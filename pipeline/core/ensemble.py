@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from pipeline.store import PipelineError
+from pipeline.core.errors import PipelineError
 
 METHODS = ("soft", "hard", "weighted")
 

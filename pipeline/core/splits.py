@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from pipeline.store import PipelineError
+from pipeline.core.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
 

@@ -7,16 +7,18 @@ module only sequences them and records what ran, with timings, in ``DIR/pipeline
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
+from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.io import write_json
+from pipeline.artifacts.provenance import library_versions
 from pipeline.config import Config
-from pipeline.store import library_versions, write_json
 
 STAGES = ("data", "index", "split", "stain", "train", "ensemble", "evaluate", "gradcam")
 
 
 def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict:
-    from pipeline.models import check_weights_available, get_spec
+    from pipeline.core.model_specs import get_spec
+    from pipeline.ml.models import check_weights_available
 
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -33,32 +35,27 @@ def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict:
 
     if "data" in todo and cfg.experiment.synthetic:
         t = stage("data (SYNTHETIC demo images)")
-        from pipeline.demo_data import generate_demo_data
+        from pipeline.stages.demo_data import generate_demo_data
 
         print(generate_demo_data(cfg.data_root, seed, cfg.experiment.demo_patients, cfg.experiment.demo_images_per_patient,
                                  workers=max(2, cfg.train.workers)))
         timings["data"] = time.perf_counter() - t
     if "index" in todo:
         t = stage("index")
-        from pipeline.indexer import run_index, summarize
+        from pipeline.stages.index import run_index, summarize
 
         print(summarize(*run_index(cfg.data_root, out, synthetic=cfg.experiment.synthetic)))
         timings["index"] = time.perf_counter() - t
     if "split" in todo:
         t = stage("split")
-        from pipeline.experiment import load_manifest
-        from pipeline.splits import leakage_report, make_split
-        from pipeline.store import write_parquet
+        from pipeline.stages.split import run_split
 
-        manifest = load_manifest(out)
-        split = make_split(manifest, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds)
-        write_parquet(split, out / "split.parquet")
-        print(leakage_report(manifest, split).to_string(index=False))
+        run_split(out, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds)
         timings["split"] = time.perf_counter() - t
     stains = sorted({r.stain for r in cfg.runs if r.stain != "none"})
     if "stain" in todo and stains:
         t = stage("stain")
-        from pipeline.stain_stage import run_stain
+        from pipeline.stages.stain import run_stain
 
         for method in stains:
             run_stain(out, method, target=cfg.stain.target, fold=cfg.split.fold)
@@ -69,25 +66,25 @@ def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict:
         timings["train"] = time.perf_counter() - t
     if "ensemble" in todo and cfg.ensemble.enabled:
         t = stage("ensemble")
-        from pipeline.ensemble_stage import run_ensembles
+        from pipeline.stages.ensemble import run_ensembles
 
         run_ensembles(out, cfg.ensemble, seed=seed)
         timings["ensemble"] = time.perf_counter() - t
     if "evaluate" in todo:
         t = stage("evaluate")
-        from pipeline.evaluate import run_evaluate
+        from pipeline.stages.evaluate import run_evaluate
 
         run_evaluate(out, cfg.evaluate, seed=seed, threshold=cfg.ensemble.threshold)
         timings["evaluate"] = time.perf_counter() - t
     if "gradcam" in todo and cfg.gradcam.enabled:
         t = stage("gradcam")
-        from pipeline.gradcam import run_gradcam
+        from pipeline.stages.gradcam import run_gradcam
 
         run_gradcam(out, cfg.gradcam, fold=cfg.split.fold, workers=cfg.train.workers)
         timings["gradcam"] = time.perf_counter() - t
     record = {"config": cfg.to_dict(), "stages": todo, "timings_s": {k: round(v, 1) for k, v in timings.items()},
               "versions": library_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_json(record, Path(out) / "pipeline_run.json")
+    write_json(record, Catalog(out).pipeline_run)
     print(f"\npipeline finished: {record['timings_s']}")
     return record
 
@@ -96,7 +93,7 @@ def _train_job(job: dict) -> dict:
     """One training run (module-level so a spawned worker can unpickle it)."""
     import keras
 
-    from pipeline.train import train_run
+    from pipeline.stages.train import train_run
 
     keras.backend.clear_session()
     return train_run(**job)
@@ -107,7 +104,7 @@ def train_all(cfg: Config) -> list[dict]:
 
     With one worker (the default) runs train in this process, one after the other, in preset order.
     """
-    from pipeline.models import get_spec
+    from pipeline.core.model_specs import get_spec
     from pipeline.workers import map_in_workers
 
     jobs = []
@@ -121,10 +118,9 @@ def train_all(cfg: Config) -> list[dict]:
 
 
 def _prepare_image_caches(cfg: Config) -> None:
-    from pipeline.data import load_images
-    from pipeline.experiment import load_split_frame
-    from pipeline.indexer import data_root_of
-    from pipeline.train import input_size
+    from pipeline.artifacts.experiment import data_root_of, load_split_frame
+    from pipeline.ml.data import load_images
+    from pipeline.stages.train import input_size
 
     frame = load_split_frame(cfg.out_dir, cfg.split.fold)
     wanted = {(input_size(r.model, r.image_size, cfg.train), r.stain) for r in cfg.runs}

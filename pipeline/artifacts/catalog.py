@@ -1,0 +1,236 @@
+"""Every artifact of an experiment folder, declared once (a data catalog in the spirit of Kedro's).
+
+Why one place: the stages, the runner and the dashboard all need the same paths and run ids. When each
+module joins path pieces by hand, a renamed file or a hostile value (a stain key of ``../../..``) slips
+through in one of them. Here every path is a property or method of :class:`Catalog`, every run id is
+built and parsed by :func:`single_run_id`, :func:`ensemble_run_id` and :func:`parse_run_id`, and every
+value that becomes a path component is validated first. ``artifacts/README.md`` documents the schemas.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.errors import PipelineError
+
+STAIN_METHODS = ("vahadane", "macenko", "reinhard")
+GRADCAM_METHODS = {"gradcam": "gradcam", "gradcam++": "gradcampp", "scorecam": "scorecam"}  # method -> folder
+ENSEMBLE_PREFIX = "ensemble:"
+STAIN_KEY_RE = re.compile(r"^[0-9a-f]{10}$")  # the stain stage's cache keys: 10 hex digits, never a path
+SINGLE_RUN_RE = re.compile(r"^(?P<model>v[12]_(?:b[0-9]|s))(?:-(?P<stain>[a-z]+))?$")
+ENSEMBLE_RUN_RE = re.compile(r"^ensemble:(?P<method>[a-z][a-z-]*):(?P<members>[a-z0-9_+-]+)$")
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A parsed run id: a single model (``v1_b0``, ``v1_b0-vahadane``) or an ensemble
+    (``ensemble:soft:v1_b0+v1_b1``)."""
+
+    run_id: str
+    kind: str  # single | ensemble
+    model: str = ""  # singles: short model name (v1_b0)
+    stain: str = "none"  # singles: stain method or "none"
+    method: str = ""  # ensembles: soft, hard, weighted, stacking, soft-best, hard-best
+    members: tuple[str, ...] = ()  # ensembles: member run ids
+
+    @property
+    def family(self) -> str:
+        """``v1``/``v2`` for singles; ``ensemble`` otherwise."""
+        return self.model[:2] if self.kind == "single" else "ensemble"
+
+    @property
+    def base_run(self) -> str:
+        """The unstained twin of a single run (itself when unstained)."""
+        return self.model if self.kind == "single" else self.run_id
+
+
+def single_run_id(short_model: str, stain: str = "none") -> str:
+    run_id = short_model if stain == "none" else f"{short_model}-{stain}"
+    parse_run_id(run_id)
+    return run_id
+
+
+def ensemble_run_id(method: str, members: list[str] | tuple[str, ...]) -> str:
+    return parse_run_id(f"{ENSEMBLE_PREFIX}{method}:{'+'.join(members)}").run_id
+
+
+def parse_run_id(run_id: str) -> RunRef:
+    """Parse a run id; anything that is not one the pipeline writes is a clear error."""
+    text = str(run_id)
+    m = SINGLE_RUN_RE.match(text)
+    if m and (m["stain"] is None or m["stain"] in STAIN_METHODS):
+        return RunRef(text, "single", model=m["model"], stain=m["stain"] or "none")
+    m = ENSEMBLE_RUN_RE.match(text)
+    if m:
+        members = tuple(m["members"].split("+"))
+        if all(SINGLE_RUN_RE.match(x) for x in members):
+            return RunRef(text, "ensemble", method=m["method"], members=members)
+    raise PipelineError(f"not a run id the pipeline writes: {text!r} (e.g. v1_b0, v1_b0-vahadane, ensemble:soft:v1_b0+v2_b0)")
+
+
+def is_run_id(run_id: str) -> bool:
+    try:
+        parse_run_id(run_id)
+    except PipelineError:
+        return False
+    return True
+
+
+def check_stain_method(method: str) -> str:
+    if method not in STAIN_METHODS:
+        raise PipelineError(f"unknown stain method {method!r} (choose one of {', '.join(STAIN_METHODS)})")
+    return method
+
+
+def check_stain_key(key: object) -> str:
+    """A stain cache key must be a token the stain stage generated (10 hex digits), never a path."""
+    if not isinstance(key, str) or not STAIN_KEY_RE.match(key):
+        raise PipelineError(f"invalid stain target key {key!r} in target.json (expected 10 hex digits); "
+                            "re-run `python -m pipeline stain`")
+    return key
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one run folder (``runs/<run_id>/``)."""
+
+    dir: Path
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model.keras"  # best-validation checkpoint
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.keras"  # resume point (weights + optimizer state)
+
+    @property
+    def history(self) -> Path:
+        return self.dir / "history.parquet"
+
+    @property
+    def info(self) -> Path:
+        return self.dir / "run.json"
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def features(self) -> Path:
+        return self.dir / "features.npz"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Paths of every artifact of one experiment folder (``artifacts/<name>/``)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    # -- experiment-level files -------------------------------------------------------------------
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "rejects.parquet"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.parquet"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.parquet"
+
+    @property
+    def subsets(self) -> Path:
+        return self.root / "subsets.parquet"
+
+    @property
+    def ensembles(self) -> Path:
+        return self.root / "ensembles.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.parquet"
+
+    @property
+    def metrics_info(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def pipeline_run(self) -> Path:
+        return self.root / "pipeline_run.json"
+
+    @property
+    def image_cache_dir(self) -> Path:
+        return self.root / "cache" / "images"
+
+    # -- runs -------------------------------------------------------------------------------------
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, run_id: str) -> RunFiles:
+        ref = parse_run_id(run_id)
+        if ref.kind != "single":
+            raise PipelineError(f"{run_id!r} is an ensemble: it has no run folder")
+        return RunFiles(self.runs_dir / run_id)
+
+    def run_ids_on_disk(self) -> list[str]:
+        """Run folders that hold a run id the pipeline writes (anything else is ignored)."""
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir() and is_run_id(p.name))
+
+    # -- stain normalization ----------------------------------------------------------------------
+    def stain_dir(self, method: str) -> Path:
+        return self.root / "stain" / check_stain_method(method)
+
+    def stain_target(self, method: str) -> Path:
+        return self.stain_dir(method) / "target.json"
+
+    def stain_images(self, method: str, key: str) -> Path:
+        """Normalized images of ``method`` for target ``key`` (validated: a key is never a path)."""
+        return self.stain_dir(method) / check_stain_key(key)
+
+    # -- Grad-CAM ---------------------------------------------------------------------------------
+    def gradcam_dir(self, method: str) -> Path:
+        if method not in GRADCAM_METHODS:
+            raise PipelineError(f"unknown Grad-CAM method {method!r} (choose one of {', '.join(GRADCAM_METHODS)})")
+        return self.root / "gradcam" / GRADCAM_METHODS[method]
+
+    def gradcam_maps(self, method: str, run_id: str) -> Path:
+        return self.gradcam_dir(method) / f"{file_stem(run_id)}.npz"
+
+    def gradcam_run_scores(self, method: str, run_id: str) -> Path:
+        return self.gradcam_dir(method) / f"{file_stem(run_id)}.parquet"
+
+    def gradcam_run_meta(self, method: str, run_id: str) -> Path:
+        return self.gradcam_dir(method) / f"{file_stem(run_id)}.json"
+
+    def gradcam_scores(self, method: str) -> Path:
+        return self.gradcam_dir(method) / "scores.parquet"
+
+    def gradcam_panel(self, method: str, image_id: str) -> Path:
+        return self.gradcam_dir(method) / f"panel_{image_id}_{GRADCAM_METHODS[method]}.png"
+
+
+def file_stem(run_id: str) -> str:
+    """A run id as a file name (``:`` is not portable)."""
+    return parse_run_id(run_id).run_id.replace(":", "_")

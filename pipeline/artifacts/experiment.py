@@ -1,0 +1,72 @@
+"""An experiment folder (``artifacts/<name>/``) and the frames every stage reads from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.io import read_json, read_parquet
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import frame_fingerprint
+
+SPLIT_HINT = "python -m pipeline split {dir} --mode patient"
+INDEX_HINT = "python -m pipeline index DATA_ROOT --out {dir}"
+
+
+def load_manifest(exp_dir: Path | str) -> pd.DataFrame:
+    return read_parquet(Catalog(exp_dir).manifest, "image manifest", INDEX_HINT.format(dir=exp_dir))
+
+
+def load_split(exp_dir: Path | str) -> pd.DataFrame:
+    return read_parquet(Catalog(exp_dir).split, "train/val/test split", SPLIT_HINT.format(dir=exp_dir))
+
+
+def load_split_frame(exp_dir: Path | str, fold: int = 0) -> pd.DataFrame:
+    """Manifest rows joined with their split for ``fold``: the frame training and evaluation work on."""
+    from pipeline.core.splits import split_for_fold
+
+    manifest = load_manifest(exp_dir)
+    frame = manifest.merge(split_for_fold(load_split(exp_dir), fold), on="image_id", how="inner")
+    if len(frame) != len(manifest):
+        raise PipelineError(f"split.parquet does not cover the manifest ({len(frame)} of {len(manifest)} images); re-run split")
+    return frame.sort_values("image_id").reset_index(drop=True)
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """Fingerprint of which images are in which split: part of every run's cache key."""
+    return frame_fingerprint(frame, ["image_id", "path", "label", "split"])
+
+
+def data_root_of(exp_dir: Path | str) -> Path:
+    """The data root an experiment was indexed from (``dataset.json``), checked to be an existing folder."""
+    info = Catalog(exp_dir).dataset
+    if not info.exists():
+        raise PipelineError(f"{info} is missing; run `python -m pipeline index DATA_ROOT --out {exp_dir}` first")
+    root = read_json(info).get("data_root")
+    if not isinstance(root, str) or not root or not Path(root).is_dir():
+        raise PipelineError(f"{info} names data_root {root!r}, which is not an existing folder; "
+                            f"re-run `python -m pipeline index DATA_ROOT --out {exp_dir}`")
+    return Path(root)
+
+
+def read_stain_target(exp_dir: Path | str, method: str) -> dict | None:
+    """``stain/<method>/target.json`` with its cache key validated (a key is a token, never a path); None if absent."""
+    path = Catalog(exp_dir).stain_target(method)
+    if not path.exists():
+        return None
+    target = read_json(path)
+    if not isinstance(target, dict):
+        raise PipelineError(f"{path} is not a stain target record; re-run `python -m pipeline stain {exp_dir} --method {method}`")
+    Catalog(exp_dir).stain_images(method, target.get("key"))  # raises on a hostile or corrupt key
+    return target
+
+
+def normalized_root(exp_dir: Path | str, method: str) -> Path:
+    """Folder of the ``method``-normalized images for the current stain target."""
+    target = read_stain_target(exp_dir, method)
+    root = Catalog(exp_dir).stain_images(method, target["key"]) if target else None
+    if root is None or not root.is_dir():
+        raise PipelineError(f"no {method}-normalized images in {exp_dir}; run `python -m pipeline stain {exp_dir} --method {method}` first")
+    return root

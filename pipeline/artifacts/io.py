@@ -1,0 +1,92 @@
+"""Atomic writes and single-handle reads of artifacts.
+
+Why atomic: an interrupted run must never leave a half-written parquet behind, because the dashboard and
+later stages trust whatever file is there. Every writer writes a temporary file in the same directory and
+``os.replace``s it onto the target, which is atomic on POSIX filesystems.
+
+Why one handle: pyarrow opens a path more than once while reading it, so a reader racing a writer's
+rename could see the old footer and the new body ("unexpected end of stream"). Opening the file once and
+reading from that handle pins one inode: a concurrent replace never yields a torn read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from pipeline.core.errors import PipelineError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path next to ``final``; rename it onto ``final`` only if the block succeeds.
+
+    The file gets the permissions a plain ``open()`` would give it (the umask is respected), so a lab can
+    share an experiment folder; ``mkstemp`` alone would leave every artifact at 0600.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:
+    """Write ``df`` to ``path`` atomically (temp file + rename)."""
+    with atomic_path(path, ".parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def read_parquet_file(path: Path | str) -> pd.DataFrame:
+    """Read a parquet file through one open handle (see the module docstring)."""
+    with open(path, "rb") as fh:
+        return pd.read_parquet(fh)
+
+
+def read_parquet(path: Path | str, what: str = "", hint: str = "") -> pd.DataFrame:
+    """Read a parquet artifact, or raise a PipelineError that says which command makes it."""
+    path = Path(path)
+    if not path.exists():
+        msg = f"missing artifact {path}"
+        if what:
+            msg += f" ({what})"
+        if hint:
+            msg += f"; create it with: {hint}"
+        raise PipelineError(msg)
+    try:
+        return read_parquet_file(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise PipelineError(f"{path} is not a readable parquet file ({type(exc).__name__}); "
+                            f"re-create it{' with: ' + hint if hint else ''}") from None
+
+
+def write_json(obj: Any, path: Path | str) -> Path:
+    """Write JSON atomically, sorted and indented so diffs between runs are readable."""
+    with atomic_path(path, ".json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(path)
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_text())
