@@ -169,3 +169,18 @@ def paired_bootstrap_delta(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
     deltas = per_group_sum[draws].sum(1) / per_group_n[draws].sum(1)
     alpha = (1 - ci) / 2
     return float(np.quantile(deltas, alpha)), float(np.quantile(deltas, 1 - alpha))
+
+
+def reliability_curve(y: np.ndarray, prob: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """The reliability diagram behind :func:`expected_calibration_error`: per equal-width bin of predicted
+    P(malignant), the mean prediction, the observed malignant rate and the image count (empty bins omitted).
+
+    Only for probabilities: a hard vote's vote share is not a calibrated probability, so callers say "n/a"
+    for hard-vote rows instead of drawing this.
+    """
+    y, prob = np.asarray(y, dtype=float), np.asarray(prob, dtype=float)
+    idx = np.minimum((prob * bins).astype(int), bins - 1)
+    frame = pd.DataFrame({"bin": idx, "y": y, "prob": prob})
+    out = frame.groupby("bin").agg(mean_prob=("prob", "mean"), observed=("y", "mean"), images=("y", "size")).reset_index()
+    out["bin_lo"], out["bin_hi"] = out["bin"] / bins, (out["bin"] + 1) / bins
+    return out[["bin_lo", "bin_hi", "mean_prob", "observed", "images"]]
