@@ -13,14 +13,31 @@ from pipeline.core.hashing import frame_fingerprint
 
 SPLIT_HINT = "python -m pipeline split {dir} --mode patient"
 INDEX_HINT = "python -m pipeline index DATA_ROOT --out {dir}"
+# Columns the stages rely on: a parquet that reads but lacks them (another table copied over it) is refused.
+MANIFEST_REQUIRED = ("image_id", "path", "label", "subtype", "patient_id", "patient_num", "magnification")
+SPLIT_REQUIRED = ("image_id", "split", "fold")
+SPLIT_VALUES = {"train", "val", "test"}
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, hint: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{path} lacks column(s) {', '.join(missing)}: not the expected artifact; re-create it with: {hint}")
+    return frame
 
 
 def load_manifest(exp_dir: Path | str) -> pd.DataFrame:
-    return read_parquet(Catalog(exp_dir).manifest, "image manifest", INDEX_HINT.format(dir=exp_dir))
+    path, hint = Catalog(exp_dir).manifest, INDEX_HINT.format(dir=exp_dir)
+    return _require_columns(read_parquet(path, "image manifest", hint), MANIFEST_REQUIRED, path, hint)
 
 
 def load_split(exp_dir: Path | str) -> pd.DataFrame:
-    return read_parquet(Catalog(exp_dir).split, "train/val/test split", SPLIT_HINT.format(dir=exp_dir))
+    path, hint = Catalog(exp_dir).split, SPLIT_HINT.format(dir=exp_dir)
+    split = _require_columns(read_parquet(path, "train/val/test split", hint), SPLIT_REQUIRED, path, hint)
+    unknown = sorted(set(split["split"].astype(str)) - SPLIT_VALUES)
+    if unknown:
+        raise PipelineError(f"{path} has split value(s) {unknown} (expected train, val, test); re-create it with: {hint}")
+    return split
 
 
 def load_split_frame(exp_dir: Path | str, fold: int = 0) -> pd.DataFrame:
@@ -44,7 +61,8 @@ def data_root_of(exp_dir: Path | str) -> Path:
     info = Catalog(exp_dir).dataset
     if not info.exists():
         raise PipelineError(f"{info} is missing; run `python -m pipeline index DATA_ROOT --out {exp_dir}` first")
-    root = read_json(info).get("data_root")
+    record = read_json(info)
+    root = record.get("data_root") if isinstance(record, dict) else None
     if not isinstance(root, str) or not root or not Path(root).is_dir():
         raise PipelineError(f"{info} names data_root {root!r}, which is not an existing folder; "
                             f"re-run `python -m pipeline index DATA_ROOT --out {exp_dir}`")
@@ -60,6 +78,14 @@ def read_stain_target(exp_dir: Path | str, method: str) -> dict | None:
     if not isinstance(target, dict):
         raise PipelineError(f"{path} is not a stain target record; re-run `python -m pipeline stain {exp_dir} --method {method}`")
     Catalog(exp_dir).stain_images(method, target.get("key"))  # raises on a hostile or corrupt key
+    return target
+
+
+def require_stain_target(exp_dir: Path | str, method: str) -> dict:
+    """The validated stain target of ``method``; a clear error naming the command that makes it when absent."""
+    target = read_stain_target(exp_dir, method)
+    if target is None:
+        raise PipelineError(f"run `python -m pipeline stain {exp_dir} --method {method}` before training a {method} run")
     return target
 
 
