@@ -393,3 +393,14 @@ def test_a_truncated_resume_checkpoint_means_a_fresh_start(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith(f"v1_b0: the resume checkpoint {files.last} is unusable (not a complete .keras archive")
     assert out[0].endswith("starting the run again from epoch 1")
+
+
+def test_stain_replaces_a_hostile_target_instead_of_refusing_forever(tmp_path, capsys):
+    """`stain` is the command every stain-key error points to, so it must not refuse the file it rewrites."""
+    from pipeline.stages.stain import _previous_target
+
+    stain_target("../../..")(tmp_path, tmp_path, tmp_path)
+    assert _previous_target(tmp_path, "vahadane") == {}
+    assert "ignoring the previous stain target (invalid stain target key '../../..'" in capsys.readouterr().out
+    (tmp_path / "stain" / "vahadane" / "target.json").write_text(json.dumps({"key": "0123456789", "rule": "auto"}))
+    assert _previous_target(tmp_path, "vahadane") == {"key": "0123456789", "rule": "auto"}

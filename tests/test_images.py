@@ -83,3 +83,15 @@ def test_bombs_and_broken_files_are_refused_with_a_reason(tmp_path):
     assert reasons == {"empty.png": "zero-byte file", "gif.png": "not a PNG file (bad signature)",
                        "cut.png": reasons["cut.png"], "zero.png": "corrupt PNG: 0x5 pixels"}
     assert reasons["cut.png"].startswith("corrupt PNG")
+
+
+def test_an_image_that_stopped_decoding_is_named_not_a_tensorflow_traceback(tmp_path):
+    from pipeline.core.errors import PipelineError
+    from pipeline.ml.data import load_images
+
+    (tmp_path / "good.png").write_bytes(CASES["rgb16"])
+    (tmp_path / "cut.png").write_bytes(CASES["rgb16"][:70])  # indexed whole, cut short later
+    frame = pd.DataFrame({"image_id": ["good", "cut"], "path": ["good.png", "cut.png"]})
+    with pytest.raises(PipelineError, match=r"cut.png no longer decodes as a PNG .*re-run `index`"):
+        load_images(tmp_path / "exp", tmp_path, frame, 8)
+    assert not (tmp_path / "exp" / "cache").exists() or not any((tmp_path / "exp" / "cache").rglob("*.npy"))
