@@ -60,6 +60,15 @@ def keep_patients(benign: int, malignant: int) -> Callable:
     return setup
 
 
+def manifest_row(column: str, value: str) -> Callable:
+    """Plant a hostile value in the first manifest row (the index never writes one)."""
+    def setup(tmp: Path, exp: Path, data: Path) -> None:
+        manifest = pd.read_parquet(exp / "manifest.parquet")
+        manifest.loc[0, column] = value
+        write_parquet(manifest, exp / "manifest.parquet")
+    return setup
+
+
 def preset(text: str) -> Callable:
     def setup(tmp: Path, exp: Path, data: Path) -> None:
         (tmp / "preset.toml").write_text(text.format(data=data, tmp=tmp))
@@ -188,6 +197,10 @@ ROWS = [
     Row("stain-dataset-json-garbage", "stain {exp}", r"dataset.json is not a readable JSON file", at("dataset.json", truncate)),
     Row("stain-target-not-train", "stain {exp} --target SOB_X", r"stain target 'SOB_X' is not a training image"),
     Row("stain-fold-missing", "stain {exp} --fold 3", r"fold 3 not in split.parquet"),
+    Row("stain-manifest-path-escapes", "stain {exp}", r"manifest.parquet has path '../../../../tmp/x.png', which leaves the data root",
+        manifest_row("path", "../../../../tmp/x.png")),
+    Row("split-manifest-id-is-a-path", "split {exp} --mode patient", r"has image_id '../x', not a file stem",
+        manifest_row("image_id", "../x")),
     Row("stain-method-unknown", "stain {exp} --method photoshop", r"--method: invalid choice"),
     # ensemble / evaluate / gradcam / summarize-folds
     Row("ensemble-no-runs", "ensemble {exp}", r"ensembles need at least 2 trained"),

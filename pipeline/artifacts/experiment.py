@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog
 from pipeline.artifacts.io import read_json, read_parquet
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import frame_fingerprint
@@ -27,8 +27,18 @@ def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, 
 
 
 def load_manifest(exp_dir: Path | str) -> pd.DataFrame:
+    """The manifest, with its columns and every path and id checked: stages read and *write* files named by
+    them (stain mirrors ``path`` under the experiment), so a hostile row must never leave the data root."""
     path, hint = Catalog(exp_dir).manifest, INDEX_HINT.format(dir=exp_dir)
-    return _require_columns(read_parquet(path, "image manifest", hint), MANIFEST_REQUIRED, path, hint)
+    manifest = _require_columns(read_parquet(path, "image manifest", hint), MANIFEST_REQUIRED, path, hint)
+    paths, ids = manifest["path"].astype(str), manifest["image_id"].astype(str)
+    escaping = paths[paths.str.startswith("/") | paths.str.contains(r"(?:^|/)\.\.(?:/|$)|\\", regex=True)]
+    if len(escaping):
+        raise PipelineError(f"{path} has path {escaping.iloc[0]!r}, which leaves the data root; re-create it with: {hint}")
+    odd = ids[~ids.str.fullmatch(IMAGE_ID_RE.pattern)]
+    if len(odd):
+        raise PipelineError(f"{path} has image_id {odd.iloc[0]!r}, not a file stem the index writes; re-create it with: {hint}")
+    return manifest
 
 
 def load_split(exp_dir: Path | str) -> pd.DataFrame:
