@@ -1,7 +1,11 @@
 """``python -m pipeline <stage> ...``: one command line for every batch stage.
 
 Each sub-command is a thin wrapper: parse arguments, call the stage function, print a summary.
-A :class:`PipelineError` becomes a one-line message and exit status 2, never a traceback.
+Bad input gets one line on stderr and exit status 2, never a traceback: a :class:`PipelineError` becomes
+``error: ...``, and argparse's own errors (unknown flags, values its types refuse) are printed on one line
+too. Flag values are checked by argparse types built on the same rules as presets
+(:func:`pipeline.config.setting_problem`), so ``--epochs 0`` fails before TensorFlow is even imported;
+the TensorFlow commands start it only after their cheap checks (split, fold, stain target) have passed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,73 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.core.errors import PipelineError  # noqa: E402
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (``error: <prog>: <message>``) instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def setting(key: str, parse: type = int):
+    """An argparse type for the config setting ``key``: parse the text, then apply the preset's rule."""
+
+    def convert(text: str):
+        from pipeline.config import setting_problem
+
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if parse is int else 'a number'}, got {text!r}") from None
+        problem = setting_problem(key, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    convert.__name__ = key
+    return convert
+
+
+def _checked(check):
+    """An argparse type from a function that raises PipelineError for a bad value."""
+
+    def convert(text: str):
+        try:
+            return check(text)
+        except PipelineError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+def _model_name(text: str) -> str:
+    from pipeline.core.model_specs import get_spec
+
+    return get_spec(text).name
+
+
+def _single_run_id(text: str) -> str:
+    from pipeline.artifacts.catalog import parse_run_id
+
+    if parse_run_id(text).kind != "single":
+        raise PipelineError(f"{text!r} is an ensemble; Grad-CAM explains single-model runs (e.g. v1_b0)")
+    return text
+
+
+def _ratios(text: str) -> tuple[float, float, float]:
+    from pipeline.core.splits import parse_ratios
+
+    return parse_ratios(text)
+
+
+def _start_tensorflow() -> None:
+    """Import TensorFlow quietly, once the command's cheap checks have passed (``ensemble`` starts it itself,
+    only if it fits a stacking model)."""
+    from pipeline.ml.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
 
 
 def cmd_index(args) -> None:
@@ -33,10 +104,9 @@ def cmd_demo_data(args) -> None:
 
 
 def cmd_split(args) -> None:
-    from pipeline.core.splits import parse_ratios
     from pipeline.stages.split import run_split
 
-    run_split(args.dir, args.mode, parse_ratios(args.ratios), args.seed, args.group_by, args.folds)
+    run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds)
 
 
 def _train_config_from_args(args):
@@ -51,6 +121,12 @@ def _train_config_from_args(args):
 
 
 def cmd_train(args) -> None:
+    from pipeline.artifacts.experiment import load_split_frame, require_stain_target
+
+    load_split_frame(args.dir, args.fold)  # missing/corrupt manifest or split, or a fold it lacks: before TensorFlow
+    if args.stain != "none":
+        require_stain_target(args.dir, args.stain)  # absent, hostile or corrupt target.json
+    _start_tensorflow()
     from pipeline.stages.train import train_run
 
     cfg = _train_config_from_args(args)
@@ -85,6 +161,10 @@ def cmd_gradcam(args) -> None:
         out = save_panel(args.dir, args.panel, args.method, args.out)
         print(f"wrote {out}")
         return
+    from pipeline.stages.gradcam import check_completed_runs
+
+    check_completed_runs(args.dir, args.runs or [])
+    _start_tensorflow()
     cfg = GradcamConfig(methods=[args.method], split=args.split, max_images=args.max_images, target=args.target)
     run_gradcam(args.dir, cfg, runs=args.runs)
 
@@ -102,11 +182,16 @@ def cmd_run(args) -> None:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
-    run_pipeline(load_config(args.config), only=args.only)
+    cfg = load_config(args.config)
+    if not args.only or {"train", "ensemble", "gradcam"} & set(args.only):
+        _start_tensorflow()
+    run_pipeline(cfg, only=args.only)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description="histocompare batch pipeline")
+    from pipeline.runner import STAGES
+
+    parser = OneLineParser(prog="python -m pipeline", description="histocompare batch pipeline")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -117,33 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-data", help="generate SYNTHETIC BreakHis-shaped H&E-like images")
     p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--patients", type=int, default=24)
-    p.add_argument("--images-per-patient", type=int, default=8)
+    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
+    p.add_argument("--patients", type=setting("experiment.demo_patients"), default=24)
+    p.add_argument("--images-per-patient", type=setting("experiment.demo_images_per_patient"), default=8)
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("split", help="image-level (paper) or patient-level split")
     p.add_argument("dir")
     p.add_argument("--mode", choices=["paper", "patient"], required=True)
-    p.add_argument("--ratios", default="0.7,0.15,0.15")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ratios", type=_checked(_ratios), default=(0.7, 0.15, 0.15), help="train,val,test (default 0.7,0.15,0.15)")
+    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.add_argument("--group-by", default="patient_num", choices=["patient_id", "patient_num"])
-    p.add_argument("--folds", type=int, default=1, help="independent repeats (BreakHis protocol: 5)")
+    p.add_argument("--folds", type=setting("split.folds"), default=1, help="independent repeats (BreakHis protocol: 5)")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train one EfficientNet and predict val/test")
     p.add_argument("dir")
-    p.add_argument("--model", required=True)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--weights", help="imagenet | none | path to .h5")
+    p.add_argument("--model", required=True, type=_checked(_model_name), help="e.g. efficientnet_b0 or v1_b0")
+    p.add_argument("--epochs", type=setting("train.epochs"))
+    p.add_argument("--batch-size", type=setting("train.batch_size"))
+    p.add_argument("--image-size", type=setting("train.image_size"), help="0 (the model's study size) or 32-1024")
+    p.add_argument("--weights", type=setting("train.weights", str), help="imagenet | none | path to .h5")
     p.add_argument("--stain", default="none", choices=["none", "vahadane", "macenko", "reinhard"])
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"])
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--early-stopping-patience", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--warmup-epochs", type=setting("train.warmup_epochs"))
+    p.add_argument("--early-stopping-patience", type=setting("train.early_stopping_patience"))
+    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
+    p.add_argument("--fold", type=setting("split.fold"), default=0)
     p.add_argument("--force", action="store_true", help="retrain even if up to date")
     p.set_defaults(func=cmd_train)
 
@@ -151,28 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--method", default="vahadane", choices=["vahadane", "macenko", "reinhard"])
     p.add_argument("--target", default="auto", help="'auto' (rule on the train split) or an image_id from train")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=setting("split.fold"), default=0)
     p.set_defaults(func=cmd_stain)
 
     p = sub.add_parser("ensemble", help="soft/hard/weighted/stacking ensembles and subset search")
     p.add_argument("dir")
     p.add_argument("--tie-break", default="mean_prob", choices=["mean_prob", "benign"])
     p.add_argument("--no-stacking", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("evaluate", help="metrics.parquet with patient-bootstrap CIs")
     p.add_argument("dir")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=setting("evaluate.bootstrap"), default=1000)
+    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("gradcam", help="Grad-CAM heatmaps (tf-keras-vis) cached for the dashboard")
     p.add_argument("dir")
     p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--runs", nargs="*", help="run ids (default: every single-model run)")
-    p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--runs", nargs="*", type=_checked(_single_run_id), help="run ids (default: every single-model run)")
+    p.add_argument("--max-images", type=setting("gradcam.max_images"), default=0)
     p.add_argument("--target", default="predicted", choices=["predicted", "true"])
     p.add_argument("--panel", metavar="IMAGE_ID", help="save the study's 2x5 multi-model panel of this image as PNG")
     p.add_argument("--out", help="PNG path for --panel (default DIR/gradcam/panel_<image>_<method>.png)")
@@ -185,24 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
     p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")
-    p.add_argument("--only", nargs="*", help="subset of stages: data index split stain train ensemble evaluate gradcam")
+    p.add_argument("--only", nargs="+", choices=STAGES, metavar="STAGE", help=f"subset of stages: {' '.join(STAGES)}")
     p.set_defaults(func=cmd_run)
     return parser
 
 
-TF_COMMANDS = {"train", "ensemble", "gradcam", "run"}
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (0 done, 2 bad input, 130 interrupted)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or argparse's one-line error (2)
+        return exc.code if isinstance(exc.code, int) else 2
     if args.verbose:
         os.environ["HISTOCOMPARE_VERBOSE"] = "1"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     try:
-        if args.command in TF_COMMANDS:
-            from pipeline.ml.runtime import quiet_tensorflow
-
-            quiet_tensorflow()
         args.func(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

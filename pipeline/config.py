@@ -2,16 +2,22 @@
 
 Why dataclasses and not a dict: an unknown key (a typo such as ``epoch = 3``) or a value of the wrong
 type must be a clear error naming the key, not a silently ignored setting in a 40-epoch run.
+
+Why one table of limits (:data:`LIMITS`): a preset and a command-line flag set the same values, so they
+are checked by the same rule. ``config_from_dict`` applies it to every key of a preset, and the CLI's
+argparse types (``pipeline.cli``) call :func:`setting_problem` for ``--epochs``, ``--image-size``, ``--seed``...
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.core.errors import PipelineError
 
@@ -144,6 +150,97 @@ CHOICES = {
 }
 
 
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+
+
+def _above(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v > low else f"must be > {low}, got {v}"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v < 1 else f"must be >= 0 and < 1, got {v}"
+
+
+def _open_unit(v: float) -> str | None:
+    return None if 0 < v < 1 else f"must be between 0 and 1 (exclusive), got {v}"
+
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # EfficientNet needs >= 32 px; the study's largest input is 380
+
+
+def _image_size(v: int) -> str | None:
+    if v == 0 or MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE:
+        return None
+    return f"must be 0 (the model's study size) or between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {v}"
+
+
+def _seed(v: int) -> str | None:  # numpy's generators take seeds in [0, 2**32)
+    return None if 0 <= v < 2**32 else f"must be between 0 and {2**32 - 1}, got {v}"
+
+
+def _weights(v: str) -> str | None:
+    if v in ("imagenet", "none") or Path(v).is_file():
+        return None
+    return f"must be 'imagenet', 'none' or an existing weights file (.h5), got {v!r}"
+
+
+def _name(v: str) -> str | None:  # becomes a folder name under artifacts/: never a path
+    return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) else f"must be a simple name (letters, digits, . _ -), got {v!r}"
+
+
+# The value rules of every numeric (and a few string) settings, keyed "section.key"; runs[i] keys as "runs.key".
+LIMITS: dict[str, Callable[[Any], str | None]] = {
+    "experiment.name": _name,
+    "experiment.seed": _seed,
+    "experiment.demo_patients": _at_least(8),
+    "experiment.demo_images_per_patient": _at_least(1),
+    "split.folds": _at_least(1),
+    "split.fold": _at_least(0),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.image_size": _image_size,
+    "train.weights": _weights,
+    "train.lr_backbone": _above(0),
+    "train.lr_head": _above(0),
+    "train.dropout": _fraction,
+    "train.bn_momentum": _fraction,
+    "train.warmup_epochs": _at_least(0),
+    "train.early_stopping_patience": _at_least(0),
+    "train.predict_batch_size": _at_least(1),
+    "train.checkpoint_seconds": _at_least(0),
+    "train.workers": _at_least(1),
+    "runs.image_size": _image_size,
+    "runs.epochs": _at_least(0),  # 0: [train] epochs
+    "ensemble.threshold": _open_unit,
+    "ensemble.stacking_epochs": _at_least(1),
+    "ensemble.top_subsets": _at_least(1),
+    "evaluate.bootstrap": _at_least(1),
+    "evaluate.ci": _open_unit,
+    "evaluate.ece_bins": _at_least(1),
+    "gradcam.max_images": _at_least(0),
+    "gradcam.batch_size": _at_least(1),
+    "gradcam.deletion_steps": _at_least(1),
+}
+
+
+def setting_problem(key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``key`` ("train.epochs"), or None; shared by presets and CLI flags."""
+    rule = LIMITS.get(key)
+    if rule is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    return rule(value)
+
+
+def _check_limits(obj: Any, prefix: str, rule_prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        problem = setting_problem(f"{rule_prefix}.{f.name}", getattr(obj, f.name))
+        if problem:
+            raise PipelineError(f"config key '{prefix}.{f.name}' {problem}")
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
     if origin is list:
@@ -203,11 +300,13 @@ def config_from_dict(raw: dict) -> Config:
             raise PipelineError(f"config key 'runs[{i}].stain' must be one of {CHOICES['runs.stain']}, got {run.stain!r}")
     from pipeline.core.splits import parse_ratios
 
+    for name in ("experiment", "split", "train", "ensemble", "evaluate", "gradcam"):
+        _check_limits(getattr(cfg, name), name, name)
+    for i, run in enumerate(cfg.runs):
+        _check_limits(run, f"runs[{i}]", "runs")
+    if cfg.split.fold >= cfg.split.folds:
+        raise PipelineError(f"config key 'split.fold' must be below split.folds ({cfg.split.folds}), got {cfg.split.fold}")
     parse_ratios(cfg.split.ratios)
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise PipelineError("config keys 'train.epochs' and 'train.batch_size' must be >= 1")
-    if cfg.train.image_size and cfg.train.image_size < 32:
-        raise PipelineError(f"config key 'train.image_size' must be 0 (model default) or >= 32, got {cfg.train.image_size}")
     if not cfg.experiment.data_root:
         raise PipelineError("config key 'experiment.data_root' is required")
     for m in cfg.gradcam.methods:
@@ -219,11 +318,15 @@ def config_from_dict(raw: dict) -> Config:
 def load_config(path: Path | str) -> Config:
     """Read and validate a preset file."""
     path = Path(path)
+    presets = ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "pipeline" / "configs").glob("*.toml")))
     if not path.exists():
-        presets = ", ".join(p.stem for p in (PROJECT_ROOT / "pipeline" / "configs").glob("*.toml"))
         raise PipelineError(f"config file {path} does not exist (presets: {presets})")
+    if not path.is_file():
+        raise PipelineError(f"config {path} is a folder, not a TOML file (presets in pipeline/configs/: {presets})")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read config {path}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path} is not valid TOML: {exc}") from None
     return config_from_dict(raw)

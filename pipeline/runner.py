@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.io import write_json
+from pipeline.artifacts.io import ensure_dir, write_json
 from pipeline.artifacts.provenance import library_versions
 from pipeline.config import Config
 
@@ -21,7 +21,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict:
     from pipeline.ml.models import check_weights_available
 
     out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "experiment folder")  # a file in the way is a one-line error
     todo = [s for s in STAGES if not only or s in only]
     timings: dict[str, float] = {}
     seed = cfg.experiment.seed

@@ -21,6 +21,7 @@ ENSEMBLE_PREFIX = "ensemble:"
 STAIN_KEY_RE = re.compile(r"^[0-9a-f]{10}$")  # the stain stage's cache keys: 10 hex digits, never a path
 SINGLE_RUN_RE = re.compile(r"^(?P<model>v[12]_(?:b[0-9]|s))(?:-(?P<stain>[a-z]+))?$")
 ENSEMBLE_RUN_RE = re.compile(r"^ensemble:(?P<method>[a-z][a-z-]*):(?P<members>[a-z0-9_+-]+)$")
+IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # a PNG's file stem; becomes part of file names
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ class Catalog:
         return self.gradcam_dir(method) / "scores.parquet"
 
     def gradcam_panel(self, method: str, image_id: str) -> Path:
+        if not IMAGE_ID_RE.fullmatch(str(image_id)):
+            raise PipelineError(f"not an image id: {image_id!r} (a file stem such as SOB_M_DC-14-2523-40-001)")
         return self.gradcam_dir(method) / f"panel_{image_id}_{GRADCAM_METHODS[method]}.png"
 
 

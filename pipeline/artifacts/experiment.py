@@ -6,21 +6,48 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog
 from pipeline.artifacts.io import read_json, read_parquet
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import frame_fingerprint
 
 SPLIT_HINT = "python -m pipeline split {dir} --mode patient"
 INDEX_HINT = "python -m pipeline index DATA_ROOT --out {dir}"
+# Columns the stages rely on: a parquet that reads but lacks them (another table copied over it) is refused.
+MANIFEST_REQUIRED = ("image_id", "path", "label", "subtype", "patient_id", "patient_num", "magnification")
+SPLIT_REQUIRED = ("image_id", "split", "fold")
+SPLIT_VALUES = {"train", "val", "test"}
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, hint: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{path} lacks column(s) {', '.join(missing)}: not the expected artifact; re-create it with: {hint}")
+    return frame
 
 
 def load_manifest(exp_dir: Path | str) -> pd.DataFrame:
-    return read_parquet(Catalog(exp_dir).manifest, "image manifest", INDEX_HINT.format(dir=exp_dir))
+    """The manifest, with its columns and every path and id checked: stages read and *write* files named by
+    them (stain mirrors ``path`` under the experiment), so a hostile row must never leave the data root."""
+    path, hint = Catalog(exp_dir).manifest, INDEX_HINT.format(dir=exp_dir)
+    manifest = _require_columns(read_parquet(path, "image manifest", hint), MANIFEST_REQUIRED, path, hint)
+    paths, ids = manifest["path"].astype(str), manifest["image_id"].astype(str)
+    escaping = paths[paths.str.startswith("/") | paths.str.contains(r"(?:^|/)\.\.(?:/|$)|\\", regex=True)]
+    if len(escaping):
+        raise PipelineError(f"{path} has path {escaping.iloc[0]!r}, which leaves the data root; re-create it with: {hint}")
+    odd = ids[~ids.str.fullmatch(IMAGE_ID_RE.pattern)]
+    if len(odd):
+        raise PipelineError(f"{path} has image_id {odd.iloc[0]!r}, not a file stem the index writes; re-create it with: {hint}")
+    return manifest
 
 
 def load_split(exp_dir: Path | str) -> pd.DataFrame:
-    return read_parquet(Catalog(exp_dir).split, "train/val/test split", SPLIT_HINT.format(dir=exp_dir))
+    path, hint = Catalog(exp_dir).split, SPLIT_HINT.format(dir=exp_dir)
+    split = _require_columns(read_parquet(path, "train/val/test split", hint), SPLIT_REQUIRED, path, hint)
+    unknown = sorted(set(split["split"].astype(str)) - SPLIT_VALUES)
+    if unknown:
+        raise PipelineError(f"{path} has split value(s) {unknown} (expected train, val, test); re-create it with: {hint}")
+    return split
 
 
 def load_split_frame(exp_dir: Path | str, fold: int = 0) -> pd.DataFrame:
@@ -44,7 +71,8 @@ def data_root_of(exp_dir: Path | str) -> Path:
     info = Catalog(exp_dir).dataset
     if not info.exists():
         raise PipelineError(f"{info} is missing; run `python -m pipeline index DATA_ROOT --out {exp_dir}` first")
-    root = read_json(info).get("data_root")
+    record = read_json(info)
+    root = record.get("data_root") if isinstance(record, dict) else None
     if not isinstance(root, str) or not root or not Path(root).is_dir():
         raise PipelineError(f"{info} names data_root {root!r}, which is not an existing folder; "
                             f"re-run `python -m pipeline index DATA_ROOT --out {exp_dir}`")
@@ -60,6 +88,14 @@ def read_stain_target(exp_dir: Path | str, method: str) -> dict | None:
     if not isinstance(target, dict):
         raise PipelineError(f"{path} is not a stain target record; re-run `python -m pipeline stain {exp_dir} --method {method}`")
     Catalog(exp_dir).stain_images(method, target.get("key"))  # raises on a hostile or corrupt key
+    return target
+
+
+def require_stain_target(exp_dir: Path | str, method: str) -> dict:
+    """The validated stain target of ``method``; a clear error naming the command that makes it when absent."""
+    target = read_stain_target(exp_dir, method)
+    if target is None:
+        raise PipelineError(f"run `python -m pipeline stain {exp_dir} --method {method}` before training a {method} run")
     return target
 
 

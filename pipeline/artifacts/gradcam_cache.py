@@ -6,6 +6,7 @@ Maps are stored per (method, run) as ``gradcam/<method>/<run_id>.npz`` with ``im
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import read_parquet_file
+from pipeline.core.errors import PipelineError
 
 
 def load_maps(exp_dir: Path | str, method: str, run_id: str) -> dict[str, np.ndarray]:
@@ -20,8 +22,12 @@ def load_maps(exp_dir: Path | str, method: str, run_id: str) -> dict[str, np.nda
     path = Catalog(exp_dir).gradcam_maps(method, run_id)
     if not path.exists():
         return {}
-    with np.load(path, allow_pickle=False) as data:
-        return {i: m.astype(np.float32) / 255.0 for i, m in zip(data["image_id"].tolist(), data["maps"])}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {i: m.astype(np.float32) / 255.0 for i, m in zip(data["image_id"].tolist(), data["maps"])}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise PipelineError(f"{path} is not a readable Grad-CAM cache ({type(exc).__name__}); "
+                            f"re-create it with: python -m pipeline gradcam {exp_dir} --method {method} --runs {run_id}") from None
 
 
 def load_scores(exp_dir: Path | str, method: str) -> pd.DataFrame:

@@ -7,6 +7,11 @@ later stages trust whatever file is there. Every writer writes a temporary file 
 Why one handle: pyarrow opens a path more than once while reading it, so a reader racing a writer's
 rename could see the old footer and the new body ("unexpected end of stream"). Opening the file once and
 reading from that handle pins one inode: a concurrent replace never yields a torn read.
+
+Why errors are converted here: an output path that is a file, a folder that cannot be created, a truncated
+parquet or a JSON file cut short are bad input, not bugs. The library errors they raise (``OSError``,
+pyarrow's ``ArrowInvalid``, ``JSONDecodeError``) become a :class:`PipelineError` that names the file, at the
+one place they occur, so the CLI prints one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +24,29 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.core.errors import PipelineError
+
+
+def _why(exc: BaseException) -> str:
+    """A short, one-line cause: the OS's words for OSErrors, else the exception's first line or its type."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def ensure_dir(path: Path | str, what: str = "folder") -> Path:
+    """Create ``path`` (and its parents) or explain in one line why it cannot be a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PipelineError(f"{what} {path} exists and is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PipelineError(f"cannot create {what} {path}: {_why(exc)}") from None
+    return path
 
 
 def _umask() -> int:
@@ -37,15 +63,23 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     share an experiment folder; ``mkstemp`` alone would leave every artifact at 0600.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    if final.is_dir():
+        raise PipelineError(f"cannot write {final}: it is a folder; give a file name")
+    ensure_dir(final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    except OSError as exc:
+        raise PipelineError(f"cannot write {final}: {_why(exc)}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, final)
+        try:
+            if tmp_path.exists():
+                os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, final)
+        except OSError as exc:
+            raise PipelineError(f"cannot write {final}: {_why(exc)}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -58,10 +92,18 @@ def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:
     return Path(path)
 
 
-def read_parquet_file(path: Path | str) -> pd.DataFrame:
-    """Read a parquet file through one open handle (see the module docstring)."""
-    with open(path, "rb") as fh:
-        return pd.read_parquet(fh)
+def read_parquet_file(path: Path | str, hint: str = "") -> pd.DataFrame:
+    """Read a parquet file through one open handle (see the module docstring).
+
+    A missing, unreadable, truncated or non-parquet file is a :class:`PipelineError` naming the file
+    (and ``hint``, the command that re-creates it), never a raw ``ArrowInvalid``.
+    """
+    try:
+        with open(path, "rb") as fh:
+            return pd.read_parquet(fh)
+    except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError and an ArrowException
+        raise PipelineError(f"{path} is not a readable parquet file ({type(exc).__name__}: {_why(exc)}); "
+                            f"re-create it{' with: ' + hint if hint else ''}") from None
 
 
 def read_parquet(path: Path | str, what: str = "", hint: str = "") -> pd.DataFrame:
@@ -74,11 +116,7 @@ def read_parquet(path: Path | str, what: str = "", hint: str = "") -> pd.DataFra
         if hint:
             msg += f"; create it with: {hint}"
         raise PipelineError(msg)
-    try:
-        return read_parquet_file(path)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise PipelineError(f"{path} is not a readable parquet file ({type(exc).__name__}); "
-                            f"re-create it{' with: ' + hint if hint else ''}") from None
+    return read_parquet_file(path, hint)
 
 
 def write_json(obj: Any, path: Path | str) -> Path:
@@ -89,4 +127,9 @@ def write_json(obj: Any, path: Path | str) -> Path:
 
 
 def read_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON artifact; an unreadable or cut-short file is a PipelineError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PipelineError(f"{path} is not a readable JSON file ({type(exc).__name__}: {_why(exc)}); "
+                            "re-run the stage that writes it") from None

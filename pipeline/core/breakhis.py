@@ -29,11 +29,13 @@ SUBTYPES: dict[str, tuple[str, str, int]] = {
 SUBTYPE_BY_FOLDER = {folder: code for code, (_, folder, _) in SUBTYPES.items()}
 MAGNIFICATIONS = (40, 100, 200, 400)
 
+# Patient numbers have at most 9 digits and sequence numbers 4, so they fit the manifest's int32/int16
+# columns; a longer number is a name that does not parse (a reject), never an overflow.
 FILE_RE = re.compile(
-    r"^SOB_(?P<cls>[BM])_(?P<subtype>A|F|PT|TA|DC|LC|MC|PC)-(?P<yy>\d{2})-(?P<patient>(?P<num>\d+)[A-Z]*)"
+    r"^SOB_(?P<cls>[BM])_(?P<subtype>A|F|PT|TA|DC|LC|MC|PC)-(?P<yy>\d{2})-(?P<patient>(?P<num>\d{1,9})[A-Z]*)"
     r"-(?P<mag>40|100|200|400)-(?P<seq>\d{1,4})\.png$"
 )
-PATIENT_DIR_RE = re.compile(r"^SOB_(?P<cls>[BM])_(?P<subtype>A|F|PT|TA|DC|LC|MC|PC)_(?P<yy>\d{2})-(?P<patient>\d+[A-Z]*)$")
+PATIENT_DIR_RE = re.compile(r"^SOB_(?P<cls>[BM])_(?P<subtype>A|F|PT|TA|DC|LC|MC|PC)_(?P<yy>\d{2})-(?P<patient>\d{1,9}[A-Z]*)$")
 MAG_DIR_RE = re.compile(r"^(?P<mag>40|100|200|400)X$")
 
 

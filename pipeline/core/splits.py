@@ -23,9 +23,13 @@ SPLITS = ("train", "val", "test")
 
 def parse_ratios(text: str | list[float] | tuple[float, ...]) -> tuple[float, float, float]:
     """Parse ``0.7,0.15,0.15`` (or a list) into validated (train, val, test) ratios."""
-    values = [float(x) for x in (text.split(",") if isinstance(text, str) else text)]
-    if len(values) != 3 or any(v <= 0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise PipelineError(f"ratios must be three positive numbers summing to 1 (train,val,test), got {text!r}")
+    problem = f"ratios must be three positive numbers summing to 1 (train,val,test), got {text!r}"
+    try:
+        values = [float(x) for x in (text.split(",") if isinstance(text, str) else text)]
+    except (TypeError, ValueError):
+        raise PipelineError(problem) from None
+    if len(values) != 3 or not all(v > 0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise PipelineError(problem)
     return values[0], values[1], values[2]
 
 
@@ -117,10 +121,29 @@ def make_split(manifest: pd.DataFrame, mode: str, ratios=(0.7, 0.15, 0.15), seed
         else:
             frame = patient_split(manifest, ratios, seed + fold, group_by)
         frame["fold"] = fold
+        check_sides(manifest, frame, mode, fold)
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
     out["fold"] = out["fold"].astype("int16")
     return out
+
+
+def check_sides(manifest: pd.DataFrame, split: pd.DataFrame, mode: str = "paper", fold: int = 0) -> None:
+    """Every side of a split needs images of both classes; refuse (before anything is written) one that has not.
+
+    The paper rule floors ``n * ratio`` per class x magnification stratum, so a small dataset can leave val or
+    test empty, and a model evaluated on nothing would report nothing with exit status 0.
+    """
+    labels = split.merge(manifest[["image_id", "label"]], on="image_id", how="left")
+    for side in SPLITS:
+        part = labels[labels["split"] == side]
+        for label, name in ((0, "benign"), (1, "malignant")):
+            if not (part["label"] == label).any():
+                counts = ", ".join(f"{s} {int((labels['split'] == s).sum())}" for s in SPLITS)
+                raise PipelineError(
+                    f"the {mode} split (fold {fold}) leaves {side} without {name} images ({counts} images): "
+                    f"too few {'images per class x magnification' if mode == 'paper' else 'patients per class'}; "
+                    "use more data or larger val/test --ratios")
 
 
 def leakage_report(manifest: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:

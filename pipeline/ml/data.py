@@ -59,15 +59,32 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     i = 0
     start = time.perf_counter()
-    for batch in progress(ds, desc=f"decode {size}px ({stain})", total=-(-len(paths) // 64), unit="batch"):
-        out[i : i + len(batch)] = batch.numpy()
-        i += len(batch)
+    try:
+        for batch in progress(ds, desc=f"decode {size}px ({stain})", total=-(-len(paths) // 64), unit="batch"):
+            out[i : i + len(batch)] = batch.numpy()
+            i += len(batch)
+    except tf.errors.InvalidArgumentError as exc:  # a file changed since `index` checked it
+        bad = _first_undecodable(paths[i : i + 64])
+        raise PipelineError(f"{bad or 'an image under ' + str(root)} no longer decodes as a PNG "
+                            f"({str(exc.message).splitlines()[0]}); re-run `index` to reject it") from None
     with atomic_path(target, ".npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, out)
     target.with_suffix(".json").write_text(json.dumps({"images": len(ids), "size": size, "resize": resize, "stain": stain,
                                                        "seconds": round(time.perf_counter() - start, 2)}))
     return out
+
+
+def _first_undecodable(paths: list[str]) -> str | None:
+    """The first of ``paths`` the shared reader refuses (to name the file in the error)."""
+    from pipeline.core.images import UnreadableImage, read_rgb
+
+    for path in paths:
+        try:
+            read_rgb(path)
+        except UnreadableImage:
+            return path
+    return None
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0):

@@ -26,11 +26,12 @@ def keras_cache_dir() -> Path:
 
 
 def imagenet_help(specs: list[ModelSpec]) -> str:
-    files = "\n".join(f"  {keras_cache_dir() / s.weights_file}" for s in specs)
+    """One line (the CLI's errors are one line each): which files to place where, and the alternatives."""
+    files = ", ".join(s.weights_file for s in specs)
     return (
         "ImageNet weights could not be downloaded (this machine seems offline). Either place the original Keras "
-        f"files here (Keras checks their hashes, only the originals work):\n{files}\n"
-        "(download them on a connected machine from https://storage.googleapis.com/keras-applications/ or run "
+        f"files {files} in {keras_cache_dir()} (Keras checks their hashes, only the originals work; "
+        "download them on a connected machine from https://storage.googleapis.com/keras-applications/ or run "
         "keras.applications.<Model>(weights='imagenet') there and copy ~/.keras/models), or set "
         "`weights = \"none\"` (train from scratch) or `weights = \"/path/to/file.h5\"` in the config / --weights."
     )
@@ -167,9 +168,44 @@ def compile_classifier(model, lr_backbone: float = 1e-4, lr_head: float = 1e-3, 
     return model
 
 
+KERAS_ARCHIVE_MEMBERS = ("config.json", "model.weights.h5")
+
+
+def keras_file_problem(path: Path | str) -> str | None:
+    """Why a ``.keras`` file cannot be loaded (missing, truncated, corrupt zip), or None when it looks whole.
+
+    A ``.keras`` file is a zip archive; a truncated one has no central directory, and a damaged member fails its
+    CRC, which this finds without building a model (about a second for the largest backbones' checkpoints).
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        if not zipfile.is_zipfile(path):
+            return "not a complete .keras archive (truncated or overwritten)"
+        with zipfile.ZipFile(path) as archive:
+            missing = [m for m in KERAS_ARCHIVE_MEMBERS if m not in archive.namelist()]
+            if missing:
+                return f"the archive lacks {', '.join(missing)}"
+            damaged = archive.testzip()
+            if damaged:
+                return f"{damaged} in the archive is damaged"
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
 def load_classifier(path: Path | str):
-    """Load a saved classifier with ``safe_mode=True`` (our optimizer class is registered first)."""
+    """Load a saved classifier with ``safe_mode=True`` (our optimizer class is registered first).
+
+    A missing, truncated or corrupt file is a PipelineError naming it, not Keras's "File not found".
+    """
     import keras
 
+    problem = keras_file_problem(path)
+    if problem:
+        raise PipelineError(f"cannot load the model {path}: {problem}; retrain it with `python -m pipeline train ... --force`")
     two_rate_adam_class()
     return keras.models.load_model(path, safe_mode=True)

@@ -8,6 +8,7 @@ validation images picks the epoch (best inner-holdout loss), so test stays a tru
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,17 @@ def load_features(path: Path, image_ids: list[str]) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path} is missing; re-run `train` for {path.parent.name} to write pooled features")
-    with np.load(path, allow_pickle=False) as data:
-        index = {k: i for i, k in enumerate(data["image_id"].tolist())}
-        missing = [i for i in image_ids if i not in index]
-        if missing:
-            raise PipelineError(f"{path} lacks features for {len(missing)} images (e.g. {missing[0]})")
-        return data["features"][[index[i] for i in image_ids]].astype(np.float32)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, features = data["image_id"].tolist(), data["features"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise PipelineError(f"{path} is not a readable features file ({type(exc).__name__}); "
+                            f"re-run `train --force` for {path.parent.name}") from None
+    index = {k: i for i, k in enumerate(ids)}
+    missing = [i for i in image_ids if i not in index]
+    if missing:
+        raise PipelineError(f"{path} lacks features for {len(missing)} images (e.g. {missing[0]})")
+    return features[[index[i] for i in image_ids]].astype(np.float32)
 
 
 def build_meta_model(n_features: int, seed: int = 0):

@@ -202,6 +202,15 @@ def generate_demo_data(out_dir: Path | str, seed: int = 0, patients: int = 24, i
     out_dir = Path(out_dir)
     breast = out_dir / "BreaKHis_v1" / "histology_slides" / "breast"
     roster = patient_roster(patients, seed)
+    marker = out_dir / "SYNTHETIC"
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not marker.is_file():
+        raise PipelineError(f"{out_dir} already holds files but no SYNTHETIC marker: refusing to mix generated images "
+                            "into what may be real data; choose an empty or new folder")
+    # The marker goes first, so even an interrupted generation is labelled synthetic by `index`.
+    with atomic_path(marker, ".txt") as tmp:
+        tmp.write_text(f"seed={seed} patients={patients} images_per_patient={images_per_patient}\n")
+    with atomic_path(out_dir / "README.md", ".md") as tmp:
+        tmp.write_text(README_TEXT.format(seed=seed))
     jobs = []
     for p in roster:
         for k in range(images_per_patient):
@@ -223,7 +232,5 @@ def generate_demo_data(out_dir: Path | str, seed: int = 0, patients: int = 24, i
     else:
         for job in progress(todo, desc="demo-data"):
             _write_image(job)
-    (out_dir / "README.md").write_text(README_TEXT.format(seed=seed))
-    (out_dir / "SYNTHETIC").write_text(f"seed={seed} patients={patients} images_per_patient={images_per_patient}\n")
     return {"images": len(jobs), "patients": len(roster), "seconds": round(time.perf_counter() - start, 2),
             "benign_patients": sum(p["label"] == 0 for p in roster)}

@@ -70,7 +70,10 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
 
 
 def _stacking_rows(exp_dir, names, group, val_meta, test_meta, cfg, seed, record) -> list[pd.DataFrame]:
+    from pipeline.ml.runtime import quiet_tensorflow
     from pipeline.ml.stacking import fit_stacking, load_features
+
+    quiet_tensorflow()  # TensorFlow's start-up noise captured (a no-op once imported)
 
     catalog = Catalog(exp_dir)
     val_x = np.concatenate([load_features(catalog.run(n).features, val_meta["image_id"].tolist()) for n in names], axis=1)

@@ -32,6 +32,16 @@ from pipeline.ml.models import GRADCAM_LAYER, load_classifier
 from pipeline.workers import map_in_workers
 
 
+def check_completed_runs(exp_dir: Path | str, runs: list[str]) -> None:
+    """Every run in ``runs`` has finished training (run.json and model.keras): say which ones have if not."""
+    catalog = Catalog(exp_dir)
+    for run_id in runs:
+        files = catalog.run(run_id)
+        if not files.info.exists() or not files.model.exists():
+            known = [r for r in catalog.run_ids_on_disk() if catalog.run(r).info.exists()]
+            raise PipelineError(f"no completed run {run_id!r} in {exp_dir} (completed runs: {', '.join(known) or 'none'})")
+
+
 def single_runs(exp_dir: Path | str) -> list[str]:
     preds = load_predictions(exp_dir)
     return sorted(preds.loc[preds["kind"] == "single", "run_id"].unique().tolist())
@@ -67,9 +77,7 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
     files = catalog.run(run_id)
-    if not files.info.exists() or not files.model.exists():
-        known = [r for r in catalog.run_ids_on_disk() if catalog.run(r).info.exists()]
-        raise PipelineError(f"no completed run {run_id!r} in {exp_dir} (completed runs: {', '.join(known) or 'none'})")
+    check_completed_runs(exp_dir, [run_id])
     info = read_json(files.info)
     key = stable_hash({"model": info["config_hash"], "ids": image_ids, "target": cfg.target, "steps": cfg.deletion_steps})
     target, meta_path = catalog.gradcam_maps(method, run_id), catalog.gradcam_run_meta(method, run_id)
@@ -126,9 +134,8 @@ def add_agreement(exp_dir: Path, scores: pd.DataFrame, fraction: float = 0.2) ->
 
 def save_panel(exp_dir: Path | str, image_id: str, method: str = "gradcam", out: Path | str | None = None) -> Path:
     """Render the study's 2 x 5 multi-model panel for one image from cached maps and save it as PNG."""
-    from PIL import Image
-
     from pipeline.core.heatmaps import panel
+    from pipeline.core.images import read_rgb
 
     exp_dir = Path(exp_dir)
     preds = load_predictions(exp_dir)
@@ -146,8 +153,7 @@ def save_panel(exp_dir: Path | str, image_id: str, method: str = "gradcam", out:
     if not maps:
         raise PipelineError(f"no cached {method} maps for {image_id!r}; run `python -m pipeline gradcam {exp_dir} --method {method}`")
     manifest = load_split_frame(exp_dir).set_index("image_id")
-    with Image.open(data_root_of(exp_dir) / manifest.loc[image_id, "path"]) as img:
-        image = np.asarray(img.convert("RGB"))
+    image = read_rgb(data_root_of(exp_dir) / manifest.loc[image_id, "path"])
     out = Path(out) if out else Catalog(exp_dir).gradcam_panel(method, image_id)
     with atomic_path(out, ".png") as tmp:
         panel(image, maps, probs, label).save(tmp, format="PNG")

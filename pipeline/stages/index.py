@@ -1,30 +1,36 @@
 """Stage 1, ``index``: walk a BreakHis folder tree and write ``manifest.parquet`` + ``rejects.parquet``.
 
-Nothing is dropped silently: every file under the root is either a manifest row or a reject with a
-reason. The manifest stores paths relative to the data root, and ``dataset.json`` records that root,
-so an experiment folder can be read by the dashboard without guessing where the images are.
+Nothing is dropped silently: every entry under the root (files, broken or looping symlinks, symlinked
+folders, sockets and pipes, unreadable folders, names that are not UTF-8) is either a manifest row or a
+reject with a reason. An image counts only if :func:`pipeline.core.images.read_rgb` decodes it: the reader
+training, stain normalization and the dashboard share. The manifest stores paths relative to the data
+root, and ``dataset.json`` records that root, so an experiment folder can be read by the dashboard without
+guessing where the images are. ``dataset.json`` also records whether the data carry the generator's
+SYNTHETIC marker: the label follows the data, not the preset.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.io import write_json, write_parquet
+from pipeline.artifacts.io import ensure_dir, write_json, write_parquet
 from pipeline.core.breakhis import folder_disagreement, parse_file_name
 from pipeline.core.errors import PipelineError
+from pipeline.core.images import UnreadableImage, read_rgb
 from pipeline.progress import progress
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SYNTHETIC_MARKER = "SYNTHETIC"  # written by `demo-data` next to BreaKHis_v1/ (see stages/demo_data.py)
 MANIFEST_COLUMNS = [
     "image_id", "path", "label", "class_name", "subtype", "subtype_name", "patient_id", "patient_num",
     "magnification", "seq", "year", "width", "height",
 ]
-IGNORED_NAMES = {"README.md", "README.txt", "SHA256SUMS", ".DS_Store", "Thumbs.db"}
+IGNORED_NAMES = {"README.md", "README.txt", "SHA256SUMS", ".DS_Store", "Thumbs.db", SYNTHETIC_MARKER}
 
 
 def find_breast_root(data_root: Path) -> Path:
@@ -47,18 +53,42 @@ def find_breast_root(data_root: Path) -> Path:
 
 
 def check_png(path: Path) -> tuple[int, int] | str:
-    """Return (width, height) of a readable RGB-convertible PNG, or a reason why it is not one."""
-    if path.stat().st_size == 0:
-        return "zero-byte file"
-    with open(path, "rb") as fh:
-        if fh.read(8) != PNG_MAGIC:
-            return "not a PNG file (bad signature)"
+    """Return (width, height) of a PNG that decodes with the shared reader, or the reason it does not."""
     try:
-        with Image.open(path) as img:
-            img.load()  # forces a full decode: catches truncated files
-            return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"corrupt PNG: {exc}"
+        pixels = read_rgb(path)
+    except UnreadableImage as exc:
+        return exc.reason
+    return pixels.shape[1], pixels.shape[0]
+
+
+def printable(rel: str) -> str:
+    """A path as text that UTF-8 (and so parquet) can store: undecodable bytes of a file name become ``\\xNN``."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def walk_entries(breast: Path) -> Iterator[tuple[Path, str | None]]:
+    """Every entry under ``breast`` that could hold an image: (path, None) for regular files (or symlinks
+    to them), (path, reason) for what cannot be indexed. Folders are descended, symlinked folders are not
+    (a link can loop back up the tree), and a folder that cannot be listed is reported, not skipped."""
+    unreadable: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(breast, onerror=unreadable.append):
+        folder = Path(dirpath)
+        dirnames.sort()
+        for name in dirnames:
+            if (folder / name).is_symlink():
+                yield folder / name, "symbolic link to a folder (not followed)"
+        for name in sorted(filenames):
+            path = folder / name
+            if name in IGNORED_NAMES:
+                continue
+            if path.is_symlink() and not path.exists():
+                yield path, "broken or self-referencing symbolic link"
+            elif not path.is_file():
+                yield path, "not a regular file (socket, pipe or device)"
+            else:
+                yield path, None
+    for err in unreadable:
+        yield Path(err.filename), f"unreadable folder ({err.strerror or type(err).__name__}): its files were not indexed"
 
 
 def index_dataset(data_root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -67,9 +97,17 @@ def index_dataset(data_root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
     breast = find_breast_root(data_root)
     rows: list[dict] = []
     rejects: list[dict] = []
-    files = sorted(p for p in breast.rglob("*") if p.is_file() and p.name not in IGNORED_NAMES)
-    for path in progress(files, desc="index", unit="file"):
+    entries = sorted(walk_entries(breast))
+    for path, problem in progress(entries, desc="index", unit="file"):
         rel = path.relative_to(data_root).as_posix()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            rejects.append({"path": printable(rel), "reason": "path is not valid UTF-8 (rename the file or folder)"})
+            continue
+        if problem:
+            rejects.append({"path": rel, "reason": problem})
+            continue
         parsed = parse_file_name(path.name)
         if parsed is None:
             reason = ("not a PNG file (extension)" if path.suffix.lower() != ".png"
@@ -95,8 +133,9 @@ def index_dataset(data_root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(dupes):
         rejects.extend({"path": p, "reason": "duplicate image_id (same file name in two places)"} for p in dupes["path"])
         manifest = manifest.drop(dupes.index)
+    # width/height up to MAX_PIXELS (~9459 x 9459, or a 89-million-pixel-wide strip): int32, never int16
     manifest = manifest.astype({"label": "int8", "patient_num": "int32", "magnification": "int16", "seq": "int16",
-                                "width": "int16", "height": "int16"})
+                                "width": "int32", "height": "int32"})
     return manifest.reset_index(drop=True), pd.DataFrame(rejects, columns=["path", "reason"])
 
 
@@ -116,22 +155,49 @@ def summarize(manifest: pd.DataFrame, rejects: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def find_synthetic_marker(data_root: Path, breast: Path) -> Path | None:
+    """The generator's SYNTHETIC file, looked for from the breast folder up to the folder above BreaKHis_v1
+    (the root may be given at any level) and next to the given root."""
+    folders = [breast, *list(breast.parents)[:3], data_root, data_root.parent]
+    for folder in dict.fromkeys(folders):
+        if (folder / SYNTHETIC_MARKER).is_file():
+            return folder / SYNTHETIC_MARKER
+    return None
+
+
+def check_out_dir(out_dir: Path, breast: Path) -> None:
+    """The experiment folder must be a folder (or creatable) and must not sit inside the images it indexes."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PipelineError(f"--out {out_dir} is a file, not a folder; give the experiment folder to write (e.g. artifacts/mine)")
+    if out_dir.resolve().is_relative_to(breast):
+        raise PipelineError(f"--out {out_dir} is inside the dataset {breast}; write the experiment elsewhere (e.g. artifacts/mine)")
+
+
 def run_index(data_root: Path | str, out_dir: Path | str, synthetic: bool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """CLI body: index, write manifest/rejects/dataset.json atomically, refuse an empty dataset."""
+    """CLI body: index, write manifest/rejects/dataset.json atomically, refuse an empty dataset.
+
+    ``synthetic``: True marks the data synthetic even without a marker (a preset that generated them);
+    otherwise the generator's SYNTHETIC marker decides, so ``synthetic = false`` cannot relabel demo data as real.
+    Nothing is written (or overwritten) unless the index found images.
+    """
     start = time.perf_counter()
     data_root = Path(data_root).resolve()
+    out_dir = Path(out_dir)
+    breast = find_breast_root(data_root)
+    check_out_dir(out_dir, breast)
     catalog = Catalog(out_dir)
     manifest, rejects = index_dataset(data_root)
     if manifest.empty:
-        write_parquet(rejects, catalog.rejects)
+        example = f", e.g. {rejects['path'].iloc[0]}: {rejects['reason'].iloc[0]}" if len(rejects) else ""
         raise PipelineError(
-            f"no valid BreakHis images under {data_root} ({len(rejects)} files rejected, see {catalog.rejects}); "
+            f"no valid BreakHis images under {data_root} ({len(rejects)} files rejected{example}); "
             "expected PNGs named SOB_<B|M>_<TYPE>-<yy>-<patient>-<mag>-<seq>.png in their class/subtype/patient/magnification folders"
         )
-    if synthetic is None:
-        synthetic = (data_root / "SYNTHETIC").exists() or (data_root.parent / "SYNTHETIC").exists()
+    marker = find_synthetic_marker(data_root, breast)
+    ensure_dir(out_dir, "experiment folder")
     write_parquet(manifest, catalog.manifest)
     write_parquet(rejects, catalog.rejects)
-    write_json({"data_root": str(data_root), "synthetic": bool(synthetic), "images": len(manifest),
+    write_json({"data_root": str(data_root), "synthetic": bool(synthetic) or marker is not None,
+                "synthetic_marker": str(marker) if marker else None, "images": len(manifest),
                 "rejects": len(rejects), "seconds": round(time.perf_counter() - start, 2)}, catalog.dataset)
     return manifest, rejects

@@ -26,13 +26,13 @@ from pipeline.artifacts.experiment import data_root_of, load_split_frame, read_s
 from pipeline.artifacts.io import atomic_path, read_parquet, write_json, write_parquet
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import file_sha256, stable_hash
+from pipeline.core.images import read_rgb
 from pipeline.core.stain import StainError, StainTarget, fit_target, normalize, stain_matrix
 from pipeline.progress import progress
 
 
 def _load(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    return read_rgb(path)  # the pixels training sees (16-bit and palette PNGs included)
 
 
 def choose_target(frame: pd.DataFrame, data_root: Path, method: str, seed: int = 0, sample: int = 24) -> str:
@@ -80,7 +80,7 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     target_id = target
     if target == "auto":  # reuse the earlier choice while the training images are the same
         train_key = stable_hash(sorted(frame.loc[frame["split"] == "train", "image_id"]))
-        prev = read_stain_target(exp_dir, method) or {}
+        prev = _previous_target(exp_dir, method)
         if prev.get("rule") == "auto" and prev.get("train_key") == train_key and prev.get("seed") == seed:
             target_id = prev["target_image_id"]
         else:
@@ -133,6 +133,16 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     for _, row in fallbacks.iterrows():
         print(f"  fallback {row['image_id']}: {row['status']}")
     return index
+
+
+def _previous_target(exp_dir: Path, method: str) -> dict:
+    """The earlier target.json, or {} when it is absent, corrupt or hostile: this run replaces it either way
+    (refusing here would leave no command that repairs it)."""
+    try:
+        return read_stain_target(exp_dir, method) or {}
+    except PipelineError as exc:
+        print(f"warning: ignoring the previous stain target ({exc}); choosing a new one")
+        return {}
 
 
 def _index(statuses: dict, shas: dict) -> pd.DataFrame:

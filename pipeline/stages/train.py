@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, RunFiles, single_run_id
-from pipeline.artifacts.experiment import data_fingerprint, data_root_of, load_split_frame, read_stain_target
+from pipeline.artifacts.experiment import data_fingerprint, data_root_of, load_split_frame, require_stain_target
 from pipeline.artifacts.io import atomic_path, read_json, write_json, write_parquet
 from pipeline.artifacts.predictions import load_predictions, make_rows, replace_rows
 from pipeline.artifacts.provenance import library_versions
@@ -27,7 +27,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import stable_hash
 from pipeline.core.model_specs import get_spec
 from pipeline.ml.data import load_images, make_dataset
-from pipeline.ml.models import FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, load_classifier
+from pipeline.ml.models import (FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, keras_file_problem,
+                                 load_classifier)
 
 
 def run_id_for(model: str, stain: str = "none") -> str:
@@ -136,10 +137,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
                 "fold": fold, "train": dataclasses.asdict(cfg)}
     if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
-        target = read_stain_target(exp_dir, stain)
-        if target is None:
-            raise PipelineError(f"run `python -m pipeline stain {exp_dir} --method {stain}` before training a {stain} run")
-        resolved["stain_key"] = target["key"]
+        resolved["stain_key"] = require_stain_target(exp_dir, stain)["key"]
     fingerprint = data_fingerprint(frame)
     config_hash = stable_hash({"resolved": resolved, "data": fingerprint})
 
@@ -154,7 +152,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     state_path = files.state
     state = read_json(state_path) if state_path.exists() else None
     resumable = (state is not None and state.get("config_hash") == config_hash and state.get("checkpoint_epoch")
-                 and files.last.exists())
+                 and files.last.exists() and resume_point_is_whole(files, run_id))
     if force or not resumable:
         if run_dir.exists():
             shutil.rmtree(run_dir)
@@ -248,6 +246,16 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     print(f"{run_id}: val acc {info['val_accuracy']:.3f}, test acc {info['test_accuracy']:.3f}, best epoch {info['best_epoch']}, "
           f"train {timings['train_s']:.0f}s ({info['train_images_per_s']} img/s)", flush=True)
     return info
+
+
+def resume_point_is_whole(files: RunFiles, run_id: str) -> bool:
+    """False (with a one-line notice) when ``last.keras`` is truncated or corrupt: the run then starts again
+    instead of failing on every re-run until ``--force``."""
+    problem = keras_file_problem(files.last)
+    if problem:
+        print(f"{run_id}: the resume checkpoint {files.last} is unusable ({problem}); starting the run again from epoch 1",
+              flush=True)
+    return problem is None
 
 
 def _warmup(net, ds_train, ds_val, cfg: TrainConfig) -> None:
