@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import state
-from dashboard.text import plain
+from dashboard.text import code, plain
 from dashboard.data import Experiment, cached_weights, member_matrices, report_problem, stamp
 from pipeline.artifacts.catalog import ensemble_run_id, is_run_id, parse_run_id
 from pipeline.artifacts.predictions import make_rows, member_runs
@@ -145,7 +145,7 @@ def token_label(token: str, runs: Runs) -> str:
 def notice_skipped(runs: Runs) -> None:
     """One line naming run ids that are not shown (as plain text: they may be hostile)."""
     if runs.skipped:
-        shown = ", ".join(plain(r) for r in runs.skipped[:5]) + (" ..." if len(runs.skipped) > 5 else "")
+        shown = ", ".join(code(r) for r in runs.skipped[:5]) + (" ..." if len(runs.skipped) > 5 else "")
         st.warning(f"{len(runs.skipped)} run id(s) in predictions.parquet are not ones the pipeline writes and are not "
                    f"shown: {shown}", icon=":material/visibility_off:")
 
@@ -187,7 +187,7 @@ def run_picker(label: str, runs: Runs, *, key: str, param: str, default: str | N
         return None
     current = st.session_state.get(key, default)
     return state.selectbox(label, options, key=key, param=param, default=default, where=where, format_func=runs.label,
-                           help=runs.tip.get(current, "") or None, on_change=on_change)
+                           help=runs.tip.get(current, "") or None, on_change=on_change, explicit=True)
 
 
 def best_runs(metrics_all: pd.DataFrame, run_ids: list[str], metric: str = "accuracy") -> list[str]:

@@ -104,11 +104,14 @@ def as_bool(text: str) -> bool:
 
 
 # -- bound widgets -------------------------------------------------------------------------------------------
-def selectbox(label: str, options: Sequence[Any], *, key: str, param: str, default: Any = None, where: Any = st, **kwargs) -> Any:
+def selectbox(label: str, options: Sequence[Any], *, key: str, param: str, default: Any = None, where: Any = st,
+              explicit: bool = False, **kwargs) -> Any:
+    """A selectbox bound to the URL. ``explicit``: keep the value in the URL even when it is the default (run pickers:
+    a shared link must name its runs, because the default run depends on the data)."""
     default = default if default in options else (options[0] if options else None)
     seed(key, param, default, options)
     value = where.selectbox(label, options, key=key, **kwargs)
-    publish(param, value, default)
+    publish(param, value, object() if explicit else default)
     return value
 
 

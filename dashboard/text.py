@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import re
 
-# CommonMark lets every ASCII punctuation character be backslash-escaped; escaping all of them also defuses
-# GFM autolinks (``http\\://``, ``www\\.``), Streamlit directives (``\\:red\\[``) and LaTeX (``\\$``).
+# CommonMark lets every ASCII punctuation character be backslash-escaped; escaping all of them defuses links, images,
+# HTML, Streamlit directives (``\\:red\\[``) and LaTeX (``\\$``). GFM's autolink literals (``http://``, ``www.``,
+# ``a@b.org``) are found after escapes are resolved, so a word joiner (U+2060, invisible) is put inside each trigger.
 _PUNCTUATION = re.compile(r"([!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~])")
+_AUTOLINK = re.compile(r"(?i)(:)(?=/)|(@)|(www)(?=\.)")
+WORD_JOINER = "\u2060"
 
 
 def plain(value: object) -> str:
-    """``value`` as text that Markdown shows literally (one line)."""
+    """``value`` as text that Markdown shows literally (one line): no link, image, HTML or directive survives."""
     text = " ".join(str(value).split())
+    text = _AUTOLINK.sub(lambda m: next(g for g in m.groups() if g) + WORD_JOINER, text)
     return _PUNCTUATION.sub(r"\\\1", text)
 
 

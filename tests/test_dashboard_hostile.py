@@ -100,14 +100,17 @@ def _outside_code_spans(text: str) -> str:
 def test_artifact_text_reaches_markdown_only_escaped(hostile_pages):
     """No Markdown-rendered element carries a live link, image or HTML tag from the artifacts (code spans are literal)."""
     rendered, _, _ = hostile_pages
-    live = re.compile(r"(?<!\\)\]\((?!\s)|(?<!\\)<(img|b|a)\b|(?<![\\])http://127")
+    live = re.compile(r"(?<!\\)\]\((?!\s)|(?<!\\)<(img|b|a)\b")  # a Markdown link/image, or an HTML tag
+    autolink = re.compile(r"(?i)https?://|www\.|\w@\w")  # GFM links these in the displayed text, after escapes
     checked = 0
     for page, query, at in rendered:
         elements = [*at.markdown, *at.caption, *at.error, *at.warning, *at.info, *at.success, *at.subheader]
         labels = [b.label for b in at.button] + [c.label for c in at.checkbox]
         for text in [e.value for e in elements] + labels:
             checked += 1
-            assert not live.search(_outside_code_spans(text)), (page, query, text)
+            outside = _outside_code_spans(text)
+            assert not live.search(outside), (page, query, text)
+            assert not autolink.search(re.sub(r"\\(.)", r"\1", outside)), (page, query, text)
     assert checked > 100
 
 
