@@ -83,6 +83,11 @@ if a in counts and b in counts and a != b:
                          key="cm_diff", config={"displayModeBar": False, "staticPlot": True})
 st.caption("Click a cell of A or B to list its images. The difference is coloured for B: green better (more TP/TN or "
            "fewer FN/FP), red worse.")
+if a != b:
+    with st.expander(f"A/B: verdict, metric deltas and the images where {runs.md(a)} and {runs.md(b)} disagree"):
+        paired = compare.paired_frame(view, a, b, split)
+        compare.summary(paired, runs, a, b, split)
+        compare.disagreements(paired, runs, a, b, key="cm_dis")
 
 # -- the images of the chosen cell ------------------------------------------------------------------------------
 if not cell:
