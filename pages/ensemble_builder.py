@@ -53,7 +53,15 @@ def load_members(names: list[str], rule: str | None = None) -> None:
         st.session_state["ens_method"] = rule
 
 
-st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)")
+c1, c2, c3 = st.columns([3, 3, 2])
+method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, horizontal=True,
+                     help="soft: mean probability; hard: majority vote (ties -> mean probability); weighted: weights fitted "
+                          "on validation; stacking: the pipeline's meta-model (read-only)")
+threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
+                         default=0.5, step=0.05, where=c2, disabled=method == "stacking")
+split = state.radio("Evaluate on", ["test", "val"], key="ens_split", param="split", where=c3, horizontal=True)
+st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)"
+           + ("; stacking ensembles have the members they were fitted on" if method == "stacking" else ""))
 chosen = []
 with st.container(key="ens_members"):
     for family in ("v1", "v2"):
@@ -62,16 +70,9 @@ with st.container(key="ens_members"):
             continue
         cols = st.columns(max(len(row), 5))
         for col, name in zip(cols, row):
-            if col.checkbox(plain(runs.label(name)), key=f"member_{name}", help=runs.tip[name]):
+            if col.checkbox(plain(runs.label(name)), key=f"member_{name}", help=runs.tip[name], disabled=method == "stacking"):
                 chosen.append(name)
 state.publish("members", chosen, members)
-c1, c2, c3 = st.columns([3, 3, 2])
-method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, horizontal=True,
-                     help="soft: mean probability; hard: majority vote (ties -> mean probability); weighted: weights fitted "
-                          "on validation; stacking: the pipeline's meta-model (read-only)")
-threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
-                         default=0.5, step=0.05, where=c2, disabled=method == "stacking")
-split = state.radio("Evaluate on", ["test", "val"], key="ens_split", param="split", where=c3, horizontal=True)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -80,6 +81,13 @@ def all_member_metrics(key: tuple, split: str, threshold: float) -> dict:
     member_probs, member_meta = arrays[split]
     labels = member_meta["label"].to_numpy()
     return {m: binary_metrics(labels, member_probs[i], None, threshold) for i, m in enumerate(members)}
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def member_roc(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One member's ROC curve (cached: it does not change when other members are toggled)."""
+    fpr, tpr, _ = roc_curve(y, score)
+    return fpr, tpr
 
 
 t0 = time.perf_counter()
@@ -178,7 +186,7 @@ if len(np.unique(y)) == 2:
     colour = runs.colour.get(token, "#1b6e3a")
     fig.add_scatter(x=fpr, y=tpr, name="this ensemble", line=dict(color=colour, width=3))
     for row_i, m in enumerate(c for c in chosen if c in members):
-        f, t, _ = roc_curve(y, member_rows[row_i])
+        f, t = member_roc(y, member_rows[row_i])
         fig.add_scatter(x=f, y=t, name=runs.label(m), line=dict(color=runs.colour[m], width=1), opacity=0.6)
     op_fpr = counts["fp"] / max(counts["fp"] + counts["tn"], 1)
     op_tpr = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
