@@ -282,10 +282,13 @@ def test_every_alias_is_unique_and_never_cut(app, preds):
     assert len(ids) == 10 + 1 + 3 * 4 + 2 and len(set(aliases.values())) == len(ids)
     full = set(aliases.values())
     seen = set()
-    at = app("confusion")
+    longest = max(ids, key=lambda r: len(aliases[r]))  # the longest name, in every title that names a run
+    at = app("confusion", a=longest, b="v1_b0")
     for box in (at.selectbox(key="cm_a"), at.selectbox(key="cm_b")):
         assert set(box.options) == full
         seen |= set(box.options)
+    titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
+    assert titles[:2] == [f"A: {aliases[longest]}", "B: V1-B0"] and aliases[longest] in titles[2]
     at = app("misclassified")
     assert set(at.selectbox(key="br_run").options) == full
     at = app("overview")
