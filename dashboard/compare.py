@@ -86,7 +86,8 @@ def verdict(stats: dict) -> tuple[str, list[str]]:
         words.append(word)
         extra = f"; McNemar p = {stats['mcnemar']['p_value']:.3g}" if metric == "accuracy" else ""
         ci_text = "" if ci is None or any(map(math.isnan, ci)) else f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}"
-        lines.append(f"**{name}**: {word} (Δ {delta:+.4f}{ci_text}{extra})")
+        shown = "±0" if abs(delta) < TIE else f"{delta:+.4f}"
+        lines.append(f"**{name}**: {word} (Δ {shown}{ci_text}{extra})")
     if "worse" in words and "better" in words:
         overall = "mixed: better on one aspect, worse on another"
     elif "worse" in words:

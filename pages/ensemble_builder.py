@@ -194,8 +194,8 @@ if len(np.unique(y)) == 2:
     fig.add_scatter(x=[op_fpr], y=[op_tpr], mode="markers", name=f"operating point (threshold {used:g})",
                     marker=dict(symbol="star", size=16, color="black"))
 fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), showlegend=False)
-fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=360, margin=dict(t=40, b=10),
-                  legend=dict(font=dict(size=10), x=1.02, y=1), xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
+fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=440, margin=dict(t=40, b=10),
+                  legend=dict(font=dict(size=10), orientation="h", y=-0.22), xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
 mid.plotly_chart(fig, width="stretch", key="ens_roc")
 if "magnification" in meta:
     by_mag = pd.DataFrame({"magnification": np.asarray(meta["magnification"]), "correct": pred == y})
@@ -256,10 +256,15 @@ else:
 
     st.dataframe(shown[["val_rank", "members", "n_members", "val_accuracy", "test_accuracy", "val_log_loss"]], hide_index=True,
                  on_select=load_subset, selection_mode="single-row", key="ens_subsets",
-                 column_config={"val_rank": st.column_config.NumberColumn("rank (val)", pinned=True),
-                                "val_accuracy": st.column_config.NumberColumn(format="%.4f"),
-                                "test_accuracy": st.column_config.NumberColumn(format="%.4f"),
-                                "val_log_loss": st.column_config.NumberColumn(format="%.4f")})
+                 column_config={"val_rank": st.column_config.NumberColumn("Rank (val)", pinned=True),
+                                "members": st.column_config.TextColumn("Members"),
+                                "n_members": st.column_config.NumberColumn("Size"),
+                                "val_accuracy": st.column_config.NumberColumn("Val accuracy", format="%.4f",
+                                                                              help="The ranking uses validation only"),
+                                "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="%.4f",
+                                                                               help="Shown alongside; never used to rank"),
+                                "val_log_loss": st.column_config.NumberColumn("Val log-loss", format="%.4f",
+                                                                              help="Tie-breaker: log-loss of the soft mean")})
     st.caption("Select a row to load that subset (and its rule) into the builder above.")
     st.download_button("Download all subsets (CSV)", subsets.to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
                        mime="text/csv", key="ens_subsets_csv", icon=":material/download:")

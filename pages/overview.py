@@ -10,6 +10,7 @@ from dashboard import nav, state, ui
 from dashboard.runs import best_runs, identify, notice_skipped
 from dashboard.text import plain
 from pipeline.artifacts.catalog import parse_run_id
+from pipeline.artifacts.run_names import run_sort_key
 from pipeline.core.reference import load_reference
 from pipeline.core.splits import leakage_report
 
@@ -50,8 +51,11 @@ else:
     table = metrics[(metrics["group_type"] == "all") & (metrics["split"] == split_choice) & metrics["run_id"].isin(runs.ids)].copy()
 
 # -- headline cards -------------------------------------------------------------------------------------------
-def tied_names(ids: list[str]) -> str:
-    return " = ".join(runs.label(r) for r in ids) + (" (tie)" if len(ids) > 1 else "")
+def tied_names(ids: list[str], shown: int = 3) -> str:
+    """'A = B (tie)'; long ties name the first three and count the rest (all are in the table's rank column)."""
+    names = " = ".join(runs.label(r) for r in ids[:shown])
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return names + more + (" (tie)" if len(ids) > 1 else "")
 
 
 def ci_text(row: pd.Series, metric: str = "accuracy") -> str:
@@ -66,8 +70,8 @@ with st.container(key="headline"):
         singles = [r for r in runs.singles() if parse_run_id(r).stain == "none"] or runs.singles()
         ensembles = runs.ensembles()
         by_run = table.set_index("run_id")
-        for col, title, ids in ((cards[0], "Best single model", best_runs(table, singles)),
-                                (cards[1], "Best ensemble", best_runs(table, ensembles))):
+        for col, title, ids in ((cards[0], "Best single model", sorted(best_runs(table, singles), key=run_sort_key)),
+                                (cards[1], "Best ensemble", sorted(best_runs(table, ensembles), key=run_sort_key))):
             with col.container(border=True, key=f"card_{title.split()[1]}"):
                 if not ids:
                     st.metric(title, "n/a")
