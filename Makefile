@@ -9,7 +9,7 @@ PORT ?= 8501
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo pipeline dashboard test bench bench-quick bench-baselines lint browser clean
+.PHONY: install demo pipeline dashboard screenshots test bench bench-quick bench-baselines lint browser clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ pipeline: install
 	$(PY) -m pipeline run --config pipeline/configs/$(PRESET).toml
 
 dashboard: install
-	HISTOCOMPARE_EXPERIMENT=$(EXPERIMENT) $(VENV)/bin/streamlit run dashboard/app.py --server.address 127.0.0.1 \
-		--server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m dashboard --experiment $(EXPERIMENT) --port $(PORT)
+
+## Screenshots of every page (docs/screenshots/*.png) from the demo artifacts (`make demo` first); needs chromium.
+screenshots: install
+	$(PY) -m dashboard.screenshots --experiment $(EXPERIMENT) --out docs/screenshots
 
 ## Command 2: install and run the test suite (the browser test needs Debian's chromium: `make browser`).
 test: install

@@ -1,7 +1,9 @@
-"""histocompare dashboard: ``streamlit run dashboard/app.py`` (or ``make dashboard``).
+"""histocompare dashboard: ``python -m dashboard`` (or ``make dashboard``; ``streamlit run dashboard/app.py`` works too).
 
 A multipage app (``st.navigation``), one file per view in ``pages/``. It only reads artifacts written by
-``python -m pipeline``; it never trains, and TensorFlow is never imported.
+``python -m pipeline``; it never trains, and TensorFlow is never imported. The experiment picker lives here,
+so it is shared by every page; each page keeps its own state in the URL (``dashboard/state.py``).
+``dashboard/.streamlit/config.toml`` binds the server to 127.0.0.1 wherever it is started from.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts dashboard
 
 import streamlit as st  # noqa: E402
 
+from dashboard import nav, ui  # noqa: E402
+from dashboard.runs import forget_token, saved_tokens  # noqa: E402
+from dashboard.text import plain  # noqa: E402
+
 st.set_page_config(page_title="histocompare", page_icon=":material/biotech:", layout="wide")
-
-PAGES = [
-    st.Page(str(ROOT / "pages" / "overview.py"), title="Overview", icon=":material/dashboard:", default=True),
-    st.Page(str(ROOT / "pages" / "confusion.py"), title="Confusion matrices", icon=":material/grid_on:", url_path="confusion"),
-    st.Page(str(ROOT / "pages" / "misclassified.py"), title="Misclassified images", icon=":material/image_search:",
-            url_path="misclassified"),
-    st.Page(str(ROOT / "pages" / "stain_comparison.py"), title="Stain comparison", icon=":material/palette:", url_path="stain"),
-    st.Page(str(ROOT / "pages" / "ensemble_builder.py"), title="Ensemble builder", icon=":material/join:", url_path="ensemble"),
-    st.Page(str(ROOT / "pages" / "training_curves.py"), title="Training curves", icon=":material/show_chart:", url_path="training"),
-    st.Page(str(ROOT / "pages" / "gradcam.py"), title="Grad-CAM", icon=":material/local_fire_department:", url_path="gradcam"),
-]
-
-st.navigation(PAGES).run()
+ui.loopback_warning()
+exp = ui.experiment_picker()
+if exp is not None and saved_tokens(exp):
+    with st.sidebar.expander("Saved ensembles", expanded=False):
+        st.caption("Built in the ensemble builder; every run picker offers them (this browser session only).")
+        for token in saved_tokens(exp):
+            if st.button(f"✕ {plain(token)}", key=f"forget_{token}", type="tertiary", help="Remove from the pickers"):
+                forget_token(exp, token)
+                st.rerun()
+st.navigation(list(nav.pages().values())).run()

@@ -1,8 +1,14 @@
 """Cached, read-only access to an experiment's artifacts for the dashboard (no TensorFlow, no training).
 
-Every loader is keyed on the file's modification time, so a re-run of the pipeline shows up on the next
-interaction while unchanged files are served from Streamlit's cache. Image paths from artifacts are
-resolved only inside the experiment's data root (or its stain cache); anything escaping it is refused.
+Three promises:
+* **Only the experiment and its data root are read.** Image roots come from the experiment folder: the data
+  root from ``dataset.json`` (must be an absolute, existing folder) and stain caches from the catalog, whose
+  stain keys are validated tokens, never paths. An image path from the manifest is resolved inside its root
+  (symlinks followed, then checked); anything escaping it is refused.
+* **A broken file breaks one section, not the page.** Every reader catches a corrupt parquet, JSON or image and
+  reports it once on the page, naming the file and the command that rewrites it.
+* **Fast reruns.** Loaders are keyed on (path, mtime, size), so a re-run of the pipeline shows up on the next
+  interaction while unchanged files are served from Streamlit's cache.
 """
 
 from __future__ import annotations
@@ -17,13 +23,29 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from pipeline.artifacts.catalog import Catalog, check_stain_key
+from pipeline.artifacts.catalog import Catalog, check_stain_method
 from pipeline.artifacts.io import read_parquet_file
 from pipeline.artifacts.predictions import probability_matrix
 from pipeline.core.ensemble import fit_weights
 from pipeline.core.errors import PipelineError
+from dashboard.text import code, plain
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PROBLEMS_KEY = "_dashboard_problems"
+
+
+# -- reporting problems once per script run ------------------------------------------------------------------
+def reset_problems() -> None:
+    """Called at the start of every script run (app.py), so each problem is shown once per run."""
+    st.session_state[_PROBLEMS_KEY] = set()
+
+
+def report_problem(message: str, command: str | None = None) -> None:
+    """Show a problem once per run: ``message`` as plain text (it carries paths and artifact values), then the fix."""
+    shown = st.session_state.setdefault(_PROBLEMS_KEY, set())
+    if message not in shown:
+        shown.add(message)
+        st.error(plain(message) + (f" Fix: {code(command)}" if command else ""), icon=":material/broken_image:")
 
 
 def artifacts_root() -> Path:
@@ -32,32 +54,33 @@ def artifacts_root() -> Path:
 
 def list_experiments(root: Path | None = None) -> list[str]:
     root = root or artifacts_root()
-    if not root.exists():
+    if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and Catalog(p).manifest.exists())
 
 
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime if path.exists() else -1.0
+def _stamp(path: Path) -> tuple[float, int]:
+    stat = path.stat()
+    return stat.st_mtime, stat.st_size
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read_parquet(path: str, mtime: float) -> pd.DataFrame:
+def _read_parquet(path: str, stamp: tuple) -> pd.DataFrame:
     return read_parquet_file(path)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read_json(path: str, mtime: float) -> dict:
-    return json.loads(Path(path).read_text())
+def _read_json(path: str, stamp: tuple) -> object:
+    with open(path, "rb") as fh:
+        return json.loads(fh.read())
 
 
-def read_parquet(path: Path) -> pd.DataFrame | None:
-    """The parquet at ``path`` (cached by mtime) or None when it does not exist."""
-    return _read_parquet(str(path), _mtime(path)) if path.exists() else None
-
-
-def read_json(path: Path) -> dict | None:
-    return _read_json(str(path), _mtime(path)) if path.exists() else None
+def _cli_dir(path: Path) -> str:
+    """How a command should name this folder: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)
@@ -70,49 +93,147 @@ class Experiment:
         return Catalog(self.path)
 
     @property
+    def cli_dir(self) -> str:
+        return _cli_dir(self.path)
+
+    # -- commands that (re)create each artifact: one table, so messages stay consistent ------------------
+    def command(self, artifact: str, corrupt: bool = False, model: str = "efficientnet_b0") -> str:
+        d = self.cli_dir
+        preset = PROJECT_ROOT / "pipeline" / "configs" / f"{self.name}.toml"
+        if artifact == "predictions":
+            if preset.exists() and not corrupt:
+                return f"python -m pipeline run --config {_cli_dir(preset)}"
+            return f"python -m pipeline train {d} --model MODEL --force (for each run), then python -m pipeline ensemble {d}"
+        return {
+            "manifest": f"python -m pipeline index DATA_ROOT --out {d}",
+            "dataset": f"python -m pipeline index DATA_ROOT --out {d}",
+            "split": f"python -m pipeline split {d} --mode patient",
+            "metrics": f"python -m pipeline evaluate {d}",
+            "subsets": f"python -m pipeline ensemble {d}",
+            "ensembles": f"python -m pipeline ensemble {d}",
+            "history": f"python -m pipeline train {d} --model {model} --force",
+            "gradcam": f"python -m pipeline gradcam {d} --method gradcam",
+            "stain": f"python -m pipeline stain {d} --method vahadane",
+        }[artifact]
+
+    def _frame(self, path: Path, artifact: str, **command_args) -> pd.DataFrame | None:
+        """The parquet at ``path`` or None (missing, or corrupt: then reported with the command that rewrites it)."""
+        if not path.is_file():
+            return None
+        try:
+            return _read_parquet(str(path), _stamp(path))
+        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError/ValueError for truncated or foreign files
+            report_problem(f"{path} cannot be read ({type(exc).__name__}: the file is corrupt or truncated). Rewrite it.",
+                           self.command(artifact, corrupt=True, **command_args))
+            return None
+
+    def _json(self, path: Path, artifact: str) -> dict | None:
+        if not path.is_file():
+            return None
+        try:
+            data = _read_json(str(path), _stamp(path))
+        except (OSError, ValueError) as exc:
+            report_problem(f"{path} cannot be read ({type(exc).__name__}). Rewrite it.", self.command(artifact, True))
+            return None
+        return data if isinstance(data, dict) else None
+
+    def is_corrupt(self, path: Path) -> bool:
+        """A file that exists but could not be read (its problem has been reported)."""
+        return path.is_file() and any(str(path) in p for p in st.session_state.get(_PROBLEMS_KEY, ()))
+
+    @property
     def dataset(self) -> dict:
-        return read_json(self.catalog.dataset) or {}
+        return self._json(self.catalog.dataset, "dataset") or {}
 
     @property
     def synthetic(self) -> bool:
         return bool(self.dataset.get("synthetic"))
 
-    @property
     def data_root(self) -> Path | None:
+        """The validated data root (an absolute, existing folder), or None with the reason reported.
+
+        Same rule as ``pipeline.artifacts.experiment.data_root_of``, plus: the path must be absolute (a relative
+        one would depend on where the dashboard was started).
+        """
+        if not self.catalog.dataset.is_file():
+            report_problem(f"Images are not shown: {self.catalog.dataset} is missing.", self.command("dataset"))
+            return None
         root = self.dataset.get("data_root")
-        return Path(root).resolve() if root else None
+        if not isinstance(root, str) or not root or not Path(root).is_absolute() or not Path(root).is_dir():
+            report_problem(f"Images are not shown: {self.catalog.dataset} names data_root {root!r}, which is not an "
+                           "absolute path to an existing folder.", self.command("dataset"))
+            return None
+        return Path(root).resolve()
 
     def manifest(self) -> pd.DataFrame | None:
-        return read_parquet(self.catalog.manifest)
+        return self._frame(self.catalog.manifest, "manifest")
 
     def split(self) -> pd.DataFrame | None:
-        return read_parquet(self.catalog.split)
+        return self._frame(self.catalog.split, "split")
 
     def predictions(self) -> pd.DataFrame | None:
-        return read_parquet(self.catalog.predictions)
+        return self._frame(self.catalog.predictions, "predictions")
 
     def metrics(self) -> pd.DataFrame | None:
-        return read_parquet(self.catalog.metrics)
+        return self._frame(self.catalog.metrics, "metrics")
 
     def subsets(self) -> pd.DataFrame | None:
-        return read_parquet(self.catalog.subsets)
+        return self._frame(self.catalog.subsets, "subsets")
+
+    def gradcam_scores(self, method: str) -> pd.DataFrame | None:
+        return self._frame(self.catalog.gradcam_scores(method), "gradcam")
+
+    def ensembles_record(self) -> dict | None:
+        return self._json(self.catalog.ensembles, "ensembles")
 
     def history(self, run_id: str) -> pd.DataFrame | None:
-        return read_parquet(self.catalog.run(run_id).history)
+        return self._frame(self.catalog.run(run_id).history, "history", model=run_id)
 
     def run_info(self, run_id: str) -> dict | None:
-        return read_json(self.catalog.run(run_id).info)
+        return self._json(self.catalog.run(run_id).info, "history")
 
     def stain_target(self, method: str) -> dict | None:
-        return read_json(self.catalog.stain_target(method))
+        """``stain/<method>/target.json`` with its cache key validated by the catalog (a token, never a path);
+        None when absent, and None with the reason reported when corrupt or hostile."""
+        path = self.catalog.stain_target(check_stain_method(method))
+        target = self._json(path, "stain")
+        if target is None:
+            return None
+        try:
+            self.catalog.stain_images(method, target.get("key"))
+        except PipelineError as exc:
+            report_problem(f"Stain-normalized images are not shown: {exc}", f"python -m pipeline stain {self.cli_dir} --method {method}")
+            return None
+        return target
+
+    def stain_root(self, method: str) -> Path | None:
+        """Folder of the ``method``-normalized images (derived from the catalog and a validated key), or None."""
+        target = self.stain_target(method)
+        if not target:
+            return None
+        root = self.catalog.stain_images(method, target["key"])
+        return root if root.is_dir() else None
+
+    def image_paths(self) -> dict[str, str]:
+        """image_id -> path relative to the data root (from the manifest)."""
+        manifest = self.manifest()
+        if manifest is None:
+            return {}
+        return _paths_by_id(str(self.catalog.manifest), _stamp(self.catalog.manifest), manifest)
+
+
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs={pd.DataFrame: lambda _: 0})
+def _paths_by_id(path: str, stamp: tuple, manifest: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(manifest["image_id"].astype(str), manifest["path"].astype(str)))
 
 
 def get_experiment(name: str) -> Experiment:
     return Experiment(name, artifacts_root() / name)
 
 
+# -- images ------------------------------------------------------------------------------------------------
 def safe_image_path(root: Path, relative: str) -> Path | None:
-    """``root/relative`` if it stays inside ``root`` and exists; None otherwise (never follow ../ out)."""
+    """``root/relative`` if it stays inside ``root`` (after following symlinks) and is a file; None otherwise."""
     root = root.resolve()
     candidate = (root / relative).resolve()
     if candidate != root and root not in candidate.parents:
@@ -120,49 +241,68 @@ def safe_image_path(root: Path, relative: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-@st.cache_data(show_spinner=False, max_entries=2048)
-def load_image(path: str, mtime: float, width: int | None = None) -> np.ndarray:
+def decode_image(path: str | Path, width: int | None = None) -> np.ndarray:
+    """Decode an image file as RGB uint8: the dashboard's ONE image decoder (swap it for a shared reader here).
+
+    16-bit PNGs are scaled to 8 bits (Pillow's ``convert("RGB")`` would clip them to white), palette and
+    grey images are expanded, alpha is dropped (as TensorFlow's ``decode_png(channels=3)`` does).
+    """
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        if width and img.width > width:
-            img = img.resize((width, round(img.height * width / img.width)), Image.BILINEAR)
-        return np.asarray(img)
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            scale = 257.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 1.0
+            grey = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
+            out = Image.fromarray(grey).convert("RGB")
+        else:
+            out = img.convert("RGB")
+        if width and out.width > width:
+            out = out.resize((width, max(1, round(out.height * width / out.width))), Image.BILINEAR)
+        return np.asarray(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def load_image(path: str, stamp: tuple, width: int | None = None) -> np.ndarray:
+    return decode_image(path, width)
 
 
 def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: str = "none") -> np.ndarray | None:
-    """The (optionally stain-normalized) image of ``image_id`` as RGB, or None if missing/refused."""
-    manifest = exp.manifest()
-    if manifest is None or exp.data_root is None:
+    """The (optionally stain-normalized) image of ``image_id`` as RGB, or None if missing, refused or corrupt."""
+    relative = exp.image_paths().get(str(image_id))
+    if relative is None:
         return None
-    rows = manifest.loc[manifest["image_id"] == image_id, "path"]
-    if rows.empty:
+    root = exp.data_root() if stain == "none" else exp.stain_root(stain)
+    if root is None:
         return None
-    if stain == "none":
-        root = exp.data_root
-    else:
-        target = exp.stain_target(stain)
-        if not target or not isinstance(target.get("key"), str):
-            return None
-        try:
-            root = exp.catalog.stain_images(stain, check_stain_key(target["key"]))
-        except PipelineError:
-            return None
-    path = safe_image_path(root, rows.iloc[0])
-    return None if path is None else load_image(str(path), _mtime(path), width)
+    path = safe_image_path(root, relative)
+    if path is None:
+        return None
+    try:
+        return load_image(str(path), _stamp(path), width)
+    except Exception as exc:  # corrupt, truncated, decompression bomb, unsupported mode
+        if stain == "none":
+            report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Replace the file, then re-index "
+                           "(unreadable files go to rejects.parquet).", exp.command("manifest"))
+        else:
+            report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Delete it and re-run the stain stage.",
+                           f"python -m pipeline stain {exp.cli_dir} --method {stain}")
+        return None
 
 
+# -- ensembles ---------------------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=32)
-def member_matrices(preds_path: str, mtime: float, members: tuple[str, ...]) -> dict:
+def member_matrices(preds_path: str, stamp: tuple, members: tuple[str, ...]) -> dict:
     """Val and test probability matrices of ``members`` (the ensemble builder's cached arrays)."""
     preds = read_parquet_file(preds_path)
-    out = {}
-    for split in ("val", "test"):
-        probs, meta = probability_matrix(preds, list(members), split)
-        out[split] = (probs, meta)
-    return out
+    return {split: probability_matrix(preds, list(members), split) for split in ("val", "test")}
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def cached_weights(val_probs: np.ndarray, val_labels: np.ndarray, key: tuple) -> np.ndarray:
     """Weighted-vote weights for one member subset, fitted on validation (cached per subset)."""
     return fit_weights(val_probs, val_labels)
+
+
+def stamp(path: Path) -> tuple:
+    """(mtime, size) of a file: the cache key of everything derived from it."""
+    return _stamp(path)

@@ -1,73 +1,182 @@
-"""Shared UI pieces: the experiment picker, 'what is missing' messages, colours and figures."""
+"""Shared UI pieces: the experiment picker, page start, 'what is missing' messages, filter chips, the clickable
+confusion matrix, the heatmap colour bar and number formatting."""
 
 from __future__ import annotations
 
+import html
+import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.data import Experiment, get_experiment, list_experiments
-from pipeline.artifacts.catalog import parse_run_id
+from dashboard import state
+from dashboard.data import Experiment, get_experiment, list_experiments, reset_problems
+from dashboard.text import code, plain
+from pipeline.core.heatmaps import colorize
 
-FAMILY_COLOURS = {"v1": "#1f77b4", "v2": "#d62728", "ensemble": "#2ca02c", "subset": "#9467bd", "all": "#2ca02c"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+CELLS = {"tn": (0, 0), "fp": (0, 1), "fn": (1, 0), "tp": (1, 1)}  # cell -> (true, predicted)
 CELL_NAMES = {"tp": "malignant predicted malignant (TP)", "fn": "malignant predicted benign (FN)",
               "fp": "benign predicted malignant (FP)", "tn": "benign predicted benign (TN)"}
+CLASS_NAMES = {0: "benign", 1: "malignant"}
+BETTER, WORSE, NEUTRAL = "#1a7f37", "#cf222e", "#6e7781"
 
 
-def pick_experiment() -> Experiment | None:
-    """Sidebar experiment picker shared by every page (remembered in session state)."""
+def loopback_warning() -> None:
+    """Warn on screen when the server listens beyond this machine (the dashboard serves experiment images)."""
+    address = st.get_option("server.address")
+    if (address or "") not in LOOPBACK:
+        st.warning(f"This dashboard listens on {plain(address or 'every network interface')}, not only on 127.0.0.1: "
+                   "anyone who can reach this machine can browse the experiment's images. Start it with "
+                   "`python -m dashboard` (or `make dashboard`) to keep it local.", icon=":material/public:")
+
+
+def experiment_picker() -> Experiment | None:
+    """The sidebar experiment picker shared by every page (rendered once, by app.py); its value is in the URL."""
+    reset_problems()
     names = list_experiments()
     if not names:
-        st.warning("No experiments under artifacts/. Create one with `make demo` (synthetic data) or "
-                   "`python -m pipeline run --config pipeline/configs/sample.toml`.")
         return None
-    default = st.session_state.get("experiment") or os.environ.get("HISTOCOMPARE_EXPERIMENT", "demo")
-    index = names.index(default) if default in names else 0
-    name = st.sidebar.selectbox("Experiment", names, index=index, key="experiment_picker")
-    st.session_state["experiment"] = name
+    env = os.environ.get("HISTOCOMPARE_EXPERIMENT", "demo")
+    name = state.selectbox("Experiment", names, key="exp", param=state.EXPERIMENT_PARAM,
+                           default=env if env in names else names[0], where=st.sidebar)
     exp = get_experiment(name)
     if exp.synthetic:
         st.sidebar.warning("SYNTHETIC demo data: results say nothing about real histopathology.")
     return exp
 
 
+def current_experiment() -> Experiment | None:
+    name = st.session_state.get("exp")
+    return get_experiment(name) if name else None
+
+
 def page_start(title: str) -> Experiment:
-    """Title + experiment picker; stops the page when there is no experiment yet."""
+    """Title + the experiment chosen in the sidebar; stops the page when there is no experiment yet."""
     st.title(title)
-    exp = pick_experiment()
-    if exp is None:
+    exp = current_experiment()
+    if exp is None or not exp.path.is_dir():
+        st.warning("No experiments under the artifacts folder. Create one with `make demo` (synthetic data) or "
+                   "`python -m pipeline run --config pipeline/configs/sample.toml`.")
         st.stop()
     return exp
 
 
-def require(frame, what: str, command: str) -> None:
-    """Stop the page with a clear message when an artifact is missing (never a traceback)."""
-    if frame is None or (isinstance(frame, pd.DataFrame) and frame.empty):
-        st.info(f"{what} not found for this experiment. Produce it with:\n\n`{command}`")
+def require(exp: Experiment, frame, artifact: str, what: str, path=None) -> None:
+    """Stop the page with a clear message when an artifact is missing (a corrupt one has been reported already)."""
+    if frame is not None and not (isinstance(frame, pd.DataFrame) and frame.empty):
+        return
+    if path is not None and exp.is_corrupt(path):
         st.stop()
+    st.info(f"{what} not found for this experiment. Produce it with:\n\n{code(exp.command(artifact))}")
+    st.stop()
 
 
-def run_colour(run_id: str, family: str | None = None) -> str:
-    return FAMILY_COLOURS.get(family or parse_run_id(run_id).family, "#7f7f7f")
+def fmt(value, digits: int = 4) -> str:
+    """A number with a fixed number of decimals ('n/a' for NaN/None): tables never mix 0.9882 with 1."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
 
 
-def confusion_figure(counts: dict, title: str, normalize: bool = False) -> go.Figure:
-    """2x2 confusion matrix (rows: true benign/malignant; columns: predicted)."""
-    matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]], dtype=float)
-    shown = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
-    text = [[f"{shown[i, j]:.2f}" if normalize else f"{int(shown[i, j])}" for j in range(2)] for i in range(2)]
-    fig = go.Figure(go.Heatmap(z=shown, x=["pred benign", "pred malignant"], y=["true benign", "true malignant"],
-                               text=text, texttemplate="%{text}", colorscale="Blues", showscale=False))
-    fig.update_layout(title=title, height=260, margin=dict(l=10, r=10, t=40, b=10), yaxis_autorange="reversed")
+def for_plotly(text: object) -> str:
+    """Plotly renders a subset of HTML (``<a href>``, ``<img>`` is dropped, ``<b>``): escape artifact text."""
+    return html.escape(str(text))
+
+
+# -- filter chips --------------------------------------------------------------------------------------------
+def chips(items: list[tuple[str, Callable[[], None]]], key: str, on_clear_all: Callable[[], None] | None = None) -> None:
+    """Active filters as removable chips in the main area: one button per filter value (click removes it)."""
+    if not items:
+        return
+    with st.container(horizontal=True, key=f"{key}_chips"):
+        st.caption("Active filters:", width="content")
+        for i, (label, remove) in enumerate(items):
+            st.button(f"{plain(label)} ✕", key=f"{key}_chip_{i}", on_click=remove, type="secondary", help="remove this filter")
+        if on_clear_all and len(items) > 1:
+            st.button("Clear all", key=f"{key}_chip_all", on_click=on_clear_all, type="tertiary")
+
+
+def page_range(total: int, page: int, size: int) -> str:
+    """'13–24 of 197' (the items shown, and how many there are)."""
+    if total == 0:
+        return "0 of 0"
+    first = (page - 1) * size + 1
+    return f"{first}–{min(total, page * size)} of {total}"
+
+
+def pager(total: int, size: int, *, key: str, param: str) -> int:
+    """Page number (1-based) of ``total`` items, bound to the URL; shows '1–12 of N' and previous/next buttons."""
+    pages = max(1, math.ceil(total / size))
+    state.seed(key, param, 1, cast=int)
+    if not 1 <= st.session_state[key] <= pages:
+        st.session_state[key] = 1
+
+    def move(step: int) -> None:
+        st.session_state[key] = min(pages, max(1, st.session_state[key] + step))
+
+    with st.container(horizontal=True, vertical_alignment="center", key=f"{key}_bar"):
+        st.markdown(f"**{page_range(total, st.session_state[key], size)}**")
+        if pages > 1:
+            st.button("Previous", key=f"{key}_prev", on_click=move, args=(-1,), disabled=st.session_state[key] <= 1,
+                      icon=":material/chevron_left:")
+            st.button("Next", key=f"{key}_next", on_click=move, args=(1,), disabled=st.session_state[key] >= pages,
+                      icon=":material/chevron_right:")
+            st.caption(f"page {st.session_state[key]} of {pages}")
+    state.publish(param, st.session_state[key], 1)
+    return st.session_state[key]
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+def confusion_figure(counts: dict, title: str, normalize: bool = False, selected: str | None = None) -> go.Figure:
+    """A 2x2 confusion matrix drawn as four square markers, so a click on a cell is a point selection
+    (Streamlit returns no selection for heatmaps). Rows: true class; columns: predicted class."""
+    cells = list(CELLS)
+    truth_totals = {0: counts["tn"] + counts["fp"], 1: counts["fn"] + counts["tp"]}
+    values = [counts[c] / max(truth_totals[CELLS[c][0]], 1) if normalize else counts[c] for c in cells]
+    text = [f"{v:.2f}" if normalize else f"{int(v)}" for v in values]
+    top = max(max(values), 1e-9)
+    fig = go.Figure(go.Scatter(
+        x=[CELLS[c][1] for c in cells], y=[CELLS[c][0] for c in cells], mode="markers+text", text=text,
+        customdata=cells, hovertext=[f"{CELL_NAMES[c]}: {counts[c]} image(s); click to list them" for c in cells],
+        hoverinfo="text", textfont=dict(size=18, color=["white" if v / top > 0.55 else "black" for v in values]),
+        marker=dict(symbol="square", size=84, color=values, colorscale="Blues", cmin=0, cmax=top,
+                    line=dict(width=[4 if c == selected else 0 for c in cells], color="#f28e2b")),
+    ))
+    axis = dict(tickvals=[0, 1], range=[-0.6, 1.6], showgrid=False, zeroline=False, fixedrange=True)
+    fig.update_layout(title=for_plotly(title), height=300, margin=dict(l=10, r=10, t=40, b=10), showlegend=False,
+                      xaxis=dict(axis, ticktext=["pred benign", "pred malignant"]),
+                      yaxis=dict(axis, ticktext=["true benign", "true malignant"], range=[1.6, -0.6]),
+                      clickmode="event+select", dragmode=False, plot_bgcolor="white")
     return fig
 
 
-def short_run(run_id: str, width: int = 48) -> str:
-    return run_id if len(run_id) <= width else run_id[: width - 1] + "…"
+def difference_figure(counts_a: dict, counts_b: dict, title: str) -> go.Figure:
+    """B minus A per cell, coloured by what the change means for B: more TP/TN is better, more FN/FP is worse."""
+    cells = list(CELLS)
+    diff = {c: counts_b[c] - counts_a[c] for c in cells}
+    goodness = [diff[c] if c in ("tp", "tn") else -diff[c] for c in cells]
+    words = ["" if d == 0 else (" better" if g > 0 else " worse") for d, g in zip(diff.values(), goodness)]
+    colours = [NEUTRAL if g == 0 else (BETTER if g > 0 else WORSE) for g in goodness]
+    fig = go.Figure(go.Scatter(
+        x=[CELLS[c][1] for c in cells], y=[CELLS[c][0] for c in cells], mode="markers+text",
+        text=[f"{diff[c]:+d} {c.upper()}{w}" for c, w in zip(cells, words)], hoverinfo="skip",
+        textfont=dict(size=15, color="white"), marker=dict(symbol="square", size=84, color=colours),
+    ))
+    axis = dict(tickvals=[0, 1], range=[-0.6, 1.6], showgrid=False, zeroline=False, fixedrange=True)
+    fig.update_layout(title=for_plotly(title), height=300, margin=dict(l=10, r=10, t=40, b=10), showlegend=False,
+                      xaxis=dict(axis, ticktext=["pred benign", "pred malignant"]),
+                      yaxis=dict(axis, ticktext=["true benign", "true malignant"], range=[1.6, -0.6]),
+                      dragmode=False, plot_bgcolor="white")
+    return fig
 
 
-def csv_download(frame: pd.DataFrame, name: str, label: str = "Download CSV") -> None:
-    st.download_button(label, frame.to_csv(index=False).encode(), file_name=name, mime="text/csv", key=f"dl_{name}")
+def colour_bar(where=st) -> None:
+    """The heatmap colour scale (0 = least, 1 = most evidence), shown once per page."""
+    bar = colorize(np.tile(np.linspace(0, 1, 256), (10, 1)))
+    where.image(bar, width=256)
+    where.caption("Grad-CAM weight: 0 (blue, least evidence) → 1 (red, most evidence) for the explained class")

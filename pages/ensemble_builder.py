@@ -1,7 +1,9 @@
-"""Ensemble builder: toggle members, pick the rule and threshold; everything re-scores instantly.
+"""Ensemble builder: toggle members, pick the rule and threshold; everything re-scores instantly. The built
+ensemble's errors are one click away, and it can be saved so every run picker offers it.
 
 Scoring uses the same pure functions as the pipeline (``pipeline.core.ensemble``, ``pipeline.core.metrics``) on
-probability matrices cached once per experiment, so an interaction costs well under 200 ms.
+probability matrices cached once per experiment, so an interaction costs well under 200 ms. Stacking is the
+pipeline's Keras meta-model: the builder shows the pipeline's stacking ensembles read-only (see below).
 """
 
 import time
@@ -12,41 +14,66 @@ import plotly.graph_objects as go
 import streamlit as st
 from sklearn.metrics import roc_curve
 
-from dashboard.data import cached_weights, member_matrices
-from dashboard.ui import FAMILY_COLOURS, confusion_figure, csv_download, page_start, require, run_colour
+from dashboard import nav, state, ui
+from dashboard.data import cached_weights, member_matrices, stamp
+from dashboard.runs import BuiltEnsemble, identify, notice_skipped, save_token, token_label
+from dashboard.text import code, plain
 from pipeline.artifacts.catalog import parse_run_id
-from pipeline.artifacts.predictions import member_runs
 from pipeline.core.ensemble import agreement_matrix, combine
-from pipeline.core.metrics import binary_metrics
+from pipeline.core.metrics import binary_metrics, confusion_counts
 from pipeline.core.reference import load_reference
 
-exp = page_start("Ensemble builder")
+RULES = ["soft", "hard", "weighted", "stacking"]
+COLLAPSE = 0.9  # a weighted vote with this share on one member is that member in disguise
+
+exp = ui.page_start("Ensemble builder")
 preds = exp.predictions()
-require(preds, "predictions.parquet", f"python -m pipeline train artifacts/{exp.name} --model efficientnet_b0")
-members = member_runs(preds)
-if len(members) < 1:
-    st.info("No single-model runs without stain normalization yet: train some with `python -m pipeline train`.")
+ui.require(exp, preds, "predictions", "predictions.parquet", exp.catalog.predictions)
+runs = identify(preds)
+notice_skipped(runs)
+members = runs.members
+if not members:
+    st.info("No single-model runs without stain normalization yet: train some with "
+            f"{code(f'python -m pipeline train {exp.cli_dir} --model efficientnet_b0')}")
     st.stop()
 path = exp.catalog.predictions
-arrays = member_matrices(str(path), path.stat().st_mtime, tuple(members))
+arrays = member_matrices(str(path), stamp(path), tuple(members))
 
-st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)")
+# -- members (their on/off state is in the URL as ?members=...) ----------------------------------------------------
+url_members = set(st.query_params.get_all("members")) if "members" in st.query_params else set(members)
+for m in members:
+    if f"member_{m}" not in st.session_state:
+        st.session_state[f"member_{m}"] = m in url_members
+
+
+def load_members(names: list[str], rule: str | None = None) -> None:
+    for m in members:
+        st.session_state[f"member_{m}"] = m in names
+    if rule:
+        st.session_state["ens_method"] = rule
+
+
+c1, c2, c3 = st.columns([3, 3, 2])
+method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, horizontal=True,
+                     help="soft: mean probability; hard: majority vote (ties -> mean probability); weighted: weights fitted "
+                          "on validation; stacking: the pipeline's meta-model (read-only)")
+threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
+                         default=0.5, step=0.05, where=c2, disabled=method == "stacking")
+split = state.radio("Evaluate on", ["test", "val"], key="ens_split", param="split", where=c3, horizontal=True)
+st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)"
+           + ("; stacking ensembles have the members they were fitted on" if method == "stacking" else ""))
 chosen = []
-for row in ([m for m in members if parse_run_id(m).family == "v1"], [m for m in members if parse_run_id(m).family == "v2"]):
-    if not row:
-        continue
-    cols = st.columns(max(len(row), 5))
-    for col, name in zip(cols, row):
-        if col.checkbox(name, value=True, key=f"member_{name}"):
-            chosen.append(name)
-c1, c2, c3 = st.columns([2, 3, 2])
-method = c1.radio("Rule", ["soft", "hard", "weighted"], horizontal=True, key="ens_method",
-                  help="soft: mean probability; hard: majority vote (ties -> mean probability); weighted: weights fitted on validation")
-threshold = c2.slider("Threshold (P(malignant) >= threshold is malignant)", 0.05, 0.95, 0.5, 0.05, key="ens_threshold")
-split = c3.radio("Evaluate on", ["test", "val"], horizontal=True, key="ens_split")
-if not chosen:
-    st.warning("Select at least one member.")
-    st.stop()
+with st.container(key="ens_members"):
+    for family in ("v1", "v2"):
+        row = [m for m in members if parse_run_id(m).family == family]
+        if not row:
+            continue
+        cols = st.columns(max(len(row), 5))
+        for col, name in zip(cols, row):
+            if col.checkbox(plain(runs.label(name)), key=f"member_{name}", help=runs.tip[name], disabled=method == "stacking"):
+                chosen.append(name)
+state.publish("members", chosen, members)
+
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def all_member_metrics(key: tuple, split: str, threshold: float) -> dict:
@@ -56,87 +83,188 @@ def all_member_metrics(key: tuple, split: str, threshold: float) -> dict:
     return {m: binary_metrics(labels, member_probs[i], None, threshold) for i, m in enumerate(members)}
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def member_roc(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One member's ROC curve (cached: it does not change when other members are toggled)."""
+    fpr, tpr, _ = roc_curve(y, score)
+    return fpr, tpr
+
+
 t0 = time.perf_counter()
-member_metrics = all_member_metrics((str(path), path.stat().st_mtime, tuple(members)), split, threshold)
-idx = [members.index(m) for m in chosen]
-probs, meta = arrays[split]
-val_probs, val_meta = arrays["val"]
-weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen)) if method == "weighted" else None
-result = combine(probs[idx], method, threshold, weights=weights)
-y = meta["label"].to_numpy()
-scores = binary_metrics(y, result.score, result.pred, threshold)
-singles = {m: member_metrics[m] for m in chosen}
-best_single = max(singles, key=lambda m: singles[m]["accuracy"])
+weights = None
+if method == "stacking":
+    stack_runs = [r for r in runs.ensembles() if parse_run_id(r).method == "stacking"]
+    record = exp.ensembles_record() or {}
+    st.info("Stacking is the pipeline's meta-model, a small Keras network on the members' pooled features. "
+            "ensembles.json records no saved meta-model that could be re-applied to another member set (and the dashboard "
+            "never loads Keras), so the builder shows the pipeline's own stacking ensembles read-only; their members are "
+            "the groups they were fitted on.", icon=":material/lock:")
+    if not stack_runs:
+        skipped = {g: v.get("skipped") for g, v in (record.get("stacking") or {}).items() if isinstance(v, dict) and v.get("skipped")}
+        st.warning("This experiment has no stacking ensemble" + (": " + "; ".join(f"{plain(g)}: {plain(r)}" for g, r in skipped.items())
+                                                                 if skipped else f". Fit them with {code(exp.command('ensembles'))}"))
+        st.stop()
+    url_stack = st.query_params.get("stack")
+    stack = state.selectbox("Stacking ensemble", stack_runs, key="ens_stack", param="stack", format_func=runs.label,
+                            default=url_stack if url_stack in stack_runs else stack_runs[0])
+    part = preds[(preds["run_id"] == stack) & (preds["split"] == split)].sort_values("image_id")
+    chosen = list(parse_run_id(stack).members)
+    y, score, pred = part["label"].to_numpy(), part["prob_malignant"].to_numpy(), part["pred"].to_numpy()
+    meta = part
+    if split == "val":
+        st.caption("Validation rows of a stacking ensemble are the inner hold-out of the validation split only (the rest "
+                   "trained the meta-model).")
+    idx = [members.index(m) for m in chosen if m in members]
+    member_probs_all, member_meta = arrays[split]
+    aligned = pd.Series(np.arange(len(member_meta)), index=member_meta["image_id"]).reindex(part["image_id"]).to_numpy()
+    member_rows = member_probs_all[idx][:, aligned]
+    token = stack
+else:
+    if not chosen:
+        st.warning("Select at least one member.")
+        st.stop()
+    idx = [members.index(m) for m in chosen]
+    probs, meta = arrays[split]
+    val_probs, val_meta = arrays["val"]
+    weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen)) if method == "weighted" else None
+    result = combine(probs[idx], method, threshold, weights=weights)
+    y, score, pred = meta["label"].to_numpy(), result.score, result.pred
+    token = chosen[0] if len(chosen) == 1 else BuiltEnsemble(method, tuple(chosen), threshold).token
+    member_rows = probs[idx]
+scores = binary_metrics(y, score, pred, threshold if method != "stacking" else 0.5)
+member_metrics = all_member_metrics((str(path), stamp(path), tuple(members)), split, threshold)
+singles = {m: member_metrics[m] for m in chosen if m in member_metrics}
+best_single = max(singles, key=lambda m: singles[m]["accuracy"]) if singles else None
 elapsed_ms = (time.perf_counter() - t0) * 1000
 st.session_state["ensemble_last_ms"] = elapsed_ms
 
 with st.container(key="ensemble_metrics"):
     cols = st.columns(6)
-    best_acc = singles[best_single]["accuracy"]
-    cols[0].metric("Accuracy", f"{scores['accuracy']:.4f}", f"{scores['accuracy'] - best_acc:+.4f} vs best member")
-    cols[1].metric("Precision", f"{scores['precision']:.4f}")
-    cols[2].metric("Recall", f"{scores['recall']:.4f}")
-    cols[3].metric("Specificity", f"{scores['specificity']:.4f}")
-    cols[4].metric("F1", f"{scores['f1']:.4f}")
-    cols[5].metric("ROC AUC", "n/a" if np.isnan(scores["roc_auc"]) else f"{scores['roc_auc']:.4f}")
-st.caption(f"{len(chosen)} member(s), {method} voting on {len(y)} {split} images; best single member: {best_single} "
-           f"(accuracy {best_acc:.4f}). Re-scored in {elapsed_ms:.1f} ms."
-           + (f" Weights (fitted on val): {dict(zip(chosen, np.round(weights, 3)))}" if weights is not None else ""))
+    best_acc = singles[best_single]["accuracy"] if best_single else float("nan")
+    gain = scores["accuracy"] - best_acc
+    cols[0].metric("Accuracy", f"{scores['accuracy']:.4f}", None if best_single is None else f"{gain:+.4f} vs best",
+                   delta_color="off" if abs(gain) < 5e-5 else "normal")
+    cols[1].metric("Precision", ui.fmt(scores["precision"]))
+    cols[2].metric("Sensitivity", ui.fmt(scores["recall"]))
+    cols[3].metric("Specificity", ui.fmt(scores["specificity"]))
+    cols[4].metric("F1", ui.fmt(scores["f1"]))
+    cols[5].metric("ROC AUC", ui.fmt(scores["roc_auc"]))
+name = token_label(token, runs)
+caption = (f"**{plain(name)}**: {len(chosen)} member(s), {method} on {len(y)} {split} images; best single member: "
+           f"{runs.md(best_single) if best_single else 'n/a'} (accuracy {ui.fmt(best_acc)}). Re-scored in {elapsed_ms:.1f} ms.")
+st.markdown(caption)
+if weights is not None:
+    st.caption("Weights fitted on validation (minimum log-loss): " + " · ".join(
+        f"{runs.md(m)} {w:.2f}" for m, w in sorted(zip(chosen, weights), key=lambda t: -t[1])))
+    top = int(np.argmax(weights))
+    if len(chosen) > 1 and weights[top] >= COLLAPSE:
+        st.warning(f"Weighted voting puts {weights[top]:.0%} of the weight on {runs.md(chosen[top])}: this ensemble is "
+                   "essentially that one model (its validation log-loss is far lower than the others').",
+                   icon=":material/warning:")
 
-left, mid, right = st.columns(3)
-left.plotly_chart(confusion_figure(scores, "Confusion matrix"), width="stretch", key="ens_cm")
+with st.container(horizontal=True, key="ens_actions"):
+    if st.button("Show this ensemble's errors", key="ens_errors", type="primary", icon=":material/image_search:",
+                 help="Open the image browser on this ensemble's misclassified images"):
+        if method != "stacking" and token not in runs.ids:
+            save_token(exp, token)
+        st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=token, split=split))
+    if method != "stacking" and len(chosen) > 1:
+        if st.button("Save this ensemble", key="ens_save", icon=":material/bookmark_add:",
+                     help="Offer it in every run picker (confusion matrices, image browser) for this session"):
+            save_token(exp, token)
+            st.toast(f"Saved {name}: every run picker now offers it.", icon=":material/bookmark:")
+    csv = pd.DataFrame({"image_id": meta["image_id"].to_numpy(), "label": y, "score": score, "pred": pred})
+    st.download_button("Download its predictions (CSV)", csv.to_csv(index=False).encode(), file_name=f"{exp.name}_built_{split}.csv",
+                       mime="text/csv", key="ens_csv", icon=":material/download:")
+
+left, mid, right = st.columns([2, 3, 2])
+counts = confusion_counts(y, pred)
+left.plotly_chart(ui.confusion_figure(counts, "Confusion matrix"), width="stretch", key="ens_cm", config={"displayModeBar": False})
 fig = go.Figure()
 if len(np.unique(y)) == 2:
-    fpr, tpr, _ = roc_curve(y, result.score)
-    fig.add_scatter(x=fpr, y=tpr, name="ensemble", line=dict(color=FAMILY_COLOURS["ensemble"], width=3))
-    for m in chosen:
-        f, t, _ = roc_curve(y, probs[members.index(m)])
-        fig.add_scatter(x=f, y=t, name=m, line=dict(color=run_colour(m), width=1), opacity=0.5)
+    fpr, tpr, _ = roc_curve(y, score)
+    colour = runs.colour.get(token, "#1b6e3a")
+    fig.add_scatter(x=fpr, y=tpr, name="this ensemble", line=dict(color=colour, width=3))
+    for row_i, m in enumerate(c for c in chosen if c in members):
+        f, t = member_roc(y, member_rows[row_i])
+        fig.add_scatter(x=f, y=t, name=runs.label(m), line=dict(color=runs.colour[m], width=1), opacity=0.6)
+    op_fpr = counts["fp"] / max(counts["fp"] + counts["tn"], 1)
+    op_tpr = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
+    used = threshold if method != "stacking" else 0.5
+    fig.add_scatter(x=[op_fpr], y=[op_tpr], mode="markers", name=f"operating point (threshold {used:g})",
+                    marker=dict(symbol="star", size=16, color="black"))
 fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), showlegend=False)
-fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=300, margin=dict(t=40, b=10))
+fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=440, margin=dict(t=40, b=10),
+                  legend=dict(font=dict(size=10), orientation="h", y=-0.22), xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
 mid.plotly_chart(fig, width="stretch", key="ens_roc")
-by_mag = pd.DataFrame({"magnification": meta["magnification"].to_numpy(), "correct": result.pred == y})
-right.caption("Accuracy by magnification")
-right.dataframe(by_mag.groupby("magnification").correct.agg(["mean", "size"]).rename(columns={"mean": "accuracy", "size": "images"}))
+if "magnification" in meta:
+    by_mag = pd.DataFrame({"magnification": np.asarray(meta["magnification"]), "correct": pred == y})
+    right.caption("Accuracy by magnification")
+    right.dataframe(by_mag.groupby("magnification")["correct"].agg(["mean", "size"]).rename(columns={"mean": "accuracy", "size": "images"}),
+                    column_config={"accuracy": st.column_config.NumberColumn(format="%.4f")})
 
-st.subheader("What each member contributes")
+if method != "stacking":
+    st.subheader("What each member contributes")
 
+    def subset_accuracy(subset: list[str]) -> float:
+        """Accuracy of the current rule on ``subset`` (weights re-fitted on val for the weighted rule)."""
+        sub_idx = [members.index(x) for x in subset]
+        w = cached_weights(val_probs[sub_idx], val_meta["label"].to_numpy(), tuple(subset)) if method == "weighted" else None
+        return float((combine(probs[sub_idx], method, threshold, weights=w).pred == y).mean())
 
-def subset_accuracy(subset: list[str]) -> float:
-    """Accuracy of the current rule on ``subset`` (weights re-fitted on val for the weighted rule)."""
-    sub_idx = [members.index(x) for x in subset]
-    w = cached_weights(val_probs[sub_idx], val_meta["label"].to_numpy(), tuple(subset)) if method == "weighted" else None
-    r = combine(probs[sub_idx], method, threshold, weights=w)
-    return float((r.pred == y).mean())
-
-
-rows = []
-for m in chosen:
-    rest = [x for x in chosen if x != m]
-    without = subset_accuracy(rest) if rest else float("nan")
-    rows.append({"member": m, "alone": singles[m]["accuracy"], "ensemble without it": without,
-                 "change if removed": without - scores["accuracy"]})
-st.dataframe(pd.DataFrame(rows), hide_index=True)
+    rows = []
+    for m in chosen:
+        rest = [x for x in chosen if x != m]
+        without = subset_accuracy(rest) if rest else float("nan")
+        rows.append({"member": runs.label(m), "alone": singles[m]["accuracy"], "ensemble without it": without,
+                     "change if removed": without - scores["accuracy"]})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        "alone": st.column_config.NumberColumn(format="%.4f"), "ensemble without it": st.column_config.NumberColumn(format="%.4f"),
+        "change if removed": st.column_config.NumberColumn(format="%+.4f", help="Negative: the ensemble needs this member")})
 
 a, b = st.columns(2)
 with a:
-    st.caption("Member agreement (share of images with the same predicted class)")
-    member_preds = (probs[idx] >= threshold).astype(int)
-    agree = agreement_matrix(member_preds, chosen)
-    st.plotly_chart(go.Figure(go.Heatmap(z=agree.values, x=chosen, y=chosen, zmin=0, zmax=1, colorscale="Viridis",
-                                         text=agree.round(2).values, texttemplate="%{text}")).update_layout(height=360),
+    st.caption("Member agreement (share of images with the same predicted class); the colour scale spans the observed range")
+    names = [runs.label(m) for m in chosen if m in members]
+    agree = agreement_matrix((member_rows >= (threshold if method != "stacking" else 0.5)).astype(int), names)
+    low = float(agree.values.min())
+    st.plotly_chart(go.Figure(go.Heatmap(z=agree.values, x=names, y=names, zmin=low if low < 1 else 0.0, zmax=1, colorscale="Viridis",
+                                         text=agree.round(2).values, texttemplate="%{text}", colorbar=dict(title="agree"))
+                              ).update_layout(height=380, margin=dict(t=10, b=10), yaxis=dict(autorange="reversed")),
                     width="stretch", key="ens_agree")
 with b:
     st.caption("The study's ensembles (test, image-level split, full BreakHis)")
     ref = load_reference()
-    st.dataframe(ref[ref.method.isin(["soft", "hard", "stacking"])][["run_id", "accuracy", "precision", "recall", "f1"]], hide_index=True)
+    st.dataframe(ref[ref.method.isin(["soft", "hard", "stacking"])][["run_id", "accuracy", "precision", "recall", "f1"]].rename(
+        columns={"run_id": "ensemble", "recall": "sensitivity"}), hide_index=True,
+        column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("accuracy", "precision", "sensitivity", "f1")})
 
 st.subheader("Best subsets (ranked on validation; test shown alongside)")
 subsets = exp.subsets()
 if subsets is None:
-    st.info(f"Run `python -m pipeline ensemble artifacts/{exp.name}` for the exhaustive subset search.")
+    if not exp.is_corrupt(exp.catalog.subsets):
+        st.info(f"Run {code(exp.command('subsets'))} for the exhaustive subset search.")
 else:
     sub_method = "hard" if method == "hard" else "soft"
-    top = subsets[subsets.method == sub_method].head(15)
-    st.dataframe(top, hide_index=True)
-    csv_download(subsets, f"{exp.name}_subsets.csv", "Download all subsets (CSV)")
+    top = subsets[subsets["method"] == sub_method].head(15).reset_index(drop=True)
+    shown = top.assign(members=[" + ".join(runs.label(m) for m in s.split("+") if m) for s in top["members"]])
+
+    def load_subset() -> None:
+        rows_sel = st.session_state["ens_subsets"].selection.rows
+        if rows_sel:
+            load_members(top["members"].iloc[rows_sel[0]].split("+"), sub_method)
+
+    st.dataframe(shown[["val_rank", "members", "n_members", "val_accuracy", "test_accuracy", "val_log_loss"]], hide_index=True,
+                 on_select=load_subset, selection_mode="single-row", key="ens_subsets",
+                 column_config={"val_rank": st.column_config.NumberColumn("Rank (val)", pinned=True),
+                                "members": st.column_config.TextColumn("Members"),
+                                "n_members": st.column_config.NumberColumn("Size"),
+                                "val_accuracy": st.column_config.NumberColumn("Val accuracy", format="%.4f",
+                                                                              help="The ranking uses validation only"),
+                                "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="%.4f",
+                                                                               help="Shown alongside; never used to rank"),
+                                "val_log_loss": st.column_config.NumberColumn("Val log-loss", format="%.4f",
+                                                                              help="Tie-breaker: log-loss of the soft mean")})
+    st.caption("Select a row to load that subset (and its rule) into the builder above.")
+    st.download_button("Download all subsets (CSV)", subsets.to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
+                       mime="text/csv", key="ens_subsets_csv", icon=":material/download:")

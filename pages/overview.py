@@ -1,72 +1,244 @@
-"""Overview: dataset counts, the split's leakage report, every run and ensemble with 95% CIs, the study beside ours."""
+"""Overview, results first: headline cards (best single model, best ensemble, majority baseline, the study's
+number, leakage), accuracy and ROC AUC with 95% CIs against the study's values, the full table (pinned run
+column, readable names with tooltips, a column chooser, ties named as ties), then the dataset and the split."""
 
 import pandas as pd
 import streamlit as st
+from plotly.subplots import make_subplots
 
-from dashboard.ui import csv_download, page_start, require
+from dashboard import nav, state, ui
+from dashboard.runs import best_runs, identify, notice_skipped
+from dashboard.text import plain
+from pipeline.artifacts.catalog import parse_run_id
+from pipeline.artifacts.run_names import run_sort_key
 from pipeline.core.reference import load_reference
 from pipeline.core.splits import leakage_report
 
-exp = page_start("Overview")
-manifest = exp.manifest()
-require(manifest, "The image manifest", f"python -m pipeline index DATA_ROOT --out artifacts/{exp.name}")
+COLUMNS = {  # metrics column -> (readable name, tooltip, default shown)
+    "rank": ("Rank", "By accuracy; '1 (tie)' when runs share a value", True),
+    "kind": ("Kind", "single model or ensemble", False),
+    "n": ("Images", "Images in this split", False),
+    "accuracy": ("Accuracy", "Share of images classified correctly", True),
+    "accuracy_ci": ("Accuracy 95% CI", "Bootstrap over patients (images of one patient are correlated)", True),
+    "precision": ("Precision", "Of the images called malignant, the share that are", False),
+    "recall": ("Sensitivity", "Recall: of the malignant images, the share found", True),
+    "specificity": ("Specificity", "Of the benign images, the share called benign", True),
+    "f1": ("F1", "Harmonic mean of precision and sensitivity (malignant is positive)", False),
+    "balanced_accuracy": ("Balanced accuracy", "Mean of sensitivity and specificity", False),
+    "roc_auc": ("ROC AUC", "Ranking quality of P(malignant), threshold-free", True),
+    "roc_auc_ci": ("ROC AUC 95% CI", "Bootstrap over patients", False),
+    "pr_auc": ("PR AUC", "Average precision", False),
+    "brier": ("Brier score", "Mean squared error of P(malignant): calibration and sharpness, lower is better", True),
+    "ece": ("ECE", "Expected calibration error (10 bins), lower is better", False),
+    "patient_recognition_rate": ("Patient score", "BreakHis patient recognition rate: mean over patients of each patient's accuracy", True),
+    "patients": ("Patients", "Patients in this split", False),
+}
+NUMBERS = ["accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc", "pr_auc", "brier", "ece",
+           "patient_recognition_rate"]
 
+exp = ui.page_start("Overview")
+manifest, split, metrics, preds = exp.manifest(), exp.split(), exp.metrics(), exp.predictions()
+split_choice = state.radio("Split", ["test", "val"], key="ov_split", param="split", horizontal=True,
+                           help="Test is the held-out split; validation picked the checkpoints, weights and subsets")
+
+table = None
+if metrics is None:
+    if not exp.is_corrupt(exp.catalog.metrics):
+        st.info(f"No metrics yet. Compute them with `{exp.command('metrics')}`.")
+else:
+    runs = identify(preds if preds is not None else metrics)
+    notice_skipped(runs)
+    table = metrics[(metrics["group_type"] == "all") & (metrics["split"] == split_choice) & metrics["run_id"].isin(runs.ids)].copy()
+
+# -- headline cards -------------------------------------------------------------------------------------------
+def tied_names(ids: list[str], shown: int = 3) -> str:
+    """'A = B (tie)'; long ties name the first three and count the rest (all are in the table's rank column)."""
+    names = " = ".join(runs.label(r) for r in ids[:shown])
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return names + more + (" (tie)" if len(ids) > 1 else "")
+
+
+def ci_text(row: pd.Series, metric: str = "accuracy") -> str:
+    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    return "" if lo is None or pd.isna(lo) else f"95% CI {lo:.3f}–{hi:.3f}"
+
+
+reference = load_reference()
+with st.container(key="headline"):
+    cards = st.columns(5)
+    if table is not None and not table.empty:
+        singles = [r for r in runs.singles() if parse_run_id(r).stain == "none"] or runs.singles()
+        ensembles = runs.ensembles()
+        by_run = table.set_index("run_id")
+        for col, title, ids in ((cards[0], "Best single model", sorted(best_runs(table, singles), key=run_sort_key)),
+                                (cards[1], "Best ensemble", sorted(best_runs(table, ensembles), key=run_sort_key))):
+            with col.container(border=True, key=f"card_{title.split()[1]}"):
+                if not ids:
+                    st.metric(title, "n/a")
+                    st.caption("none trained yet")
+                    continue
+                row = by_run.loc[ids[0]]
+                st.metric(title, ui.fmt(row["accuracy"]), help=f"{split_choice} accuracy. " + runs.tip[ids[0]])
+                st.markdown(f"**{plain(tied_names(ids))}**  \n{split_choice} accuracy, {ci_text(row)}")
+                if title == "Best ensemble":
+                    if st.button("Worst errors", key="best_ens_errors", type="primary", icon=":material/image_search:",
+                                 help="Its misclassified images, most confident errors first"):
+                        st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=ids[0], split=split_choice))
+                    ref = parse_run_id(ids[0])
+                    rule = {"soft-best": "soft", "hard-best": "hard"}.get(ref.method, ref.method)
+                    st.page_link(nav.page("ensemble"), label="Open in builder", icon=":material/join:",
+                                 query_params=state.link_params(exp.name, members=list(ref.members), rule=rule,
+                                                                stack=ids[0] if rule == "stacking" else None))
+        first = table.iloc[0]
+        positives = int(first["tp"] + first["fn"])
+        majority = max(positives, int(first["n"]) - positives) / max(int(first["n"]), 1)
+        with cards[2].container(border=True, key="card_majority"):
+            st.metric("Majority baseline", ui.fmt(majority),
+                      help="Accuracy of always predicting the larger class: any model must beat this")
+            larger = "malignant" if positives * 2 >= first["n"] else "benign"
+            st.markdown(f"always **{larger}**  \non {int(first['n'])} {split_choice} images")
+    study = reference[reference["method"] != "stain"]
+    top = study[study["accuracy"] == study["accuracy"].max()]
+    with cards[3].container(border=True, key="card_study"):
+        st.metric("The study", ui.fmt(top["accuracy"].iloc[0]),
+                  help="Azmoodeh-Kalati et al., Sci. Rep. 2025: image-level 70/15/15 split of full BreakHis, ImageNet weights")
+        st.markdown(f"**{plain(' = '.join(top['run_id']))}**{' (tie)' if len(top) > 1 else ''}  \ntest accuracy, image-level split")
+    with cards[4].container(border=True, key="card_leakage"):
+        if manifest is None or split is None:
+            st.metric("Leakage", "n/a")
+            st.caption("no split yet")
+        else:
+            report = leakage_report(manifest, split)
+            shared = int(report["shared_patient_num"].max())
+            st.metric("Shared patients", shared,
+                      help="Patients with images in more than one of train/val/test (by numeric patient id)")
+            st.markdown(":red-badge[leaky split]  \npatients in several splits: optimistic" if shared
+                        else ":green-badge[leak-free]  \npatient-level split")
+
+# -- accuracy / AUC chart ----------------------------------------------------------------------------------------
+if table is not None and not table.empty:
+    st.subheader(f"Accuracy and ROC AUC with 95% CIs ({split_choice})")
+    order = table.sort_values(["accuracy", "roc_auc"], ascending=True)
+    labels = [runs.label(r) for r in order["run_id"]]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.03, subplot_titles=("Accuracy", "ROC AUC"))
+    for c, metric in enumerate(("accuracy", "roc_auc"), start=1):
+        lo, hi = order.get(f"{metric}_lo"), order.get(f"{metric}_hi")
+        err = None if lo is None else dict(type="data", symmetric=False, array=(hi - order[metric]).fillna(0),
+                                           arrayminus=(order[metric] - lo).fillna(0), thickness=1.5)
+        fig.add_scatter(x=order[metric], y=labels, mode="markers", error_x=err, row=1, col=c, showlegend=False,
+                        marker=dict(size=10, color=[runs.colour[r] for r in order["run_id"]]),
+                        hovertemplate="%{y}: %{x:.4f}<extra></extra>")
+    by_alias = {runs.label(r): r for r in runs.ids}
+    ref_x, ref_y = [], []
+    for _, ref in reference[reference["method"] != "stain"].iterrows():
+        alias = runs.label(ref["run_id"]) if ref["method"] == "single" else f"{ref['family'].upper()} {ref['method']}"
+        if alias in labels:
+            ref_x.append(ref["accuracy"])
+            ref_y.append(alias)
+    if ref_x:
+        fig.add_scatter(x=ref_x, y=ref_y, mode="markers", name="the study (image-level split)", row=1, col=1,
+                        marker=dict(symbol="diamond-open", size=13, color="black", line=dict(width=2)),
+                        hovertemplate="study: %{x:.4f}<extra>%{y}</extra>")
+    fig.update_layout(height=max(300, 26 * len(labels) + 110), margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.08 if len(labels) > 6 else -0.2))
+    st.plotly_chart(fig, width="stretch", key="ov_chart")
+    st.caption("Dots: this experiment, with patient-bootstrap 95% CIs. Open diamonds: the study's reported test accuracy "
+               "for the same model or family ensemble (its split is image-level, so patients are shared).")
+
+    # -- the table --------------------------------------------------------------------------------------------
+    st.subheader("Every run and ensemble")
+    table["run"] = [runs.label(r) for r in table["run_id"]]
+    rank = table["accuracy"].rank(method="min", ascending=False)
+    ties = rank.map(rank.value_counts())
+    table["rank"] = [f"{int(r)}" + (" (tie)" if t > 1 else "") if pd.notna(r) else "" for r, t in zip(rank, ties)]
+    for m in ("accuracy", "roc_auc"):
+        if f"{m}_lo" in table:
+            table[f"{m}_ci"] = [f"{lo:.3f}–{hi:.3f}" if pd.notna(lo) else "" for lo, hi in zip(table[f"{m}_lo"], table[f"{m}_hi"])]
+    table = table.sort_values(["accuracy", "run"], ascending=[False, True]).reset_index(drop=True)
+    optional = [c for c in COLUMNS if c in table]
+    shown = state.multiselect("Columns", optional, key="ov_cols", param="cols",
+                              default=[c for c in optional if COLUMNS[c][2]], format_func=lambda c: COLUMNS[c][0],
+                              help="Choose the columns; the run column stays pinned on the left")
+    config = {"run": st.column_config.TextColumn("Run", pinned=True, help="Short run name; the full member list is in the "
+                                                  "description column and in every picker's tooltip")}
+    for c in shown:
+        name, tip, _ = COLUMNS[c]
+        config[c] = (st.column_config.NumberColumn(name, help=tip, format="%.4f") if c in NUMBERS
+                     else st.column_config.TextColumn(name, help=tip))
+    table["description"] = [runs.tip[r] for r in table["run_id"]]
+    config["description"] = st.column_config.TextColumn("Description", help="What the run is, with every member", width="large")
+    selection = st.dataframe(table, hide_index=True, column_order=["run", *shown, "description"], column_config=config,
+                             on_select="rerun", selection_mode="multi-row", key="ov_table")
+    chosen = [table["run_id"].iloc[i] for i in selection.selection.rows] if selection else []
+    with st.container(horizontal=True, key="ov_actions"):
+        if len(chosen) == 2:
+            if st.button(f"Compare {runs.md(chosen[0])} and {runs.md(chosen[1])}", key="ov_compare", type="primary",
+                         icon=":material/compare:", help="Their confusion matrices side by side, A/B"):
+                st.switch_page(nav.page("confusion"), query_params=state.link_params(exp.name, a=chosen[0], b=chosen[1],
+                                                                                      split=split_choice))
+        elif len(chosen) == 1:
+            if st.button(f"Errors of {runs.md(chosen[0])}", key="ov_errors", type="primary", icon=":material/image_search:"):
+                st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=chosen[0], split=split_choice))
+        else:
+            st.caption("Select one row to browse its errors, or two to compare them.")
+        ui_csv = table[["run_id", "run", *[c for c in shown if c in table]]]
+        st.download_button("Download CSV", ui_csv.to_csv(index=False).encode(), file_name=f"{exp.name}_{split_choice}_metrics.csv",
+                           mime="text/csv", key="ov_csv", icon=":material/download:")
+
+    # -- the study beside ours -------------------------------------------------------------------------------
+    st.subheader("The published study beside ours (test split)")
+    test_all = metrics[(metrics["group_type"] == "all") & (metrics["split"] == "test")].set_index("run_id")
+    rows = []
+    for _, ref in reference[reference["method"] != "stain"].iterrows():
+        alias = runs.label(ref["run_id"]) if ref["method"] == "single" else f"{ref['family'].upper()} {ref['method']}"
+        ours = by_alias.get(alias)
+        row = {"run": alias, "study accuracy": ref["accuracy"],
+               "our accuracy": test_all.loc[ours, "accuracy"] if ours in test_all.index else None}
+        row["Δ (ours − study)"] = None if row["our accuracy"] is None else row["our accuracy"] - ref["accuracy"]
+        row["study F1"] = ref["f1"]
+        row["our F1"] = test_all.loc[ours, "f1"] if ours in test_all.index else None
+        rows.append(row)
+    beside = pd.DataFrame(rows)
+    st.dataframe(beside, hide_index=True, column_config={
+        "run": st.column_config.TextColumn("Run", pinned=True),
+        **{c: st.column_config.NumberColumn(c, format="%.4f") for c in ("study accuracy", "our accuracy", "study F1", "our F1")},
+        "Δ (ours − study)": st.column_config.NumberColumn("Δ (ours − study)", format="%+.4f",
+                                                          help="Negative: below the study (which used an image-level split)")})
+    st.caption("Study: Azmoodeh-Kalati et al., Sci. Rep. 15:21541 (2025), image-level 70/15/15 split of full BreakHis with "
+               "ImageNet weights. Ours: this experiment's test split" + (" on SYNTHETIC data." if exp.synthetic else "."))
+
+# -- dataset and split --------------------------------------------------------------------------------------------
 st.subheader("Dataset")
-cols = st.columns(4)
-cols[0].metric("Images", len(manifest))
-cols[1].metric("Benign / malignant", f"{(manifest.label == 0).sum()} / {(manifest.label == 1).sum()}")
-cols[2].metric("Patients (folders / numeric ids)", f"{manifest.patient_id.nunique()} / {manifest.patient_num.nunique()}")
-cols[3].metric("Subtypes", manifest.subtype.nunique())
-left, right = st.columns(2)
-left.caption("Images per class and magnification")
-left.dataframe(pd.crosstab(manifest.class_name, manifest.magnification, margins=True, margins_name="total"))
-right.caption("Images and patients per subtype")
-right.dataframe(manifest.groupby(["class_name", "subtype_name"]).agg(images=("image_id", "size"),
-                                                                      patients=("patient_id", "nunique")).reset_index(),
-                hide_index=True)
+if manifest is None:
+    if not exp.is_corrupt(exp.catalog.manifest):
+        st.info(f"The image manifest is not found. Produce it with `{exp.command('manifest')}`.")
+else:
+    folders = manifest[["class_name", "subtype", "patient_id"]].drop_duplicates()
+    cols = st.columns(4)
+    cols[0].metric("Images", len(manifest))
+    cols[1].metric("Benign / malignant", f"{(manifest.label == 0).sum()} / {(manifest.label == 1).sum()}")
+    cols[2].metric("Patient folders / numeric ids", f"{len(folders)} / {manifest.patient_num.nunique()}",
+                   help="Folders: distinct (class, subtype, patient code) folders, as BreakHis counts them (a code can "
+                        "appear under two subtypes). Numeric ids: distinct patient numbers, the stricter grouping.")
+    cols[3].metric("Subtypes", manifest.subtype.nunique())
+    left, right = st.columns(2)
+    left.caption("Images per class and magnification")
+    left.dataframe(pd.crosstab(manifest.class_name, manifest.magnification.astype(str) + "X", margins=True, margins_name="total"))
+    right.caption("Images and patient folders per subtype")
+    per_subtype = manifest.groupby(["class_name", "subtype_name"]).agg(images=("image_id", "size"),
+                                                                       patient_folders=("patient_id", "nunique"))
+    right.dataframe(per_subtype.reset_index(), hide_index=True)
 
 st.subheader("Split and leakage")
-split = exp.split()
-if split is None:
-    st.info(f"No split yet: `python -m pipeline split artifacts/{exp.name} --mode patient`")
+if split is None or manifest is None:
+    if not exp.is_corrupt(exp.catalog.split):
+        st.info(f"No split yet: `{exp.command('split')}`")
 else:
-    report = leakage_report(manifest, split)
+    report = leakage_report(manifest, split).rename(columns=lambda c: c.replace("_", " ").replace("num", "(numeric id)")
+                                                     .replace("patient id", "patient (folder code)"))
     st.dataframe(report, hide_index=True)
-    shared = int(report["shared_patient_num"].max())
-    if shared:
-        st.error(f"{shared} patient(s) appear in more than one of train/val/test: an image-level split. "
-                 "Accuracy on it is optimistic (the model can recognise the patient, not the disease).")
+    if int(leakage_report(manifest, split)["shared_patient_num"].max()):
+        st.error("Some patients appear in more than one of train/val/test: an image-level split. Accuracy on it is "
+                 "optimistic (the model can recognise the patient, not the disease).")
     else:
         st.success("Leak-free: no patient appears in more than one of train/val/test.")
-
-st.subheader("Runs and ensembles")
-metrics = exp.metrics()
-require(metrics, "metrics.parquet", f"python -m pipeline evaluate artifacts/{exp.name}")
-split_choice = st.radio("Split", ["test", "val"], horizontal=True, key="overview_split")
-table = metrics[(metrics.group_type == "all") & (metrics.split == split_choice)].copy()
-for m in ("accuracy", "f1", "roc_auc", "recall", "specificity"):
-    if f"{m}_lo" in table:
-        table[f"{m} 95% CI"] = [f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table[f"{m}_lo"], table[f"{m}_hi"])]
-show = ["run_id", "kind", "stain", "n", "accuracy", "accuracy 95% CI", "precision", "recall", "specificity", "f1",
-        "f1 95% CI", "balanced_accuracy", "roc_auc", "roc_auc 95% CI", "pr_auc", "brier", "ece", "patient_recognition_rate", "patients"]
-table = table[[c for c in show if c in table]].sort_values("accuracy", ascending=False)
-st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
-                                                     ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy",
-                                                      "roc_auc", "pr_auc", "brier", "ece", "patient_recognition_rate")})
-csv_download(table, f"{exp.name}_{split_choice}_metrics.csv")
-st.caption("95% CIs: bootstrap over patients (images of one patient are correlated). Sort by clicking a column header.")
-best_single = table[table.kind == "single"].head(1)
-best_ens = table[table.kind == "ensemble"].head(1)
-if len(best_single):
-    st.write(f"Best single model on {split_choice}: **{best_single.run_id.iloc[0]}** "
-             f"(accuracy {best_single.accuracy.iloc[0]:.3f})"
-             + (f"; best ensemble: **{best_ens.run_id.iloc[0]}** ({best_ens.accuracy.iloc[0]:.3f})" if len(best_ens) else ""))
-
-st.subheader("The published study beside ours")
-ref = load_reference().rename(columns={c: f"paper_{c}" for c in ("accuracy", "precision", "recall", "f1")})
-ours = metrics[(metrics.group_type == "all") & (metrics.split == "test") & (metrics.kind == "single")][
-    ["run_id", "accuracy", "precision", "recall", "f1"]]
-beside = ref.merge(ours, on="run_id", how="left")
-st.dataframe(beside, hide_index=True)
-st.caption("Paper: Azmoodeh-Kalati et al., Sci. Rep. 15:21541 (2025), image-level 70/15/15 split of full BreakHis "
-           "with ImageNet weights. Ours: this experiment's test split" + (" on SYNTHETIC data." if exp.synthetic else "."))

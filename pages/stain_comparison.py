@@ -1,67 +1,62 @@
-"""Stain comparison: runs that differ only by stain normalization, compared on the same images."""
+"""Stain comparison: a stain-normalized run (B) against its unstained twin (A) on the same images. The verdict
+weighs accuracy, ROC AUC and calibration together; then the images where the two disagree, original beside
+normalized, with which run was right."""
 
-import pandas as pd
 import streamlit as st
 
+from dashboard import compare, state, ui
 from dashboard.data import image_for
-from dashboard.ui import page_start, require
+from dashboard.runs import identify, notice_skipped
+from dashboard.text import code, plain
 from pipeline.artifacts.catalog import parse_run_id
-from pipeline.core.metrics import binary_metrics, mcnemar, paired_bootstrap_delta
 
-exp = page_start("Stain comparison")
+exp = ui.page_start("Stain comparison")
 preds = exp.predictions()
-require(preds, "predictions.parquet", f"python -m pipeline run --config pipeline/configs/{exp.name}.toml")
-singles = preds[preds.kind == "single"]
-pairs = []
-for run in sorted(singles.run_id.unique()):
-    ref = parse_run_id(run)
-    if ref.stain != "none" and ref.base_run in set(singles.run_id):
-        pairs.append((ref.base_run, run))
+ui.require(exp, preds, "predictions", "predictions.parquet", exp.catalog.predictions)
+runs = identify(preds)
+notice_skipped(runs)
+singles = set(runs.singles())
+pairs = {r: parse_run_id(r).base_run for r in runs.singles() if parse_run_id(r).stain != "none" and parse_run_id(r).base_run in singles}
 if not pairs:
     st.info("No stained/unstained pair of runs. Train the same model with and without normalization, e.g.\n\n"
-            f"`python -m pipeline stain artifacts/{exp.name} --method vahadane` then "
-            f"`python -m pipeline train artifacts/{exp.name} --model efficientnet_b0 --stain vahadane`")
+            f"{code(f'python -m pipeline stain {exp.cli_dir} --method vahadane')} then "
+            f"{code(f'python -m pipeline train {exp.cli_dir} --model efficientnet_b0 --stain vahadane')}")
     st.stop()
-label = st.selectbox("Pair", [f"{a} vs {b}" for a, b in pairs], key="stain_pair")
-base, stained = pairs[[f"{a} vs {b}" for a, b in pairs].index(label)]
-split = st.radio("Split", ["test", "val"], horizontal=True, key="stain_split")
-a = singles[(singles.run_id == base) & (singles.split == split)].set_index("image_id").sort_index()
-b = singles[(singles.run_id == stained) & (singles.split == split)].set_index("image_id").sort_index()
-common = a.index.intersection(b.index)
-a, b = a.loc[common], b.loc[common]
-ma, mb = binary_metrics(a.label, a.prob_malignant, a.pred), binary_metrics(b.label, b.prob_malignant, b.pred)
-delta = paired_bootstrap_delta(a.label.to_numpy(), a.pred.to_numpy(), b.pred.to_numpy(), a.patient_num.to_numpy(), seed=0)
-test = mcnemar((a.pred == a.label).to_numpy(), (b.pred == b.label).to_numpy())
+c1, c2 = st.columns([3, 1])
+stained = state.selectbox("Stain-normalized run (B) against its unstained twin (A)", list(pairs), key="st_pair", param="run",
+                          where=c1, format_func=lambda r: f"{runs.label(r)} vs {runs.label(pairs[r])}")
+split = state.radio("Split", ["test", "val"], key="st_split", param="split", where=c2, horizontal=True)
+base, method = pairs[stained], parse_run_id(stained).stain
+frame = compare.paired_frame(preds, base, stained, split)
+compare.summary(frame, runs, base, stained, split, what="stain normalization (B)")
+st.caption("The study reported 0.9882 unnormalized vs 0.9679 Vahadane-normalized accuracy (V1-B0, image-level split).")
 
-cols = st.columns(4)
-cols[0].metric(f"Accuracy {base}", f"{ma['accuracy']:.4f}")
-cols[1].metric(f"Accuracy {stained}", f"{mb['accuracy']:.4f}", f"{mb['accuracy'] - ma['accuracy']:+.4f}")
-cols[2].metric("Δ accuracy 95% CI (patient bootstrap)", f"{delta[0]:+.3f} to {delta[1]:+.3f}")
-cols[3].metric("McNemar p-value", f"{test['p_value']:.3g}",
-               help=f"{test['method']} test; only {base} right: {test['only_a']}, only {stained} right: {test['only_b']}")
-table = pd.DataFrame({base: ma, stained: mb}).loc[["accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "brier", "ece"]]
-table["delta"] = table[stained] - table[base]
-st.dataframe(table.round(4))
-verdict = "helped" if test["p_value"] < 0.05 and mb["accuracy"] > ma["accuracy"] else (
-    "hurt" if test["p_value"] < 0.05 else "made no significant difference (McNemar p >= 0.05)")
-st.write(f"On these {len(common)} {split} images, stain normalization **{verdict}**. "
-         "The study reported 0.9882 unnormalized vs 0.9679 Vahadane-normalized (V1-B0, image-level split).")
-
-method = parse_run_id(stained).stain
-target = exp.stain_target(method)
 st.subheader("Images where the two runs disagree")
-disagree = common[(a.pred != b.pred).to_numpy()]
-st.write(f"{len(disagree)} image(s)")
-if target:
-    timg = image_for(exp, target["target_image_id"], 320)
+root = exp.stain_root(method)
+target = exp.stain_target(method)
+if root is None and not target:
+    st.warning(f"The {method}-normalized images are not cached, so only the originals are shown. Recreate them with "
+               f"{code(f'python -m pipeline stain {exp.cli_dir} --method {method}')}", icon=":material/hide_image:")
+elif root is None:
+    st.warning(f"The {method} stain cache named by stain/{method}/target.json is missing, so only the originals are shown. "
+               f"Recreate it with {code(f'python -m pipeline stain {exp.cli_dir} --method {method}')}", icon=":material/hide_image:")
+if target and isinstance(target.get("target_image_id"), str):
+    timg = image_for(exp, target["target_image_id"], 240)
     if timg is not None:
-        st.image(timg, caption=f"target image {target['target_image_id']} (chosen from train, rule: {target['rule']})", width=320)
-for image_id in disagree[:12]:
-    c1, c2, c3 = st.columns([2, 2, 2])
-    orig, norm = image_for(exp, image_id, 320), image_for(exp, image_id, 320, method)
+        with st.expander("The target image every image was normalized to"):
+            st.image(timg, width=240)
+            st.caption(f"{plain(target['target_image_id'])}, chosen from the training split (rule: {plain(target.get('rule', '?'))})")
+
+
+def show_images(row, cols) -> None:
+    orig = image_for(exp, row["image_id"], 280)
     if orig is not None:
-        c1.image(orig, caption=f"original · {base}: P(m)={a.loc[image_id, 'prob_malignant']:.2f}")
+        cols[0].image(orig, caption="original (A's input)", width="stretch")
+    norm = image_for(exp, row["image_id"], 280, method) if root is not None else None
     if norm is not None:
-        c2.image(norm, caption=f"{method} · {stained}: P(m)={b.loc[image_id, 'prob_malignant']:.2f}")
-    c3.markdown(f"**{image_id}**  \ntrue: {'malignant' if a.loc[image_id, 'label'] else 'benign'}  \n"
-                f"{a.loc[image_id, 'subtype']} · {a.loc[image_id, 'magnification']}X")
+        cols[1].image(norm, caption=f"{method}-normalized (B's input)", width="stretch")
+    elif root is not None:
+        cols[1].caption("normalized image not in the cache")
+
+
+compare.disagreements(frame, runs, base, stained, key="st_dis", images=show_images)

@@ -53,3 +53,15 @@ def demo_experiment(tmp_path_factory, demo_root) -> Path:
 def copy_experiment(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def dashboard_artifacts(tmp_path_factory) -> Path:
+    """An artifacts folder with the dashboard's synthetic ``fixture`` experiment (all ten models, every ensemble) and
+    its doctored ``hostile`` twin (pipeline/fixtures.py); read-only for tests (copy before changing anything)."""
+    from pipeline.fixtures import build, build_hostile
+
+    root = tmp_path_factory.mktemp("dashboard")
+    build(root)
+    build_hostile(root)
+    return root / "artifacts"

@@ -108,23 +108,47 @@ def bootstrap_ci(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, groups: np.n
     y, prob, pred, groups = map(np.asarray, (y, prob, pred, groups))
     if len(y) == 0 or n_boot <= 0:
         return {m: (float("nan"), float("nan")) for m in CI_METRICS}
+    samples = _patient_resamples(groups, n_boot, seed)
+    return _quantile_ci(_fast_metrics(y[samples], prob[samples], pred[samples]), ci)
+
+
+def _patient_resamples(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) image indices: whole patients drawn with replacement until n images, then trimmed."""
     rng = np.random.default_rng(seed)
     codes, uniques = pd.factorize(groups)
     members = [np.flatnonzero(codes == g) for g in range(len(uniques))]
-    n = len(y)
+    n = len(groups)
     samples = np.empty((n_boot, n), dtype=np.int64)
     for b in range(n_boot):  # concatenate whole patients until n images, then trim (keeps sizes equal)
         idx = np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
         while len(idx) < n:
             idx = np.concatenate([idx, members[rng.integers(0, len(members))]])
         samples[b] = idx[:n]
-    values = _fast_metrics(y[samples], prob[samples], pred[samples])
+    return samples
+
+
+def _quantile_ci(values: np.ndarray, ci: float) -> dict[str, tuple[float, float]]:
     alpha = (1 - ci) / 2
     with warnings.catch_warnings():  # a metric undefined in every resample (e.g. AUC with one class) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         lo = np.nanquantile(values, alpha, axis=0)
         hi = np.nanquantile(values, 1 - alpha, axis=0)
     return {m: (float(lo[i]), float(hi[i])) for i, m in enumerate(CI_METRICS)}
+
+
+def paired_bootstrap_deltas(y: np.ndarray, prob_a: np.ndarray, pred_a: np.ndarray, prob_b: np.ndarray, pred_b: np.ndarray,
+                            groups: np.ndarray, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, tuple[float, float]]:
+    """CIs of metric(B) - metric(A) for every CI_METRICS entry, both runs scored on the same patient resamples.
+
+    Pairing matters: the two runs saw the same images, so their errors are correlated and the CI of the
+    difference is much narrower than the two separate CIs suggest. Used to judge accuracy, AUC and
+    calibration (Brier) together when comparing two runs.
+    """
+    y, prob_a, pred_a, prob_b, pred_b, groups = map(np.asarray, (y, prob_a, pred_a, prob_b, pred_b, groups))
+    if len(y) == 0 or n_boot <= 0:
+        return {m: (float("nan"), float("nan")) for m in CI_METRICS}
+    s = _patient_resamples(groups, n_boot, seed)
+    return _quantile_ci(_fast_metrics(y[s], prob_b[s], pred_b[s]) - _fast_metrics(y[s], prob_a[s], pred_a[s]), ci)
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
