@@ -24,10 +24,11 @@ import streamlit as st
 from PIL import Image
 
 from pipeline.artifacts.catalog import Catalog, check_stain_method
-from pipeline.artifacts.io import read_parquet_file
+from pipeline.artifacts.io import UnreadableArtifact, read_parquet_file
 from pipeline.artifacts.predictions import probability_matrix
 from pipeline.core.ensemble import fit_weights
 from pipeline.core.errors import PipelineError
+from pipeline.core.images import read_rgb
 from dashboard.text import code, plain
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -122,8 +123,9 @@ class Experiment:
             return None
         try:
             return _read_parquet(str(path), _stamp(path))
-        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError/ValueError for truncated or foreign files
-            report_problem(f"{path} cannot be read ({type(exc).__name__}: the file is corrupt or truncated). Rewrite it.",
+        except Exception as exc:  # read_parquet_file raises UnreadableArtifact with pyarrow's reason
+            reason = exc.reason.split(":")[0] if isinstance(exc, UnreadableArtifact) else type(exc).__name__
+            report_problem(f"{path} cannot be read ({reason}: the file is corrupt or truncated). Rewrite it.",
                            self.command(artifact, corrupt=True, **command_args))
             return None
 
@@ -242,23 +244,14 @@ def safe_image_path(root: Path, relative: str) -> Path | None:
 
 
 def decode_image(path: str | Path, width: int | None = None) -> np.ndarray:
-    """Decode an image file as RGB uint8: the dashboard's ONE image decoder (swap it for a shared reader here).
-
-    16-bit PNGs are scaled to 8 bits (Pillow's ``convert("RGB")`` would clip them to white), palette and
-    grey images are expanded, alpha is dropped (as TensorFlow's ``decode_png(channels=3)`` does).
-    """
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64)
-            scale = 257.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 1.0
-            grey = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
-            out = Image.fromarray(grey).convert("RGB")
-        else:
-            out = img.convert("RGB")
-        if width and out.width > width:
-            out = out.resize((width, max(1, round(out.height * width / out.width))), Image.BILINEAR)
-        return np.asarray(out)
+    """Decode an image as RGB uint8 with the pipeline's one reader (``pipeline.core.images.read_rgb``), so the
+    dashboard shows the pixels training saw (16-bit, palette, grey and alpha PNGs included), then shrink it."""
+    pixels = read_rgb(path)
+    if width and pixels.shape[1] > width:
+        img = Image.fromarray(pixels)
+        img = img.resize((width, max(1, round(img.height * width / img.width))), Image.BILINEAR)
+        return np.asarray(img)
+    return pixels
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)

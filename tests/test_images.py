@@ -33,7 +33,8 @@ CASES = {  # name -> PNG bytes; every image 8 x 8 so that training's resize to 8
 
 @pytest.fixture(scope="module")
 def decoded(tmp_path_factory):
-    """Every case decoded by training's loader, the stain stage's loader and the shared reader."""
+    """Every case decoded by training's loader, the stain stage's loader, the dashboard's and the shared reader."""
+    from dashboard.data import decode_image
     from pipeline.ml.data import load_images
     from pipeline.stages.stain import _load as stain_load
 
@@ -45,6 +46,7 @@ def decoded(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's advice on palette transparency, for the old reader only
         return {name: {"training": training[i], "stain": stain_load(root / f"{name}.png"), "shared": read_rgb(root / f"{name}.png"),
+                       "dashboard": decode_image(root / f"{name}.png"),
                        "pillow_rgb": np.asarray(Image.open(root / f"{name}.png").convert("RGB"))}
                 for i, name in enumerate(CASES)}
 
@@ -53,7 +55,7 @@ def decoded(tmp_path_factory):
 def test_training_stain_and_shared_reader_agree(decoded, name):
     views = decoded[name]
     assert views["shared"].shape == (8, 8, 3) and views["shared"].dtype == np.uint8
-    for who in ("stain", "shared"):
+    for who in ("stain", "shared", "dashboard"):
         diff = np.abs(views[who].astype(int) - views["training"].astype(int)).max()
         assert diff <= 1, f"{who} differs from training by {diff} grey levels on {name}"
 

@@ -126,15 +126,19 @@ def test_gradcam_changes_when_weights_are_randomized(demo_experiment):
         assert np.abs(after - before).mean() > 0.05, name
 
 
-def test_panel_renders(two_member_experiment):
-    from pipeline.artifacts.gradcam_cache import load_maps
+def test_panel_renders():
+    """The 2x5 panel from a planted map: the V1-B0 tile carries the heatmap, an untrained tile stays plain."""
     from pipeline.core.heatmaps import panel
 
-    maps = load_maps(two_member_experiment, "gradcam", "v1_b0")
-    image_id, heat = next(iter(maps.items()))
+    heat = np.zeros((8, 8), np.float32)
+    heat[:4] = 1.0  # top half hot
     img = np.full((460, 700, 3), 200, np.uint8)
-    out = panel(img, {"v1_b0": heat}, {"v1_b0": (0.7, 0.7)}, label=1)
-    assert out.size[0] == 5 * 220 and np.asarray(out).std() > 0
+    out = np.asarray(panel(img, {"v1_b0": heat}, {"v1_b0": (0.7, 0.7)}, label=1))
+    assert out.shape[1] == 5 * 220
+    tile_top, tile_bottom = out[24 + 10, 10:210].astype(int), out[24 + 130, 10:210].astype(int)
+    assert tile_top[:, 0].mean() > tile_bottom[:, 0].mean() + 20  # red overlay where the map is hot
+    untrained = out[24 + 100, 240:420]  # second tile (v1_b1) has no map: white inside its grey outline
+    assert (untrained == 255).all()
 
 
 def test_gradcam_unknown_run_is_a_clear_error(two_member_experiment):

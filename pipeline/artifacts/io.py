@@ -29,6 +29,14 @@ import pyarrow as pa
 from pipeline.core.errors import PipelineError
 
 
+class UnreadableArtifact(PipelineError):
+    """An artifact file that exists but cannot be read; ``reason`` is the underlying error in one line."""
+
+    def __init__(self, message: str, path: Path | str, reason: str):
+        super().__init__(message)
+        self.path, self.reason = Path(path), reason
+
+
 def _why(exc: BaseException) -> str:
     """A short, one-line cause: the OS's words for OSErrors, else the exception's first line or its type."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -102,8 +110,9 @@ def read_parquet_file(path: Path | str, hint: str = "") -> pd.DataFrame:
         with open(path, "rb") as fh:
             return pd.read_parquet(fh)
     except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError and an ArrowException
-        raise PipelineError(f"{path} is not a readable parquet file ({type(exc).__name__}: {_why(exc)}); "
-                            f"re-create it{' with: ' + hint if hint else ''}") from None
+        reason = f"{type(exc).__name__}: {_why(exc)}"
+        raise UnreadableArtifact(f"{path} is not a readable parquet file ({reason}); re-create it{' with: ' + hint if hint else ''}",
+                                 path, reason) from None
 
 
 def read_parquet(path: Path | str, what: str = "", hint: str = "") -> pd.DataFrame:
