@@ -40,7 +40,7 @@ class SplitConfig:
 
 @dataclass
 class StainConfig:
-    method: str = "vahadane"
+    # The methods come from the runs (``[[runs]] stain = "vahadane"``); this section holds what they share.
     target: str = "auto"  # "auto" (documented rule, train split only) or an image_id from the train split
 
 
@@ -67,6 +67,17 @@ class TrainConfig:
     checkpoint_seconds: float = 60.0  # resume checkpoint (weights + Adam state) at most this often; 0 = every epoch
     workers: int = 1  # runs trained concurrently by `run` (tracing is single-threaded: 2 helps on small CPU runs)
 
+    def result_settings(self) -> dict:
+        """The settings that can change a trained model: what a run's hash covers.
+
+        Left out: how many runs train at once, how often the resume point is written and the prediction batch
+        size. They change speed, not the model or its predictions, so changing them must not retrain anything.
+        """
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SPEED_ONLY_TRAIN_KEYS}
+
+
+SPEED_ONLY_TRAIN_KEYS = ("workers", "checkpoint_seconds", "predict_batch_size")
+
 
 @dataclass
 class RunSpec:
@@ -84,7 +95,6 @@ class EnsembleConfig:
     stacking: bool = True
     stacking_epochs: int = 60
     subset_search: bool = True
-    top_subsets: int = 10
 
 
 @dataclass
@@ -103,6 +113,7 @@ class GradcamConfig:
     target: str = "predicted"  # predicted | true
     batch_size: int = 16
     deletion_steps: int = 10
+    workers: int = 1  # runs explained concurrently by `run` (spawned processes, like [train] workers)
 
 
 @dataclass
@@ -134,7 +145,6 @@ class Config:
 CHOICES = {
     "split.mode": ("paper", "patient"),
     "split.group_by": ("patient_id", "patient_num"),
-    "stain.method": ("vahadane", "macenko", "reinhard"),
     "train.resize": ("square", "pad"),
     "train.strategy": ("default", "mirrored", "multiworker"),
     "ensemble.hard_tie_break": ("mean_prob", "benign"),
