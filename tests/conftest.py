@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -53,3 +54,6 @@ def demo_experiment(tmp_path_factory, demo_root) -> Path:
 def copy_experiment(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+# TensorFlow's C++/absl start-up lines (oneDNN notice, cuda/cuInit on CPU machines): never in the CLI's normal output.
+TF_NOISE = re.compile(r"oneDNN|cuInit|cuda drivers|cpu_feature_guard|absl::|^[IWE]\d{4} ", re.M)
