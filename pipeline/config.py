@@ -63,6 +63,7 @@ class TrainConfig:
     mixed_precision: bool = False  # GPU only
     jit_compile: bool = False  # XLA, GPU only
     strategy: str = "default"  # default | mirrored | multiworker
+    run_eagerly: bool = False  # no graph tracing: for debugging and tiny smoke runs on CPU (2x faster there), slow otherwise
     predict_batch_size: int = 64
     checkpoint_seconds: float = 60.0  # resume checkpoint (weights + Adam state) at most this often; 0 = every epoch
     workers: int = 1  # runs trained concurrently by `run` (tracing is single-threaded: 2 helps on small CPU runs)

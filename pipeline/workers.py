@@ -18,6 +18,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from collections import deque
 from multiprocessing import get_context
@@ -177,8 +178,6 @@ class WorkerPool:
         Killing is safe: every artifact is written atomically and a training run resumes from the resume point
         its ``state.json`` names, whatever moment it was stopped at.
         """
-        import time
-
         for proc in self.procs:
             if proc.is_alive() and proc.pid:
                 try:

@@ -145,6 +145,7 @@ def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[n
     import keras
 
     both = keras.Model(model.input, [model.output, model.get_layer(FEATURE_LAYER).output])
+    both.run_eagerly = bool(getattr(model, "run_eagerly", False))
     probs, feats = both.predict(make_dataset(images, None, batch_size), verbose=0)
     return probs[:, 1].astype(np.float32), feats.astype(np.float16)
 
@@ -337,6 +338,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             how = "predicting" if state.get("fit_complete") else f"resuming after epoch {state['epochs_done']} of {total_epochs}"
             print(f"{run_id}: {how} (last resume point)", flush=True)
         if net is not None:
+            net.run_eagerly = cfg.run_eagerly
             all_callbacks = _epoch_callbacks(files, state, len(x_train), cfg.batch_size, total_epochs,
                                              cfg.checkpoint_seconds) + list(callbacks or [])
             if cfg.early_stopping_patience:
@@ -356,6 +358,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         best = net
     else:  # resumed after the best epoch, or nothing left to fit: the checkpoint on disk is the best model
         best = load_classifier(files.model)
+        best.run_eagerly = cfg.run_eagerly
     eval_mask = frame["split"].isin(["val", "test"]).to_numpy()
     eval_frame = frame[eval_mask].reset_index(drop=True)
     probs, feats = predict_with_features(best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size)
