@@ -46,7 +46,7 @@ def _dataset(work: Path, quick: bool) -> tuple[Path, str]:
 
         source, label = work / "demo", "SYNTHETIC demo data (sample not found)"
         generate_demo_data(source, seed=0, patients=16, images_per_patient=4 if quick else 8)
-    run_index(source, exp)
+    run_index(source, exp, verbose=False)
     write_parquet(make_split(load_manifest(exp), "patient", seed=0), Catalog(exp).split)
     return exp, label
 
@@ -66,7 +66,7 @@ def bench_input_pipeline(exp: Path, quick: bool) -> dict:
     import tensorflow as tf
 
     from pipeline.artifacts.experiment import data_root_of, load_split_frame
-    from pipeline.ml.data import cache_path, load_images, make_dataset
+    from pipeline.ml.data import cache_file, load_images, make_dataset
     from pipeline.ml.models import build_classifier, compile_classifier
 
     size, batch = 128, 32
@@ -77,7 +77,7 @@ def bench_input_pipeline(exp: Path, quick: bool) -> dict:
     y = train.label.to_numpy()
     keras.utils.set_random_seed(0)
     model = compile_classifier(build_classifier("efficientnet_b0", size, "none", freeze_batchnorm=False))
-    cache = cache_path(exp, train.image_id.tolist(), size, "square", "none")
+    cache = cache_file(exp, data_root_of(exp), train, size)
     cache.unlink(missing_ok=True)
 
     # Warm-up (graph tracing) on in-memory data so no variant pays for it.
@@ -138,9 +138,9 @@ def bench_prediction(exp: Path, quick: bool) -> dict:
             m.predict(np.zeros((16, size, size, 3), np.float32), batch_size=16, verbose=0)  # trace both batch sizes first
             m.predict(np.zeros((64, size, size, 3), np.float32), batch_size=64, verbose=0)
             built[name] = m
-        from pipeline.ml.data import cache_path
+        from pipeline.ml.data import cache_file
 
-        cache_path(exp, part.image_id.tolist(), size, "square", "none").unlink(missing_ok=True)
+        cache_file(exp, root, part, size).unlink(missing_ok=True)
 
         def ours():
             imgs = np.asarray(load_images(exp, root, part, size))  # decoded once, shared by every model

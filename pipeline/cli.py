@@ -88,11 +88,10 @@ def _start_tensorflow() -> None:
 
 def cmd_index(args) -> None:
     from pipeline.artifacts.catalog import Catalog
-    from pipeline.stages.index import run_index, summarize
+    from pipeline.stages.index import run_index
 
-    manifest, rejects = run_index(args.data_root, args.out)
-    print(summarize(manifest, rejects))
-    print(f"wrote {Catalog(args.out).manifest} and rejects.parquet")
+    run_index(args.data_root, args.out, force=args.force)
+    print(f"manifest: {Catalog(args.out).manifest}")
 
 
 def cmd_demo_data(args) -> None:
@@ -100,13 +99,13 @@ def cmd_demo_data(args) -> None:
 
     summary = generate_demo_data(args.out_dir, args.seed, args.patients, args.images_per_patient)
     print(f"SYNTHETIC demo data: {summary['images']} images of {summary['patients']} patients "
-          f"({summary['benign_patients']} benign) in {args.out_dir} ({summary['seconds']} s)")
+          f"({summary['benign_patients']} benign, {summary['written']} written now) in {args.out_dir} ({summary['seconds']} s)")
 
 
 def cmd_split(args) -> None:
     from pipeline.stages.split import run_split
 
-    run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds)
+    run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds, force=args.force)
 
 
 def _train_config_from_args(args):
@@ -136,21 +135,22 @@ def cmd_train(args) -> None:
 def cmd_stain(args) -> None:
     from pipeline.stages.stain import run_stain
 
-    run_stain(args.dir, args.method, target=args.target, fold=args.fold)
+    run_stain(args.dir, args.method, target=args.target, fold=args.fold, force=args.force)
 
 
 def cmd_ensemble(args) -> None:
     from pipeline.config import EnsembleConfig
     from pipeline.stages.ensemble import run_ensembles
 
-    run_ensembles(args.dir, EnsembleConfig(stacking=not args.no_stacking, hard_tie_break=args.tie_break), seed=args.seed)
+    run_ensembles(args.dir, EnsembleConfig(stacking=not args.no_stacking, hard_tie_break=args.tie_break), seed=args.seed,
+                  force=args.force)
 
 
 def cmd_evaluate(args) -> None:
     from pipeline.config import EvaluateConfig
     from pipeline.stages.evaluate import run_evaluate
 
-    run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap), seed=args.seed)
+    run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap), seed=args.seed, force=args.force)
 
 
 def cmd_gradcam(args) -> None:
@@ -166,7 +166,7 @@ def cmd_gradcam(args) -> None:
     check_completed_runs(args.dir, args.runs or [])
     _start_tensorflow()
     cfg = GradcamConfig(methods=[args.method], split=args.split, max_images=args.max_images, target=args.target)
-    run_gradcam(args.dir, cfg, runs=args.runs)
+    run_gradcam(args.dir, cfg, runs=args.runs, force=args.force)
 
 
 def cmd_summarize_folds(args) -> None:
@@ -182,10 +182,7 @@ def cmd_run(args) -> None:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
-    cfg = load_config(args.config)
-    if not args.only or {"train", "ensemble", "gradcam"} & set(args.only):
-        _start_tensorflow()
-    run_pipeline(cfg, only=args.only)
+    run_pipeline(load_config(args.config), only=args.only, force=args.force or ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index a BreakHis folder tree into manifest.parquet")
     p.add_argument("data_root")
     p.add_argument("--out", required=True, help="experiment folder to write (e.g. artifacts/sample)")
+    p.add_argument("--force", action="store_true", help="re-index even if the image tree is unchanged")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("demo-data", help="generate SYNTHETIC BreakHis-shaped H&E-like images")
@@ -214,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.add_argument("--group-by", default="patient_num", choices=["patient_id", "patient_num"])
     p.add_argument("--folds", type=setting("split.folds"), default=1, help="independent repeats (BreakHis protocol: 5)")
+    p.add_argument("--force", action="store_true", help="re-split even if up to date")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train one EfficientNet and predict val/test")
@@ -237,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="vahadane", choices=["vahadane", "macenko", "reinhard"])
     p.add_argument("--target", default="auto", help="'auto' (rule on the train split) or an image_id from train")
     p.add_argument("--fold", type=setting("split.fold"), default=0)
+    p.add_argument("--force", action="store_true", help="normalize every image again")
     p.set_defaults(func=cmd_stain)
 
     p = sub.add_parser("ensemble", help="soft/hard/weighted/stacking ensembles and subset search")
@@ -244,12 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tie-break", default="mean_prob", choices=["mean_prob", "benign"])
     p.add_argument("--no-stacking", action="store_true")
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
+    p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("evaluate", help="metrics.parquet with patient-bootstrap CIs")
     p.add_argument("dir")
     p.add_argument("--bootstrap", type=setting("evaluate.bootstrap"), default=1000)
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
+    p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("gradcam", help="Grad-CAM heatmaps (tf-keras-vis) cached for the dashboard")
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="predicted", choices=["predicted", "true"])
     p.add_argument("--panel", metavar="IMAGE_ID", help="save the study's 2x5 multi-model panel of this image as PNG")
     p.add_argument("--out", help="PNG path for --panel (default DIR/gradcam/panel_<image>_<method>.png)")
+    p.add_argument("--force", action="store_true", help="recompute maps even if up to date")
     p.set_defaults(func=cmd_gradcam)
 
     p = sub.add_parser("summarize-folds", help="mean +- sd across experiments trained on different folds/repeats")
@@ -271,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
     p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")
     p.add_argument("--only", nargs="+", choices=STAGES, metavar="STAGE", help=f"subset of stages: {' '.join(STAGES)}")
+    p.add_argument("--force", nargs="+", metavar="STAGE", choices=list(STAGES),
+                   help="redo these stages and every stage that depends on them, even if up to date")
     p.set_defaults(func=cmd_run)
     return parser
 

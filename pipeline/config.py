@@ -46,7 +46,7 @@ class SplitConfig:
 
 @dataclass
 class StainConfig:
-    method: str = "vahadane"
+    # The methods come from the runs (``[[runs]] stain = "vahadane"``); this section holds what they share.
     target: str = "auto"  # "auto" (documented rule, train split only) or an image_id from the train split
 
 
@@ -69,9 +69,21 @@ class TrainConfig:
     mixed_precision: bool = False  # GPU only
     jit_compile: bool = False  # XLA, GPU only
     strategy: str = "default"  # default | mirrored | multiworker
+    run_eagerly: bool = False  # no graph tracing: for debugging and tiny smoke runs on CPU (2x faster there), slow otherwise
     predict_batch_size: int = 64
     checkpoint_seconds: float = 60.0  # resume checkpoint (weights + Adam state) at most this often; 0 = every epoch
     workers: int = 1  # runs trained concurrently by `run` (tracing is single-threaded: 2 helps on small CPU runs)
+
+    def result_settings(self) -> dict:
+        """The settings that can change a trained model: what a run's hash covers.
+
+        Left out: how many runs train at once, how often the resume point is written and the prediction batch
+        size. They change speed, not the model or its predictions, so changing them must not retrain anything.
+        """
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SPEED_ONLY_TRAIN_KEYS}
+
+
+SPEED_ONLY_TRAIN_KEYS = ("workers", "checkpoint_seconds", "predict_batch_size")
 
 
 @dataclass
@@ -90,7 +102,6 @@ class EnsembleConfig:
     stacking: bool = True
     stacking_epochs: int = 60
     subset_search: bool = True
-    top_subsets: int = 10
 
 
 @dataclass
@@ -109,6 +120,7 @@ class GradcamConfig:
     target: str = "predicted"  # predicted | true
     batch_size: int = 16
     deletion_steps: int = 10
+    workers: int = 1  # runs explained concurrently by `run` (spawned processes, like [train] workers)
 
 
 @dataclass
@@ -140,7 +152,6 @@ class Config:
 CHOICES = {
     "split.mode": ("paper", "patient"),
     "split.group_by": ("patient_id", "patient_num"),
-    "stain.method": ("vahadane", "macenko", "reinhard"),
     "train.resize": ("square", "pad"),
     "train.strategy": ("default", "mirrored", "multiworker"),
     "ensemble.hard_tie_break": ("mean_prob", "benign"),

@@ -82,7 +82,7 @@ def build(root: Path, seed: int = 0) -> Path:
         rows.append(make_rows(run, "single", run, run[:2], "none", frame, prob))
         hist = pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.7, 0.5, 0.4], "accuracy": [0.6, 0.7, 0.8], "val_loss": [0.7, 0.6, 0.65],
                              "val_accuracy": [0.55, 0.7, 0.68], "lr_backbone": 1e-3, "lr_head": 1e-3, "seconds": [20.0, 2.0, 2.0],
-                             "images_per_s": [5.0, 50.0, 50.0], "phase": "finetune"})
+                             "images_per_s": [5.0, 50.0, 50.0]})
         write_parquet(hist, catalog.run(run).history)
         write_json({"run_id": run, "best_epoch": 2, "best_val_accuracy": 0.7, "status": "complete"}, catalog.run(run).info)
     stained = np.clip(probs["v1_b0"] + rng.normal(0, 0.35, len(y)), 0, 1)

@@ -1,22 +1,40 @@
-"""Run TensorFlow jobs in parallel worker processes, the cores split between them.
+"""Run jobs in parallel worker processes that Ctrl-C stops within seconds.
 
-Why: on CPU, tracing an EfficientNet's graph is 20-60 s of single-threaded Python per model, so two
-workers that each get half the cores overlap one's tracing with the other's compute. Workers are
-spawned (TensorFlow is not fork-safe) and limit TensorFlow's thread pools once, at start-up.
+Why workers: on CPU, tracing an EfficientNet's graph is 20-60 s of single-threaded Python per model, so two
+workers that each get half the cores overlap one's tracing with the other's compute. Workers are spawned
+(TensorFlow is not fork-safe); a TensorFlow worker limits TensorFlow's thread pools once, at start-up.
+
+Why not ``ProcessPoolExecutor.map``: it queues every job at once and its workers catch ``KeyboardInterrupt`` as
+an ordinary job error, so after Ctrl-C the queued jobs still started and ran to completion (hours with the
+paper preset). Here a worker is handed its next job only when it is free, so on Ctrl-C (to the terminal's whole
+process group, or to the parent alone) no queued job starts; running jobs get SIGINT, stop at the next Python
+bytecode (their last atomic checkpoint is on disk: a training run resumes from it), and any worker still alive
+after a grace period is killed. The first job error stops the pool the same way and is raised in the parent.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
+import pickle
+import signal
+import sys
+import time
+import traceback
+from collections import deque
 from multiprocessing import get_context
-from typing import Callable, Sequence, TypeVar
+from multiprocessing.connection import wait
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from pipeline.core.errors import PipelineError
 
 J = TypeVar("J")
 R = TypeVar("R")
+GRACE_SECONDS = 10.0  # a finished pool: time for workers to leave
+STOP_SECONDS = 3.0  # an interrupted pool: Python code stops at once; a worker still busy in C++ after this is killed
 
 
-def _limit_tf_threads(threads: int) -> None:
+def limit_tf_threads(threads: int) -> None:
+    """Worker initializer for TensorFlow jobs: quiet start-up, then ``threads`` intra/inter-op threads."""
     from pipeline.ml.runtime import quiet_tensorflow
 
     quiet_tensorflow()
@@ -26,15 +44,164 @@ def _limit_tf_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def map_in_workers(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:
+def _portable(exc: BaseException) -> BaseException:
+    """The exception itself when it pickles, else a RuntimeError carrying its text."""
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _worker_main(conn, initializer, initargs) -> None:
+    def stop(*_):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second SIGINT (terminal + parent) must not cut the cleanup
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    _thread_lock_for_progress_bars()
+    code = 0
+    try:
+        if initializer is not None:
+            initializer(*initargs)
+        while True:
+            message = conn.recv()
+            if message is None:
+                return
+            index, fn, job = message
+            try:
+                conn.send((index, "ok", fn(job)))
+            except KeyboardInterrupt:
+                code = 130
+                conn.send((index, "interrupted", None))
+                return
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+                if not isinstance(exc, PipelineError):
+                    traceback.print_exc(file=sys.stderr)
+                conn.send((index, "error", _portable(exc)))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        code = 130
+    finally:
+        # Leave at once: every result is sent and every artifact written atomically, and TensorFlow's interpreter
+        # teardown can take longer than the parent's grace period.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _thread_lock_for_progress_bars() -> None:
+    """tqdm's default lock is a multiprocessing semaphore; a worker killed after its grace period would leak it."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
+class WorkerPool:
+    """``workers`` spawned processes, each running one job at a time; use as a context manager."""
+
+    def __init__(self, workers: int, initializer: Callable | None = None, initargs: tuple = ()):
+        ctx = get_context("spawn")
+        self.procs, self.conns = [], []
+        for _ in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, initializer, initargs), daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.terminate()
+
+    def imap_unordered(self, fn: Callable[[J], R], jobs: Sequence[J]) -> Iterator[tuple[int, R]]:
+        """Yield ``(index, fn(jobs[index]))`` as jobs finish; a free worker gets the next job, one at a time."""
+        queue = deque(enumerate(jobs))
+        busy: dict[int, int] = {}  # worker -> job index
+
+        def feed(w: int) -> None:
+            if queue:
+                index, job = queue.popleft()
+                self.conns[w].send((index, fn, job))
+                busy[w] = index
+
+        for w in range(len(self.procs)):
+            feed(w)
+        while busy:
+            ready = wait([self.conns[w] for w in busy] + [self.procs[w].sentinel for w in busy])
+            for w in list(busy):
+                conn = self.conns[w]
+                if conn not in ready and self.procs[w].sentinel not in ready:
+                    continue
+                try:
+                    index, status, payload = conn.recv()
+                except (EOFError, OSError):
+                    index = busy[w]
+                    self.procs[w].join(1)
+                    raise PipelineError(f"worker process for job {index} died (exit code {self.procs[w].exitcode}); "
+                                        "completed work is saved: re-run the same command to resume") from None
+                del busy[w]
+                if status == "error":
+                    raise payload
+                if status == "interrupted":
+                    raise KeyboardInterrupt
+                feed(w)
+                yield index, payload
+
+    def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
+        results: list = [None] * len(jobs)
+        for index, result in self.imap_unordered(fn, jobs):
+            results[index] = result
+        return results
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(GRACE_SECONDS)
+            if proc.is_alive():
+                proc.kill()
+
+    def terminate(self, grace: float = STOP_SECONDS) -> None:
+        """SIGINT every live worker, wait up to ``grace`` seconds in all, then kill the rest.
+
+        Killing is safe: every artifact is written atomically and a training run resumes from the resume point
+        its ``state.json`` names, whatever moment it was stopped at.
+        """
+        for proc in self.procs:
+            if proc.is_alive() and proc.pid:
+                try:
+                    os.kill(proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1)
+
+
+def map_in_workers(fn: Callable[[J], R], jobs: Sequence[J], workers: int, tensorflow: bool = True) -> list[R]:
     """``[fn(job) for job in jobs]``, in ``workers`` spawned processes when more than one is asked for.
 
-    ``fn`` must be a module-level function (it is pickled); results keep the order of ``jobs``.
+    ``fn`` must be a module-level function (it is pickled); results keep the order of ``jobs``. With
+    ``tensorflow`` each worker gets its share of the cores for TensorFlow's thread pools.
     """
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         return [fn(job) for job in jobs]
     threads = max(1, (os.cpu_count() or 2) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_limit_tf_threads,
-                             initargs=(threads,)) as pool:
-        return list(pool.map(fn, jobs))
+    init, args = (limit_tf_threads, (threads,)) if tensorflow else (None, ())
+    with WorkerPool(workers, init, args) as pool:
+        return pool.map(fn, jobs)

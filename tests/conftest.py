@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -65,3 +66,6 @@ def dashboard_artifacts(tmp_path_factory) -> Path:
     build(root)
     build_hostile(root)
     return root / "artifacts"
+
+# TensorFlow's C++/absl start-up lines (oneDNN notice, cuda/cuInit on CPU machines): never in the CLI's normal output.
+TF_NOISE = re.compile(r"oneDNN|cuInit|cuda drivers|cpu_feature_guard|absl::|^[IWE]\d{4} ", re.M)

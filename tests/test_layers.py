@@ -64,7 +64,8 @@ def test_stages_do_not_import_the_cli_or_runner():
 def test_artifact_paths_are_built_only_by_the_catalog():
     """No module outside the catalog joins an artifact's file name onto a folder by hand."""
     names = ["manifest.parquet", "split.parquet", "predictions.parquet", "metrics.parquet", "subsets.parquet", "run.json",
-             "history.parquet", "model.keras", "last.keras", "state.json", "features.npz", "target.json", "dataset.json"]
+             "history.parquet", "model.keras", "state.json", "features.npz", "target.json", "dataset.json",
+             "ensemble_predictions.parquet", "index.parquet", "stain_run.json", "rejects.parquet", "ensembles.json"]
     bad = []
     for path in files("pipeline", "dashboard", "pages"):
         if path.name == "catalog.py":

@@ -65,6 +65,7 @@ def test_blank_image_is_refused():
 def test_stain_stage_cache_resume_and_fallback(demo_experiment, tmp_path, capsys):
     from pipeline.artifacts.experiment import data_root_of
     from pipeline.artifacts.experiment import normalized_root
+    from pipeline.core.errors import PipelineError
     from pipeline.stages.stain import run_stain
 
     exp = tmp_path / "exp"
@@ -92,12 +93,24 @@ def test_stain_stage_cache_resume_and_fallback(demo_experiment, tmp_path, capsys
     assert not any(data.rglob("stain"))  # nothing written next to the dataset
 
     capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in (exp / "stain").rglob("*") if p.is_file()}
     run_stain(exp, "vahadane")
-    assert "0 normalized now" in capsys.readouterr().out  # re-run does nothing
+    assert capsys.readouterr().out == f"stain vahadane: up to date ({len(manifest)} images)\n"  # re-run does nothing
+    assert {p: p.stat().st_mtime_ns for p in (exp / "stain").rglob("*") if p.is_file()} == before
     victim = root / manifest.path.iloc[3]
     victim.unlink()  # as if interrupted before this image
     run_stain(exp, "vahadane")
     assert "1 normalized now" in capsys.readouterr().out and victim.exists()
+
+    # Validate, then act: a stain command that cannot finish leaves the current target and its images in place.
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (exp / "stain").rglob("*") if p.is_file()}
+    test_id = split.loc[split.split == "test", "image_id"].iloc[1]
+    with pytest.raises(PipelineError, match="not a training image"):
+        run_stain(exp, "vahadane", target=test_id)
+    (data / manifest.path.iloc[5]).unlink()  # a source image vanished
+    with pytest.raises(PipelineError, match="1 image file.* missing"):
+        run_stain(exp, "vahadane", force=True)
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (exp / "stain").rglob("*") if p.is_file()} == before
 
 
 def test_target_must_come_from_train(demo_experiment, tmp_path):

@@ -1,12 +1,17 @@
-"""Training stage: artifacts and schema, skip when up to date, resume after interruption, bad input."""
+"""Training stage: artifacts and schema, skip when up to date, resume after a real SIGKILL, validate then act."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import PROJECT_ROOT, TF_NOISE
 
 from pipeline.artifacts.predictions import PREDICTION_COLUMNS, load_predictions
 from pipeline.config import TrainConfig
@@ -14,16 +19,6 @@ from pipeline.core.errors import PipelineError
 from pipeline.stages.train import train_run
 
 TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3)
-
-
-class InterruptAfter(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,8 @@ def test_run_writes_every_artifact(trained):
     run_dir = exp / "runs" / "v1_b0"
     for name in ("model.keras", "history.parquet", "run.json", "features.npz"):
         assert (run_dir / name).exists(), name
-    assert not (run_dir / "last.keras").exists()
+    assert not (run_dir / "state.json").exists() and not list(run_dir.glob("*-e0*.keras"))  # no resume leftovers
+    assert (run_dir / "predictions.parquet").exists()  # the run's own rows, merged into predictions.parquet
     history = pd.read_parquet(run_dir / "history.parquet")
     assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr_backbone", "lr_head", "seconds"} <= set(history.columns)
     assert history["lr_backbone"].iloc[0] == pytest.approx(TINY.lr_backbone)
@@ -64,30 +60,131 @@ def test_predictions_cover_val_and_test_and_round_trip(trained):
     pd.testing.assert_frame_equal(back, preds)
 
 
+def snapshot(root):
+    return {p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_rerun_is_skipped(trained, capsys):
     exp, info = trained
-    mtime = (exp / "runs" / "v1_b0" / "model.keras").stat().st_mtime
+    before = snapshot(exp)
+    capsys.readouterr()
     again = train_run(exp, "efficientnet_b0", TINY)
-    assert "up to date" in capsys.readouterr().out
+    assert capsys.readouterr().out == f"v1_b0: up to date (config {info['config_hash']})\n"
     assert again["config_hash"] == info["config_hash"]
-    assert (exp / "runs" / "v1_b0" / "model.keras").stat().st_mtime == mtime
+    assert snapshot(exp) == before  # no model, parquet or npz rewritten
+    # settings that change only speed are not part of the run's identity: still up to date
+    train_run(exp, "efficientnet_b0", TrainConfig(**{**TINY.__dict__, "workers": 2, "predict_batch_size": 16}))
+    assert "up to date" in capsys.readouterr().out and snapshot(exp) == before
 
 
-def test_interrupted_run_resumes(trained, capsys):
+def test_missing_weights_exit_2_keep_the_finished_run_and_no_tensorflow_noise(trained):
+    """The issue's case: a command that cannot start destroys nothing, says one line, and TF stays quiet."""
     exp, _ = trained
-    cfg = TrainConfig(**{**TINY.__dict__, "epochs": 2})
-    with pytest.raises(KeyboardInterrupt):
-        train_run(exp, "efficientnet_v2_b0", cfg, callbacks=[InterruptAfter(1)])
+    run_dir = exp / "runs" / "v1_b0"
+    before = snapshot(run_dir)
+    rows_before = (load_predictions(exp).run_id == "v1_b0").sum()
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the CLI must quiet TF by itself
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "train", str(exp), "--model", "efficientnet_b0", "--weights",
+                           "missing.weights.h5", "--image-size", "32", "--epochs", "1"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == ["error: python -m pipeline train: argument --weights: must be 'imagenet', 'none' or an "
+                                        "existing weights file (.h5), got 'missing.weights.h5' (see --help)"]
+    assert not TF_NOISE.search(proc.stdout + proc.stderr)
+    assert snapshot(run_dir) == before
+    assert (load_predictions(exp).run_id == "v1_b0").sum() == rows_before > 0
+    # The same through the library (a preset, no CLI argument check): train checks the weights before deleting.
+    with pytest.raises(PipelineError, match="missing.weights.h5 does not exist"):
+        train_run(exp, "efficientnet_b0", TrainConfig(**{**TINY.__dict__, "weights": "missing.weights.h5"}), force=True)
+    assert snapshot(run_dir) == before
+
+
+CHILD = r"""
+import sys, time
+import keras
+import pipeline.stages.train as train
+from pipeline.config import TrainConfig
+exp, point = sys.argv[1], sys.argv[2]
+# three epochs; the only resume point is the one after epoch 1 (checkpoint_seconds is huge); eager execution
+# (no graph tracing) halves the time of these tiny runs and leaves the lifecycle under test the same
+cfg = TrainConfig(epochs=3, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3,
+                  checkpoint_seconds=1e9, run_eagerly=True)
+
+def pause():  # the parent SIGKILLs this process as soon as it reads the line
+    print("PAUSED", point, flush=True)
+    time.sleep(600)
+
+class Pause(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+    def on_train_batch_end(self, batch, logs=None):
+        if point == "mid-epoch" and self.epoch == 2 and batch == 1:
+            pause()
+    def on_epoch_end(self, epoch, logs=None):  # runs after the stage's own per-epoch commit
+        if point == "after-epoch" and epoch + 1 == 2:
+            pause()
+
+if point == "predict":
+    train.predict_with_features = lambda *a, **k: pause()
+train.train_run(exp, "efficientnet_v2_b0", cfg, callbacks=[Pause()])
+print("FINISHED", flush=True)
+"""
+
+
+def kill_at(exp, point):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(exp), point], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("PAUSED"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines) + proc.stderr.read()[-3000:]
+    return "".join(lines)
+
+
+def test_resume_after_sigkill_agrees_with_itself(trained, capsys):
+    """SIGKILL a real training process mid-epoch, right after an epoch, and during prediction; the rerun's
+    history.parquet, run.json's best epoch and model.keras must agree (and other runs' rows survive)."""
+    from pipeline.artifacts.experiment import data_root_of, load_split_frame
+    from pipeline.ml.data import load_images
+    from pipeline.ml.models import load_classifier
+
+    exp, _ = trained
     run_dir = exp / "runs" / "v2_b0"
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["epochs_done"] == 1 and (run_dir / "last.keras").exists() and not (run_dir / "run.json").exists()
-    assert not (load_predictions(exp).run_id == "v2_b0").any()
+    state = lambda: json.loads((run_dir / "state.json").read_text())  # noqa: E731
+
+    kill_at(exp, "mid-epoch")  # during epoch 2: the resume point is epoch 1
+    assert state()["checkpoint_epoch"] == 1 and [h["epoch"] for h in state()["history"]] == [1]
+    out = kill_at(exp, "after-epoch")  # epoch 2 committed, but the resume point is still epoch 1
+    assert "resuming after epoch 1 of 3" in out
+    assert state()["checkpoint_epoch"] == 1 and [h["epoch"] for h in state()["history"]] == [1, 2]
+    out = kill_at(exp, "predict")  # epoch 2 is trained again from the resume point, then 3; killed while predicting
+    assert "resuming after epoch 1 of 3" in out and state()["fit_complete"]
+    assert not (run_dir / "run.json").exists() and not (load_predictions(exp).run_id == "v2_b0").any()
+
+    cfg = TrainConfig(**{**TINY.__dict__, "epochs": 3, "checkpoint_seconds": 1e9, "run_eagerly": True})
     info = train_run(exp, "efficientnet_v2_b0", cfg)
-    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert "v2_b0: predicting" in capsys.readouterr().out  # nothing left to train
     history = pd.read_parquet(run_dir / "history.parquet")
-    assert history.epoch.tolist() == [1, 2] and info["epochs_done"] == 2
+    assert history.epoch.tolist() == [1, 2, 3] and info["epochs_done"] == 3
+    best = int(history.val_accuracy.to_numpy().argmax()) + 1  # first epoch with the best validation accuracy
+    assert info["best_epoch"] == best and info["best_val_accuracy"] == pytest.approx(history.val_accuracy[best - 1])
+    # model.keras is that epoch's model: its validation loss and accuracy, recomputed here, are that epoch's
+    frame = load_split_frame(exp)
+    val = frame[frame.split == "val"]
+    images = np.asarray(load_images(exp, data_root_of(exp), val, 32))
+    probs = load_classifier(run_dir / "model.keras").predict(images.astype(np.float32), verbose=0)
+    y = val.label.to_numpy()
+    loss = float(np.mean(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))
+    assert int(np.abs(history.val_loss.to_numpy() - loss).argmin()) + 1 == best
+    assert loss == pytest.approx(history.val_loss[best - 1], rel=1e-3)
+    assert float((probs.argmax(1) == y).mean()) == pytest.approx(info["best_val_accuracy"])
+    assert not (run_dir / "state.json").exists() and not list(run_dir.glob("*-e0*.keras"))
     preds = load_predictions(exp)
-    assert (preds.run_id == "v2_b0").sum() == (preds.run_id == "v1_b0").sum()  # the other run's rows are kept
+    assert (preds.run_id == "v2_b0").sum() == (preds.run_id == "v1_b0").sum() > 0  # the other run's rows are kept
 
 
 def test_clear_errors(tmp_path, trained):

@@ -22,6 +22,8 @@ STAIN_KEY_RE = re.compile(r"^[0-9a-f]{10}$")  # the stain stage's cache keys: 10
 SINGLE_RUN_RE = re.compile(r"^(?P<model>v[12]_(?:b[0-9]|s))(?:-(?P<stain>[a-z]+))?$")
 ENSEMBLE_RUN_RE = re.compile(r"^ensemble:(?P<method>[a-z][a-z-]*):(?P<members>[a-z0-9_+-]+)$")
 IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # a PNG's file stem; becomes part of file names
+RESUME_FILE_RE = re.compile(r"^(resume|best)-e[0-9]{4}\.keras$")
+STAMP_NAME_RE = re.compile(r"^[a-z][a-z0-9_+-]*$")
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,19 @@ class RunFiles:
     def model(self) -> Path:
         return self.dir / "model.keras"  # best-validation checkpoint
 
-    @property
-    def last(self) -> Path:
-        return self.dir / "last.keras"  # resume point (weights + optimizer state)
+    def resume(self, epoch: int) -> Path:
+        """Resume point after ``epoch``: weights + optimizer state (named by epoch: state.json says which is current)."""
+        return self.dir / f"resume-e{int(epoch):04d}.keras"
+
+    def resume_best(self, epoch: int) -> Path:
+        """The best-validation model as of the resume point after ``epoch`` (a hard link, not a copy)."""
+        return self.dir / f"best-e{int(epoch):04d}.keras"
+
+    def resume_files(self) -> list[Path]:
+        """Every resume point and best-as-of-resume model in the folder, current or stale."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.iterdir() if RESUME_FILE_RE.match(p.name))
 
     @property
     def history(self) -> Path:
@@ -122,6 +134,11 @@ class RunFiles:
     @property
     def features(self) -> Path:
         return self.dir / "features.npz"
+
+    @property
+    def predictions(self) -> Path:
+        """This run's own val/test predictions; ``merge_predictions`` gathers them into the experiment's table."""
+        return self.dir / "predictions.parquet"
 
 
 @dataclass(frozen=True)
@@ -156,7 +173,18 @@ class Catalog:
 
     @property
     def predictions(self) -> Path:
+        """The merged table of every completed run's and every ensemble's rows (see ``merge_predictions``)."""
         return self.root / "predictions.parquet"
+
+    @property
+    def ensemble_predictions(self) -> Path:
+        """The ensemble stage's own rows (its part of the merged ``predictions.parquet``)."""
+        return self.root / "ensemble_predictions.parquet"
+
+    @property
+    def predictions_lock(self) -> Path:
+        """Lock file that serialises merges of ``predictions.parquet`` between processes."""
+        return self.root / ".predictions.lock"
 
     @property
     def subsets(self) -> Path:
@@ -181,6 +209,39 @@ class Catalog:
     @property
     def image_cache_dir(self) -> Path:
         return self.root / "cache" / "images"
+
+    def image_cache(self, name: str) -> Path:
+        """A decoded-image cache file (``name`` is built by ``pipeline.ml.data.cache_path`` from its key)."""
+        if not re.match(r"^[a-z0-9_.-]+\.npy$", name):
+            raise PipelineError(f"invalid image cache name {name!r}")
+        return self.image_cache_dir / name
+
+    # -- up-to-date records -----------------------------------------------------------------------
+    @property
+    def stamps_dir(self) -> Path:
+        return self.root / "stamps"
+
+    def stamp(self, name: str) -> Path:
+        """The up-to-date record of one stage (``stamps/<name>.json``, see ``pipeline.artifacts.stamps``)."""
+        if not STAMP_NAME_RE.match(name):
+            raise PipelineError(f"invalid stage record name {name!r}")
+        return self.stamps_dir / f"{name}.json"
+
+    def resolve(self, relative: str) -> Path:
+        """``root/relative`` for a path recorded relative to the experiment; refuses anything outside it."""
+        path = (self.root / relative).resolve()
+        root = self.root.resolve()
+        if path != root and root not in path.parents:
+            raise PipelineError(f"recorded artifact path {relative!r} leaves the experiment folder {self.root}")
+        return path
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the experiment folder when inside it, else its absolute form."""
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
 
     # -- runs -------------------------------------------------------------------------------------
     @property
@@ -209,6 +270,13 @@ class Catalog:
     def stain_images(self, method: str, key: str) -> Path:
         """Normalized images of ``method`` for target ``key`` (validated: a key is never a path)."""
         return self.stain_dir(method) / check_stain_key(key)
+
+    def stain_index(self, method: str, key: str) -> Path:
+        """Per-image status of the normalized images of target ``key`` (resume point of the stain stage)."""
+        return self.stain_images(method, key) / "index.parquet"
+
+    def stain_run(self, method: str, key: str) -> Path:
+        return self.stain_images(method, key) / "stain_run.json"
 
     # -- Grad-CAM ---------------------------------------------------------------------------------
     def gradcam_dir(self, method: str) -> Path:

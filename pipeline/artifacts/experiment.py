@@ -62,8 +62,13 @@ def load_split_frame(exp_dir: Path | str, fold: int = 0) -> pd.DataFrame:
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
-    """Fingerprint of which images are in which split: part of every run's cache key."""
-    return frame_fingerprint(frame, ["image_id", "path", "label", "split"])
+    """Fingerprint of which images, with which content, are in which split: part of every run's hash.
+
+    The ``sha256`` column (the index stage's content hash of each image) makes it a content fingerprint;
+    manifests written before that column existed fall back to ids and paths.
+    """
+    columns = ["image_id", "path", "label", "split"] + (["sha256"] if "sha256" in frame else [])
+    return frame_fingerprint(frame, columns)
 
 
 def data_root_of(exp_dir: Path | str) -> Path:

@@ -93,6 +93,43 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def atomic_link(src: Path | str, dst: Path | str) -> Path:
+    """Make ``dst`` another name of ``src``'s current content, atomically (hard link + rename; no copy).
+
+    Writers replace files by rename, so the link keeps the old content alive even after ``src`` is replaced:
+    this is how a resume point remembers which best model it belongs to at no cost in disk or time.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # a filesystem without hard links: copy instead
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+@contextmanager
+def file_lock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if absent) for the block: one writer at a time.
+
+    ``flock`` is released by the kernel when the holder dies, so a killed worker never leaves a stale lock.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:
     """Write ``df`` to ``path`` atomically (temp file + rename)."""
     with atomic_path(path, ".parquet") as tmp:
@@ -142,3 +179,13 @@ def read_json(path: Path | str) -> Any:
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise PipelineError(f"{path} is not a readable JSON file ({type(exc).__name__}: {_why(exc)}); "
                             "re-run the stage that writes it") from None
+
+
+def write_text_if_changed(path: Path | str, text: str) -> bool:
+    """Write ``text`` atomically unless the file already holds exactly it (a rerun then touches nothing)."""
+    path = Path(path)
+    if path.exists() and path.read_text() == text:
+        return False
+    with atomic_path(path, ".txt") as tmp:
+        tmp.write_text(text)
+    return True

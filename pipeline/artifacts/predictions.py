@@ -1,7 +1,12 @@
 """The predictions contract: ``predictions.parquet``, one row per (run, image) for val and test.
 
 Single runs and ensembles write the same columns, so the evaluation and the dashboard treat them alike.
-A run's rows are replaced atomically when it is re-run; other runs' rows are kept.
+
+No lost rows: nobody edits the experiment's table in place. Every completed run writes its own
+``runs/<run_id>/predictions.parquet`` and the ensemble stage its own ``ensemble_predictions.parquet``; the
+experiment's ``predictions.parquet`` is only ever *rebuilt* from those parts by :func:`merge_predictions`,
+under a file lock, so two runs that finish together cannot drop each other's rows (a read-edit-write of one
+shared table could: the atomic rename prevents torn files, not lost updates).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, parse_run_id
-from pipeline.artifacts.io import read_parquet_file, write_parquet
+from pipeline.artifacts.io import file_lock, read_json, read_parquet_file, write_parquet
 from pipeline.core.errors import PipelineError
 from pipeline.core.model_specs import MODEL_SPECS
 
@@ -49,14 +54,66 @@ def load_predictions(exp_dir: Path | str) -> pd.DataFrame:
     return read_parquet_file(path)
 
 
-def replace_rows(exp_dir: Path | str, new_rows: pd.DataFrame, run_ids: list[str] | None = None) -> pd.DataFrame:
-    """Swap the rows of ``run_ids`` (default: those in ``new_rows``) for ``new_rows``; write atomically."""
-    run_ids = sorted(set(new_rows["run_id"])) if run_ids is None else run_ids
-    current = load_predictions(exp_dir)
-    kept = current[~current["run_id"].isin(run_ids)]
-    merged = pd.concat([kept, new_rows], ignore_index=True) if len(kept) else new_rows.reset_index(drop=True)
-    write_parquet(merged, predictions_path(exp_dir))
-    return merged
+def completed_runs(exp_dir: Path | str) -> list[str]:
+    """Run folders whose ``run.json`` says complete and that hold their own predictions (the merge's parts)."""
+    catalog = Catalog(exp_dir)
+    done = []
+    for run_id in catalog.run_ids_on_disk():
+        files = catalog.run(run_id)
+        if files.predictions.exists() and files.info.exists():
+            try:
+                complete = read_json(files.info).get("status") == "complete"
+            except PipelineError:
+                complete = False
+            if complete:
+                done.append(run_id)
+    return done
+
+
+def prediction_parts(exp_dir: Path | str) -> list[Path]:
+    """The files ``predictions.parquet`` is built from: each completed run's rows, then the ensembles' rows."""
+    catalog = Catalog(exp_dir)
+    parts = [catalog.run(r).predictions for r in completed_runs(exp_dir)]
+    return parts + ([catalog.ensemble_predictions] if catalog.ensemble_predictions.exists() else [])
+
+
+def merge_predictions(exp_dir: Path | str) -> bool:
+    """Rebuild ``predictions.parquet`` from its parts, under a lock; a no-op when no part changed.
+
+    Returns True when the table was rewritten. Every caller (a finishing run, the ensemble stage, ``run``)
+    merges *all* current parts, so whichever merge comes last includes everyone's rows.
+    """
+    from pipeline.artifacts.stamps import Stamp
+
+    catalog = Catalog(exp_dir)
+    with file_lock(catalog.predictions_lock):
+        _split_legacy_table(catalog)
+        parts = prediction_parts(exp_dir)
+        if not parts and not catalog.predictions.exists():  # nothing trained yet: nothing to write
+            return False
+        stamp = Stamp(catalog, "predictions", {"version": 1}, inputs=parts)
+        if stamp.is_current():
+            return False
+        frames = [read_parquet_file(p) for p in parts]
+        merged = (pd.concat(frames, ignore_index=True) if frames
+                  else pd.DataFrame(columns=PREDICTION_COLUMNS + META_COLUMNS))
+        write_parquet(merged, catalog.predictions)
+        stamp.record([catalog.predictions], parts=len(parts), rows=len(merged))
+        return True
+
+
+def _split_legacy_table(catalog: Catalog) -> None:
+    """Experiments written before per-run parts existed: move each run's rows into its own part, once."""
+    if catalog.stamp("predictions").exists() or not catalog.predictions.exists():
+        return
+    table = read_parquet_file(catalog.predictions)
+    for run_id, rows in table[table["kind"] == "single"].groupby("run_id"):
+        files = catalog.run(str(run_id))
+        if files.info.exists() and not files.predictions.exists():
+            write_parquet(rows.reset_index(drop=True), files.predictions)
+    ensembles = table[table["kind"] == "ensemble"]
+    if len(ensembles) and not catalog.ensemble_predictions.exists():
+        write_parquet(ensembles.reset_index(drop=True), catalog.ensemble_predictions)
 
 
 def probability_matrix(preds: pd.DataFrame, run_ids: list[str], split: str) -> tuple[np.ndarray, pd.DataFrame]:

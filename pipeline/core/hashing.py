@@ -29,3 +29,24 @@ def frame_fingerprint(df: pd.DataFrame, columns: list[str] | None = None) -> str
     cols = columns or list(df.columns)
     values = pd.util.hash_pandas_object(df[cols].astype(str), index=False).values
     return hashlib.sha256(values.tobytes()).hexdigest()[:16]
+
+
+def listing_digest(root: Path | str, relative_paths: list[str] | None = None) -> str:
+    """Identity of a file tree from its listing: (relative path, size, mtime_ns) of each file, hashed.
+
+    Used for the raw image tree, where hashing (or decoding) thousands of PNGs on every check is what an
+    up-to-date check must avoid. A file replaced in place changes its size or mtime; a copied tree (new
+    mtimes) is re-examined, and content fingerprints further down the pipeline keep that cheap.
+    ``relative_paths``: only these files (a missing one counts as missing); default: every file under root.
+    """
+    root = Path(root)
+    if relative_paths is None:
+        relative_paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for rel in relative_paths:  # names that are not UTF-8 (the index rejects them) still hash: surrogateescape
+        try:
+            st = (root / rel).stat()
+            h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:  # vanished, or a symlink loop
+            h.update(f"{rel}\tmissing\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]

@@ -1,9 +1,14 @@
 """Input pipeline: decode + resize every image once per (size, resize mode, stain), then feed tf.data.
 
 Why a cache: PNG decoding of 700x460 images costs ~5 ms each, which on 2 cores is a real share of a
-small model's step. The cache is a ``.npy`` array of uint8 images (memory-mapped when read), keyed by
-the ordered image ids, so later epochs, other models at the same size, prediction and Grad-CAM never
-decode a PNG again. It lives under the experiment folder (never next to the dataset).
+small model's step. The cache is a ``.npy`` array of uint8 images (memory-mapped when read), so later epochs,
+other models at the same size, prediction and Grad-CAM never decode a PNG again. It lives under the
+experiment folder (never next to the dataset).
+
+Keyed on everything that determines its pixels: the ordered image ids, size, resize mode, stain method, the
+stain target's key, and the identity of the very files decoded (relative path, size and mtime of each source
+PNG: a stat, not a read). Re-staining onto another target, or replacing an image, therefore decodes afresh
+instead of silently serving the old pixels.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.experiment import normalized_root
+from pipeline.artifacts.experiment import normalized_root, read_stain_target
 from pipeline.artifacts.io import atomic_path
 from pipeline.core.errors import PipelineError
-from pipeline.core.hashing import stable_hash
+from pipeline.core.hashing import listing_digest, stable_hash
 from pipeline.progress import progress
 
 
@@ -28,9 +33,25 @@ def image_source_root(exp_dir: Path, data_root: Path, stain: str) -> Path:
     return data_root if stain == "none" else normalized_root(exp_dir, stain)
 
 
-def cache_path(exp_dir: Path, image_ids: list[str], size: int, resize: str, stain: str) -> Path:
-    key = stable_hash({"ids": list(image_ids), "size": size, "resize": resize, "stain": stain})
-    return Catalog(exp_dir).image_cache_dir / f"{stain}_{size}px_{resize}_{key}.npy"
+def source_identity(exp_dir: Path, data_root: Path, frame: pd.DataFrame, stain: str) -> dict:
+    """What the decoded pixels of ``frame`` depend on besides size and resize mode (see the module docstring)."""
+    if stain == "none":
+        return {"stain": "none", "files": listing_digest(data_root, frame["path"].tolist())}
+    target = read_stain_target(exp_dir, stain)
+    root = normalized_root(exp_dir, stain)
+    return {"stain": stain, "stain_key": target["key"], "files": listing_digest(root, frame["path"].tolist())}
+
+
+def cache_path(exp_dir: Path, image_ids: list[str], size: int, resize: str, stain: str, source: dict) -> Path:
+    """The cache file of these images at ``size``/``resize`` from the sources identified by ``source``."""
+    key = stable_hash({"ids": list(image_ids), "size": size, "resize": resize, "stain": stain, "source": source})
+    return Catalog(exp_dir).image_cache(f"{stain}_{size}px_{resize}_{key}.npy")
+
+
+def cache_file(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, resize: str = "square", stain: str = "none") -> Path:
+    """The cache file ``load_images`` uses for these arguments (e.g. to delete it for a cold-cache benchmark)."""
+    source = source_identity(Path(exp_dir), Path(data_root), frame, stain)
+    return cache_path(Path(exp_dir), frame["image_id"].tolist(), size, resize, stain, source)
 
 
 def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, resize: str = "square",
@@ -38,16 +59,16 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
     """Return a (N, size, size, 3) uint8 array for ``frame`` (rows with ``image_id`` and ``path``), cached."""
     exp_dir = Path(exp_dir)
     ids = frame["image_id"].tolist()
-    target = cache_path(exp_dir, ids, size, resize, stain)
-    if target.exists():
-        return np.load(target, mmap_mode="r")
-    import tensorflow as tf
-
     root = image_source_root(exp_dir, Path(data_root), stain)
     paths = [str(root / p) for p in frame["path"]]
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
-        raise PipelineError(f"{len(missing)} image file(s) listed in the manifest are missing, e.g. {missing[0]}; re-run `index`")
+        hint = "re-run `index`" if stain == "none" else f"re-run `stain --method {stain}`"
+        raise PipelineError(f"{len(missing)} image file(s) listed in the manifest are missing, e.g. {missing[0]}; {hint}")
+    target = cache_path(exp_dir, ids, size, resize, stain, source_identity(exp_dir, Path(data_root), frame, stain))
+    if target.exists():
+        return np.load(target, mmap_mode="r")
+    import tensorflow as tf
 
     def _load(path):
         img = tf.io.decode_png(tf.io.read_file(path), channels=3)
@@ -70,8 +91,9 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
     with atomic_path(target, ".npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, out)
-    target.with_suffix(".json").write_text(json.dumps({"images": len(ids), "size": size, "resize": resize, "stain": stain,
-                                                       "seconds": round(time.perf_counter() - start, 2)}))
+    with atomic_path(target.with_suffix(".json"), ".json") as tmp:
+        tmp.write_text(json.dumps({"images": len(ids), "size": size, "resize": resize, "stain": stain,
+                                   "seconds": round(time.perf_counter() - start, 2)}))
     return out
 
 

@@ -17,9 +17,9 @@ Deterministic: the same seed yields byte-identical PNGs (numpy Generator seeded 
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,11 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import ellipse
 
-from pipeline.artifacts.io import atomic_path
+from pipeline.artifacts.io import atomic_path, write_text_if_changed
 from pipeline.core.breakhis import MAGNIFICATIONS, SUBTYPES, ParsedName
 from pipeline.core.errors import PipelineError
 from pipeline.progress import progress
+from pipeline.workers import WorkerPool
 
 WIDTH, HEIGHT = 700, 460
 # Reference optical-density stain vectors (Ruifrok & Johnston), rows normalised.
@@ -195,22 +196,28 @@ def _write_image(job: tuple) -> str:
 
 
 def generate_demo_data(out_dir: Path | str, seed: int = 0, patients: int = 24, images_per_patient: int = 8,
-                       workers: int = 2) -> dict:
-    """Write a BreakHis-shaped synthetic dataset under ``out_dir/BreaKHis_v1``; return a summary."""
+                       workers: int = 0, force: bool = False) -> dict:
+    """Write a BreakHis-shaped synthetic dataset under ``out_dir/BreaKHis_v1``; return a summary.
+
+    Up to date when the ``SYNTHETIC`` marker records the same seed and sizes and every image exists: nothing is
+    written. Other settings regenerate the tree (it is ours: the marker says so). ``workers``: processes
+    (0 = one per core; the images do not depend on it).
+    """
     if images_per_patient < 1:
         raise PipelineError(f"--images-per-patient must be >= 1, got {images_per_patient}")
     out_dir = Path(out_dir)
-    breast = out_dir / "BreaKHis_v1" / "histology_slides" / "breast"
+    tree = out_dir / "BreaKHis_v1"
+    breast = tree / "histology_slides" / "breast"
     roster = patient_roster(patients, seed)
+    marker_text = f"seed={seed} patients={patients} images_per_patient={images_per_patient}\n"
     marker = out_dir / "SYNTHETIC"
     if out_dir.is_dir() and any(out_dir.iterdir()) and not marker.is_file():
         raise PipelineError(f"{out_dir} already holds files but no SYNTHETIC marker: refusing to mix generated images "
                             "into what may be real data; choose an empty or new folder")
-    # The marker goes first, so even an interrupted generation is labelled synthetic by `index`.
-    with atomic_path(marker, ".txt") as tmp:
-        tmp.write_text(f"seed={seed} patients={patients} images_per_patient={images_per_patient}\n")
-    with atomic_path(out_dir / "README.md", ".md") as tmp:
-        tmp.write_text(README_TEXT.format(seed=seed))
+    if tree.exists() and (force or marker.read_text() != marker_text):
+        shutil.rmtree(tree)  # a synthetic tree of other settings (or --force): never mix two generations
+    # The marker goes first, so even an interrupted generation is labelled synthetic by `index` and continues, not restarts.
+    write_text_if_changed(marker, marker_text)
     jobs = []
     for p in roster:
         for k in range(images_per_patient):
@@ -225,12 +232,14 @@ def generate_demo_data(out_dir: Path | str, seed: int = 0, patients: int = 24, i
         target = breast / name.relative_dir() / name.file_name()
         if not target.exists():  # idempotent; a half-written file cannot exist thanks to the atomic rename
             todo.append((patient, mag, seq, seed, str(target)))
+    workers = workers or os.cpu_count() or 1
     if workers > 1 and len(todo) > 8:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for _ in progress(pool.map(_write_image, todo, chunksize=4), desc="demo-data", total=len(todo)):
+        with WorkerPool(min(workers, len(todo))) as pool:
+            for _ in progress(pool.imap_unordered(_write_image, todo), desc="demo-data", total=len(todo)):
                 pass
     else:
         for job in progress(todo, desc="demo-data"):
             _write_image(job)
-    return {"images": len(jobs), "patients": len(roster), "seconds": round(time.perf_counter() - start, 2),
+    write_text_if_changed(out_dir / "README.md", README_TEXT.format(seed=seed))
+    return {"images": len(jobs), "written": len(todo), "patients": len(roster), "seconds": round(time.perf_counter() - start, 2),
             "benign_patients": sum(p["label"] == 0 for p in roster)}

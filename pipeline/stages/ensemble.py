@@ -1,12 +1,14 @@
 """Stage ``ensemble``: soft, hard, weighted and stacking ensembles of the trained runs + subset search.
 
 Members are the single-model runs without stain normalization (as in the study). Groups: the V1
-family, the V2 family, and all members. Every ensemble's predictions are rows of predictions.parquet
-(``run_id`` like ``ensemble:soft:v1_b0+v1_b1``), so evaluation and the dashboard treat them like runs.
+family, the V2 family, and all members. Every ensemble's predictions are rows of ``ensemble_predictions.parquet``,
+merged into predictions.parquet (``run_id`` like ``ensemble:soft:v1_b0+v1_b1``), so evaluation and the dashboard
+treat them like runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -14,26 +16,46 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, ensemble_run_id
-from pipeline.artifacts.io import write_json, write_parquet
-from pipeline.artifacts.predictions import load_predictions, make_rows, member_groups, member_runs, probability_matrix, replace_rows
+from pipeline.artifacts.io import read_parquet, write_json, write_parquet
+from pipeline.artifacts.predictions import load_predictions, make_rows, member_groups, member_runs, merge_predictions, probability_matrix
+from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import EnsembleConfig
 from pipeline.core.ensemble import combine, fit_weights, subset_search
 from pipeline.core.errors import PipelineError
 
+ENSEMBLE_VERSION = 1
 
-def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), seed: int = 0) -> pd.DataFrame:
+
+def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), seed: int = 0, force: bool = False) -> pd.DataFrame:
+    """Every ensemble of the trained members; skipped when the members' predictions, features and settings are unchanged.
+
+    Validate, then act: every member's predictions and (for stacking) features are read and checked, and every
+    ensemble is computed in memory, before ``ensemble_predictions.parquet``, ``subsets.parquet`` and
+    ``ensembles.json`` are replaced; a failing command leaves the previous ensembles in place.
+    """
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
     start = time.perf_counter()
+    merge_predictions(exp_dir)
     preds = load_predictions(exp_dir)
     members = member_runs(preds)
     if len(members) < 2:
         raise PipelineError(f"ensembles need at least 2 trained single-model runs, found {members}; run `train` first")
-    old = preds.loc[preds["kind"] == "ensemble", "run_id"].unique().tolist()
-    rows, record = [], {"members": members, "groups": {}, "weights": {}, "stacking": {}}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "enabled"}
+    inputs = [catalog.run(m).predictions for m in members] + ([catalog.run(m).features for m in members] if cfg.stacking else [])
+    stamp = Stamp(catalog, "ensemble", {"version": ENSEMBLE_VERSION, "settings": settings, "seed": seed, "members": members},
+                  inputs=inputs)
+    if not force and stamp.is_current() and catalog.ensemble_predictions.exists():
+        done = read_parquet(catalog.ensemble_predictions)
+        up_to_date("ensemble", f"{done['run_id'].nunique()} ensembles of {len(members)} members")
+        return done
+    # -- validate and compute everything in memory ------------------------------------------------------
     val_p, val_meta = probability_matrix(preds, members, "val")
     test_p, test_meta = probability_matrix(preds, members, "test")
-    for group, names in member_groups(members).items():
+    groups = member_groups(members)
+    features = _member_features(catalog, members, val_meta, test_meta) if cfg.stacking and groups else {}
+    rows, record = [], {"members": members, "groups": {}, "weights": {}, "stacking": {}}
+    for group, names in groups.items():
         idx = [members.index(n) for n in names]
         record["groups"][group] = names
         weights = fit_weights(val_p[idx], val_meta["label"].to_numpy())
@@ -44,11 +66,11 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
                 res = combine(p[idx], method, cfg.threshold, cfg.hard_tie_break, weights)
                 rows.append(make_rows(run_id, "ensemble", method, group, "none", meta, res.score, pred=res.pred))
         if cfg.stacking:
-            rows.extend(_stacking_rows(exp_dir, names, group, val_meta, test_meta, cfg, seed, record))
+            rows.extend(_stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record))
+    subsets = None
     if cfg.subset_search:
         subsets = subset_search(val_p, val_meta["label"].to_numpy(), test_p, test_meta["label"].to_numpy(), members,
                                 threshold=cfg.threshold, tie_break=cfg.hard_tie_break)
-        write_parquet(subsets, catalog.subsets)
         for method in ("soft", "hard"):
             best = subsets[(subsets["method"] == method) & (subsets["n_members"] >= 2)].iloc[0]
             names = best["members"].split("+")
@@ -60,24 +82,46 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
                 res = combine(p[idx], method, cfg.threshold, cfg.hard_tie_break)
                 rows.append(make_rows(run_id, "ensemble", f"{method}-best", "subset", "none", meta, res.score, pred=res.pred))
     new = pd.concat(rows, ignore_index=True)
-    replace_rows(exp_dir, new, sorted(set(old) | set(new["run_id"])))
     record["seconds"] = round(time.perf_counter() - start, 2)
-    record["config"] = cfg.__dict__
+    record["config"] = settings
+    # -- act --------------------------------------------------------------------------------------------
+    write_parquet(new, catalog.ensemble_predictions)
+    outputs = [catalog.ensemble_predictions, catalog.ensembles]
+    if subsets is not None:
+        write_parquet(subsets, catalog.subsets)
+        outputs.append(catalog.subsets)
     write_json(record, catalog.ensembles)
+    stamp.record(outputs)
+    merge_predictions(exp_dir)
     summary = new.assign(ok=new["pred"] == new["label"]).groupby(["run_id", "split"])["ok"].mean().unstack()
     print(summary.round(3).to_string())
     return new
 
 
-def _stacking_rows(exp_dir, names, group, val_meta, test_meta, cfg, seed, record) -> list[pd.DataFrame]:
+def _member_features(catalog: Catalog, members: list[str], val_meta: pd.DataFrame, test_meta: pd.DataFrame) -> dict:
+    """{member: (val features, test features)}, every file checked before any ensemble is written."""
+    from pipeline.ml.stacking import load_features
+
+    out = {}
+    for name in members:
+        path = catalog.run(name).features
+        try:
+            out[name] = (load_features(path, val_meta["image_id"].tolist()), load_features(path, test_meta["image_id"].tolist()))
+        except PipelineError:
+            raise
+        except Exception as exc:  # a truncated or foreign file: numpy/zipfile raise many kinds
+            raise PipelineError(f"{path} is not a readable features file ({type(exc).__name__}); "
+                                f"re-run `train --force` for {name}") from None
+    return out
+
+
+def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record) -> list[pd.DataFrame]:
     from pipeline.ml.runtime import quiet_tensorflow
-    from pipeline.ml.stacking import fit_stacking, load_features
+    from pipeline.ml.stacking import fit_stacking
 
-    quiet_tensorflow()  # TensorFlow's start-up noise captured (a no-op once imported)
-
-    catalog = Catalog(exp_dir)
-    val_x = np.concatenate([load_features(catalog.run(n).features, val_meta["image_id"].tolist()) for n in names], axis=1)
-    test_x = np.concatenate([load_features(catalog.run(n).features, test_meta["image_id"].tolist()) for n in names], axis=1)
+    quiet_tensorflow()
+    val_x = np.concatenate([features[n][0] for n in names], axis=1)
+    test_x = np.concatenate([features[n][1] for n in names], axis=1)
     try:
         out = fit_stacking(val_x, val_meta["label"].to_numpy(), test_x, cfg.stacking_epochs, seed)
     except PipelineError as exc:

@@ -6,6 +6,7 @@ CIs in ``<metric>_lo``/``<metric>_hi`` and the patient recognition rate), ``magn
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -14,20 +15,23 @@ import pandas as pd
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.experiment import load_manifest
 from pipeline.artifacts.io import read_json, read_parquet, write_json, write_parquet
-from pipeline.artifacts.predictions import load_predictions
+from pipeline.artifacts.predictions import load_predictions, merge_predictions
+from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import EvaluateConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import CI_METRICS, METRIC_NAMES, binary_metrics, bootstrap_ci, fold_summary, patient_recognition_rate
 
+EVALUATE_VERSION = 1
 
-def evaluate_predictions(preds: pd.DataFrame, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0,
-                         threshold: float = 0.5) -> pd.DataFrame:
+
+def evaluate_predictions(preds: pd.DataFrame, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0) -> pd.DataFrame:
+    """Metrics of every (run, split), from each row's own ``pred`` (the threshold was applied when it was written)."""
     rows = []
     for (run_id, split), part in preds.groupby(["run_id", "split"], sort=True):
         y, prob, pred = part["label"].to_numpy(), part["prob_malignant"].to_numpy(), part["pred"].to_numpy()
         head = {"run_id": run_id, "split": split, "kind": part["kind"].iloc[0], "model": part["model"].iloc[0],
                 "family": part["family"].iloc[0], "stain": part["stain"].iloc[0]}
-        overall = {**head, "group_type": "all", "group": "all", **binary_metrics(y, prob, pred, threshold, cfg.ece_bins)}
+        overall = {**head, "group_type": "all", "group": "all", **binary_metrics(y, prob, pred, ece_bins=cfg.ece_bins)}
         overall["patient_recognition_rate"] = patient_recognition_rate(part["patient_id"], pred == y)
         overall["patients"] = int(part["patient_id"].nunique())
         ci = bootstrap_ci(y, prob, pred, part["patient_num"].to_numpy(), cfg.bootstrap, seed, cfg.ci)
@@ -37,24 +41,34 @@ def evaluate_predictions(preds: pd.DataFrame, cfg: EvaluateConfig = EvaluateConf
         for group_type in ("magnification", "subtype"):
             for group, sub in part.groupby(group_type, sort=True):
                 m = binary_metrics(sub["label"].to_numpy(), sub["prob_malignant"].to_numpy(), sub["pred"].to_numpy(),
-                                   threshold, cfg.ece_bins)
+                                   ece_bins=cfg.ece_bins)
                 rows.append({**head, "group_type": group_type, "group": str(group), **m})
     return pd.DataFrame(rows)
 
 
-def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0, threshold: float = 0.5) -> pd.DataFrame:
+def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0, force: bool = False) -> pd.DataFrame:
+    """metrics.parquet of every run and ensemble; skipped when the predictions and settings are unchanged."""
     exp_dir = Path(exp_dir)
+    catalog = Catalog(exp_dir)
     start = time.perf_counter()
+    merge_predictions(exp_dir)
+    stamp = Stamp(catalog, "evaluate", {"version": EVALUATE_VERSION, "settings": dataclasses.asdict(cfg), "seed": seed},
+                  inputs=[catalog.predictions, catalog.manifest])
+    if not force and stamp.is_current():
+        metrics = read_parquet(catalog.metrics)
+        up_to_date("evaluate", f"{metrics['run_id'].nunique()} runs and ensembles")
+        return metrics
     preds = load_predictions(exp_dir)
     if preds.empty:
         raise PipelineError(f"no predictions in {exp_dir}; run `python -m pipeline train {exp_dir} --model ...` first")
     if "patient_id" not in preds:
         preds = preds.merge(load_manifest(exp_dir)[["image_id", "patient_id", "patient_num", "magnification", "subtype"]],
                             on="image_id", how="left")
-    metrics = evaluate_predictions(preds, cfg, seed, threshold)
-    write_parquet(metrics, Catalog(exp_dir).metrics)
-    write_json({"bootstrap": cfg.bootstrap, "ci": cfg.ci, "seed": seed, "threshold": threshold,
-                "seconds": round(time.perf_counter() - start, 2)}, Catalog(exp_dir).metrics_info)
+    metrics = evaluate_predictions(preds, cfg, seed)
+    write_parquet(metrics, catalog.metrics)
+    write_json({"bootstrap": cfg.bootstrap, "ci": cfg.ci, "ece_bins": cfg.ece_bins, "seed": seed,
+                "seconds": round(time.perf_counter() - start, 2)}, catalog.metrics_info)
+    stamp.record([catalog.metrics, catalog.metrics_info])
     table = metrics[(metrics["group_type"] == "all") & (metrics["split"] == "test")]
     cols = ["run_id", "accuracy", "accuracy_lo", "accuracy_hi", "f1", "roc_auc", "patient_recognition_rate"]
     print(table[cols].round(3).to_string(index=False))

@@ -17,19 +17,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts.catalog import Catalog, parse_run_id
+from pipeline.artifacts.catalog import GRADCAM_METHODS, Catalog, parse_run_id
 from pipeline.artifacts.experiment import data_root_of, load_split_frame
 from pipeline.artifacts.gradcam_cache import load_maps
 from pipeline.artifacts.io import atomic_path, read_json, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import load_predictions
+from pipeline.artifacts.stamps import Stamp, content_digest, up_to_date
 from pipeline.config import GradcamConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import stable_hash
 from pipeline.core.heatmaps import region_iou
-from pipeline.ml.data import load_images
-from pipeline.ml.explain import compute_maps, deletion_auc
-from pipeline.ml.models import GRADCAM_LAYER, load_classifier
+from pipeline.ml.data import load_images, source_identity
 from pipeline.workers import map_in_workers
+
+GRADCAM_VERSION = 1
 
 
 def check_completed_runs(exp_dir: Path | str, runs: list[str]) -> None:
@@ -48,9 +49,15 @@ def single_runs(exp_dir: Path | str) -> list[str]:
 
 
 def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs: list[str] | None = None, fold: int = 0,
-                workers: int = 1) -> pd.DataFrame:
-    """Maps + scores for every (method, run); ``workers`` > 1 explains runs in parallel spawned processes."""
+                workers: int | None = None, force: bool = False) -> pd.DataFrame:
+    """Maps + scores for every (method, run); ``workers`` (default ``cfg.workers``) > 1 explains runs in parallel.
+
+    Each (method, run) is up to date when its model, its predictions, the explained images and the settings are
+    unchanged (checked here, without TensorFlow, before any worker starts); ``scores.parquet`` is rewritten only
+    when one of its runs was.
+    """
     exp_dir = Path(exp_dir)
+    catalog = Catalog(exp_dir)
     runs = runs or single_runs(exp_dir)
     if not runs:
         raise PipelineError(f"no trained runs in {exp_dir}; run `train` first")
@@ -60,11 +67,26 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
         part = part.sample(cfg.max_images, random_state=0).sort_values("image_id")
     image_ids = part["image_id"].tolist()
     jobs = [(str(exp_dir), method, run_id, image_ids, cfg, fold) for method in cfg.methods for run_id in runs]
-    all_scores = map_in_workers(_explain_run_job, jobs, workers)
-    scores = add_agreement(exp_dir, pd.concat(all_scores, ignore_index=True))
-    for method, sub in scores.groupby("method"):
-        write_parquet(sub, Catalog(exp_dir).gradcam_scores(method))
-    return scores
+    keys = [explain_key(*job) for job in jobs]  # validates every run before any work starts
+    stale = [job for job, key in zip(jobs, keys) if force or not _explained(catalog, job[1], job[2], key)]
+    for job in jobs:
+        if job not in stale:
+            up_to_date(f"gradcam {job[1]} {job[2]}")
+    if stale:
+        map_in_workers(_explain_run_job, [(*job, True) for job in stale], workers or cfg.workers)
+    out = []
+    for method in cfg.methods:
+        per_run = [catalog.gradcam_run_scores(method, r) for r in runs] + [catalog.gradcam_maps(method, r) for r in runs]
+        stamp = Stamp(catalog, f"gradcam-{GRADCAM_METHODS[method]}", {"version": GRADCAM_VERSION, "runs": runs}, inputs=per_run)
+        if not force and stamp.is_current():
+            out.append(read_parquet(catalog.gradcam_scores(method)))
+            continue
+        scores = pd.concat([read_parquet(catalog.gradcam_run_scores(method, r)) for r in runs], ignore_index=True)
+        scores = add_agreement(exp_dir, scores)
+        write_parquet(scores, catalog.gradcam_scores(method))
+        stamp.record([catalog.gradcam_scores(method)])
+        out.append(scores)
+    return pd.concat(out, ignore_index=True)
 
 
 def _explain_run_job(job: tuple) -> pd.DataFrame:
@@ -72,19 +94,44 @@ def _explain_run_job(job: tuple) -> pd.DataFrame:
     return explain_run(*job)
 
 
-def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig, fold: int = 0) -> pd.DataFrame:
-    """Grad-CAM maps (cached as npz) and per-map scores of one run; skipped when the cache is up to date."""
+def explain_key(exp_dir: Path | str, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig, fold: int = 0) -> str:
+    """What a run's maps and scores depend on: its model, its predictions, the images and the settings."""
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
     files = catalog.run(run_id)
     check_completed_runs(exp_dir, [run_id])
     info = read_json(files.info)
-    key = stable_hash({"model": info["config_hash"], "ids": image_ids, "target": cfg.target, "steps": cfg.deletion_steps})
+    frame = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
+    images = source_identity(exp_dir, data_root_of(exp_dir), frame, info["stain"])
+    return stable_hash({"version": GRADCAM_VERSION, "method": method, "model": info.get("model_sha256") or info["config_hash"],
+                        "predictions": content_digest(files.predictions), "ids": image_ids, "images": images,
+                        "size": info["image_size"], "target": cfg.target, "steps": cfg.deletion_steps})
+
+
+def _explained(catalog: Catalog, method: str, run_id: str, key: str) -> bool:
+    paths = (catalog.gradcam_maps(method, run_id), catalog.gradcam_run_meta(method, run_id), catalog.gradcam_run_scores(method, run_id))
+    return all(p.exists() for p in paths) and read_json(paths[1]).get("key") == key
+
+
+def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig, fold: int = 0,
+                force: bool = False) -> pd.DataFrame:
+    """Grad-CAM maps (cached as npz) and per-map scores of one run; skipped when the cache is up to date."""
+    exp_dir = Path(exp_dir)
+    catalog = Catalog(exp_dir)
+    files = catalog.run(run_id)
+    key = explain_key(exp_dir, method, run_id, image_ids, cfg, fold)
     target, meta_path = catalog.gradcam_maps(method, run_id), catalog.gradcam_run_meta(method, run_id)
     scores_path = catalog.gradcam_run_scores(method, run_id)
-    if target.exists() and meta_path.exists() and scores_path.exists() and read_json(meta_path).get("key") == key:
-        print(f"gradcam {method} {run_id}: up to date")
+    if not force and _explained(catalog, method, run_id, key):
+        up_to_date(f"gradcam {method} {run_id}")
         return read_parquet(scores_path)
+    from pipeline.ml.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+    from pipeline.ml.explain import compute_maps, deletion_auc
+    from pipeline.ml.models import GRADCAM_LAYER, load_classifier
+
+    info = read_json(files.info)
     part = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
     model = load_classifier(files.model)
     grid = model.get_layer(GRADCAM_LAYER).output.shape[1]
@@ -93,8 +140,7 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
               "constant; train at >= 64 px for spatial maps", flush=True)
     images = np.asarray(load_images(exp_dir, data_root_of(exp_dir), part, info["image_size"],
                                     info["resolved_config"]["train"]["resize"], info["stain"]))
-    preds = load_predictions(exp_dir)
-    run_preds = preds[preds["run_id"] == run_id].set_index("image_id").loc[image_ids]
+    run_preds = read_parquet(files.predictions).set_index("image_id").loc[image_ids]
     classes = (part["label"].to_numpy() if cfg.target == "true" else run_preds["pred"].to_numpy()).astype(int)
     start = time.perf_counter()
     maps = compute_maps(model, images, classes, method, cfg.batch_size)

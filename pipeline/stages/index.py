@@ -7,6 +7,10 @@ training, stain normalization and the dashboard share. The manifest stores paths
 root, and ``dataset.json`` records that root, so an experiment folder can be read by the dashboard without
 guessing where the images are. ``dataset.json`` also records whether the data carry the generator's
 SYNTHETIC marker: the label follows the data, not the preset.
+
+Up to date when the image tree's listing (relative path, size, mtime_ns of every file: no PNG is opened)
+and the data root are unchanged; the manifest's ``sha256`` column then carries each image's *content* on to
+the later stages, so a copied tree (new mtimes, same bytes) is re-indexed but retrains nothing.
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ from typing import Iterator
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.io import ensure_dir, write_json, write_parquet
+from pipeline.artifacts.io import ensure_dir, read_parquet, write_json, write_parquet
+from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.breakhis import folder_disagreement, parse_file_name
 from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import file_sha256, listing_digest
 from pipeline.core.images import UnreadableImage, read_rgb
 from pipeline.progress import progress
 
 SYNTHETIC_MARKER = "SYNTHETIC"  # written by `demo-data` next to BreaKHis_v1/ (see stages/demo_data.py)
 MANIFEST_COLUMNS = [
     "image_id", "path", "label", "class_name", "subtype", "subtype_name", "patient_id", "patient_num",
-    "magnification", "seq", "year", "width", "height",
+    "magnification", "seq", "year", "width", "height", "sha256",
 ]
+INDEX_VERSION = 3  # bump when the manifest/rejects an unchanged tree yields would change
 IGNORED_NAMES = {"README.md", "README.txt", "SHA256SUMS", ".DS_Store", "Thumbs.db", SYNTHETIC_MARKER}
 
 
@@ -126,7 +133,7 @@ def index_dataset(data_root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
             "image_id": path.stem, "path": rel, "label": parsed.label, "class_name": parsed.class_name,
             "subtype": parsed.subtype, "subtype_name": parsed.subtype_name, "patient_id": parsed.patient_id,
             "patient_num": parsed.patient_num, "magnification": parsed.magnification, "seq": parsed.seq,
-            "year": parsed.year, "width": size[0], "height": size[1],
+            "year": parsed.year, "width": size[0], "height": size[1], "sha256": file_sha256(path, 32),
         })
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     dupes = manifest[manifest["image_id"].duplicated(keep="first")]
@@ -173,12 +180,14 @@ def check_out_dir(out_dir: Path, breast: Path) -> None:
         raise PipelineError(f"--out {out_dir} is inside the dataset {breast}; write the experiment elsewhere (e.g. artifacts/mine)")
 
 
-def run_index(data_root: Path | str, out_dir: Path | str, synthetic: bool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """CLI body: index, write manifest/rejects/dataset.json atomically, refuse an empty dataset.
+def run_index(data_root: Path | str, out_dir: Path | str, synthetic: bool | None = None, force: bool = False,
+              verbose: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Index, write manifest/rejects/dataset.json atomically (skipped when up to date); refuse an empty dataset.
 
     ``synthetic``: True marks the data synthetic even without a marker (a preset that generated them);
     otherwise the generator's SYNTHETIC marker decides, so ``synthetic = false`` cannot relabel demo data as real.
-    Nothing is written (or overwritten) unless the index found images.
+    Validate, then act: an empty or unusable tree raises before anything is written, so the previous
+    manifest, rejects and dataset.json stay together (never an old manifest beside new rejects).
     """
     start = time.perf_counter()
     data_root = Path(data_root).resolve()
@@ -186,18 +195,30 @@ def run_index(data_root: Path | str, out_dir: Path | str, synthetic: bool | None
     breast = find_breast_root(data_root)
     check_out_dir(out_dir, breast)
     catalog = Catalog(out_dir)
+    marker = find_synthetic_marker(data_root, breast)
+    synthetic = bool(synthetic) or marker is not None
+    stamp = Stamp(catalog, "index", {"version": INDEX_VERSION, "data_root": str(data_root), "synthetic": synthetic},
+                  extra={"tree": listing_digest(breast)})
+    if not force and stamp.is_current():
+        manifest = read_parquet(catalog.manifest)
+        up_to_date("index", f"{len(manifest)} images")
+        return manifest, read_parquet(catalog.rejects)
     manifest, rejects = index_dataset(data_root)
     if manifest.empty:
-        example = f", e.g. {rejects['path'].iloc[0]}: {rejects['reason'].iloc[0]}" if len(rejects) else ""
+        reasons = rejects.groupby("reason").size().sort_values(ascending=False).head(3) if len(rejects) else pd.Series(dtype=int)
+        why = "; ".join(f"{n} x {r}" for r, n in reasons.items()) or "no files"
         raise PipelineError(
-            f"no valid BreakHis images under {data_root} ({len(rejects)} files rejected{example}); "
-            "expected PNGs named SOB_<B|M>_<TYPE>-<yy>-<patient>-<mag>-<seq>.png in their class/subtype/patient/magnification folders"
+            f"no valid BreakHis images under {data_root} ({len(rejects)} files rejected: {why}); "
+            "expected PNGs named SOB_<B|M>_<TYPE>-<yy>-<patient>-<mag>-<seq>.png in their class/subtype/patient/magnification "
+            f"folders; nothing in {catalog.root} was changed"
         )
-    marker = find_synthetic_marker(data_root, breast)
     ensure_dir(out_dir, "experiment folder")
     write_parquet(manifest, catalog.manifest)
     write_parquet(rejects, catalog.rejects)
-    write_json({"data_root": str(data_root), "synthetic": bool(synthetic) or marker is not None,
+    write_json({"data_root": str(data_root), "synthetic": synthetic,
                 "synthetic_marker": str(marker) if marker else None, "images": len(manifest),
                 "rejects": len(rejects), "seconds": round(time.perf_counter() - start, 2)}, catalog.dataset)
+    stamp.record([catalog.manifest, catalog.rejects, catalog.dataset])
+    if verbose:
+        print(summarize(manifest, rejects))
     return manifest, rejects

@@ -1,17 +1,33 @@
 """Stage ``train``: fit one backbone on one experiment, keep the best-val-accuracy checkpoint, predict.
 
-Resumable by construction: after every epoch the stage atomically writes ``last.keras`` (weights and
-Adam state), ``history.parquet`` and ``state.json``; a re-run with the same resolved config continues
-at the next epoch, and a completed run with the same config hash is skipped. (Resumed runs continue
-from the same weights and optimizer state, but the shuffling/augmentation RNG restarts from the seed,
-so they are not bit-identical to an uninterrupted run.)
+The lifecycle of a run (every write atomic; ``state.json`` is the commit record of an unfinished run,
+``run.json`` of a finished one):
+
+1. **Plan**: resolve the run's settings and hash those that change its result (``workers``,
+   ``checkpoint_seconds`` and ``predict_batch_size`` do not) with the content fingerprint of its data (image
+   ids, content hashes, labels, split) and, for a stained run, the stain target's key.
+2. **Skip** when ``run.json`` is complete with that hash and ``model.keras`` and the run's own
+   ``predictions.parquet`` are there: one line, "up to date", nothing written.
+3. **Validate, then act**: the weights, the (stain-normalized) images, their decoded cache and the model itself
+   (built, or loaded from the resume point) are all ready before the run folder is touched, so a command that
+   cannot start leaves the earlier run, its model and its predictions as they were.
+4. **Train**. After every epoch: ``model.keras`` when validation accuracy improves, ``history.parquet``, then
+   ``state.json``. After the first epoch and then at most every ``checkpoint_seconds``, a resume point:
+   ``resume-eNNNN.keras`` (weights + Adam state) and ``best-eNNNN.keras``, a hard link to the best model as of
+   that epoch; ``state.json`` names the current one.
+5. **Resume** after any interruption (Ctrl-C, SIGKILL at any point): training continues after the resume point,
+   and history, best epoch and ``model.keras`` are put back to that point, so the three always agree (the epochs
+   after it are trained again). When every epoch was done (``fit_complete``), only prediction is redone.
+   (Shuffling/augmentation restart from the seed, so a resumed run is not bit-identical to an uninterrupted one.)
+6. **Finish**: predict val/test with the best model; write ``features.npz``, the run's ``predictions.parquet`` and
+   ``run.json``; remove ``state.json`` and the resume points; merge the experiment's ``predictions.parquet``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +35,19 @@ import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, RunFiles, single_run_id
 from pipeline.artifacts.experiment import data_fingerprint, data_root_of, load_split_frame, require_stain_target
-from pipeline.artifacts.io import atomic_path, read_json, write_json, write_parquet
-from pipeline.artifacts.predictions import load_predictions, make_rows, replace_rows
+from pipeline.artifacts.io import atomic_link, atomic_path, read_json, write_json, write_parquet
+from pipeline.artifacts.predictions import make_rows, merge_predictions
 from pipeline.artifacts.provenance import library_versions
+from pipeline.artifacts.stamps import content_digest
 from pipeline.config import TrainConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import stable_hash
-from pipeline.core.model_specs import get_spec
+from pipeline.core.model_specs import ModelSpec, get_spec
 from pipeline.ml.data import load_images, make_dataset
 from pipeline.ml.models import (FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, keras_file_problem,
                                  load_classifier)
+
+STATE_VERSION = 2  # state.json written by an older lifecycle is not resumed from (the run starts afresh)
 
 
 def run_id_for(model: str, stain: str = "none") -> str:
@@ -49,6 +68,66 @@ def check_classes(frame: pd.DataFrame) -> None:
                 raise PipelineError(f"the {split} split has no {name} images ({len(part)} images in {split}); re-split with more patients")
 
 
+@dataclass
+class RunPlan:
+    """One run, resolved: what it trains on, with which settings, and the hash of everything that changes its result."""
+
+    exp_dir: Path
+    spec: ModelSpec
+    frame: pd.DataFrame
+    run_id: str
+    files: RunFiles
+    stain: str
+    size: int
+    total_epochs: int
+    seed: int
+    resolved: dict
+    fingerprint: str
+    config_hash: str
+
+
+def plan_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0, epochs: int = 0,
+             seed: int = 0, fold: int = 0) -> RunPlan:
+    """Resolve a run without TensorFlow (the runner uses it to skip finished runs before starting any worker)."""
+    exp_dir = Path(exp_dir)
+    spec = get_spec(model)
+    frame = load_split_frame(exp_dir, fold)
+    check_classes(frame)
+    run_id = run_id_for(spec.name, stain)
+    size = input_size(spec.name, image_size, cfg)
+    total_epochs = epochs or cfg.epochs
+    resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
+                "fold": fold, "train": cfg.result_settings()}
+    if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
+        resolved["stain_key"] = require_stain_target(exp_dir, stain)["key"]
+    fingerprint = data_fingerprint(frame)
+    config_hash = stable_hash({"resolved": resolved, "data": fingerprint})
+    return RunPlan(exp_dir, spec, frame, run_id, Catalog(exp_dir).run(run_id), stain, size, total_epochs, seed, resolved,
+                   fingerprint, config_hash)
+
+
+def completed_info(plan: RunPlan) -> dict | None:
+    """``run.json`` of a finished run with the same hash whose model and predictions are there; else None."""
+    files = plan.files
+    if not (files.info.exists() and files.model.exists() and files.predictions.exists()):
+        return None
+    try:
+        info = read_json(files.info)
+    except PipelineError:  # damaged run.json: not complete, the run is redone
+        return None
+    ok = isinstance(info, dict) and info.get("status") == "complete" and info.get("config_hash") == plan.config_hash
+    return info if ok else None
+
+
+def best_epoch_of(history: list[dict]) -> tuple[int | None, float | None]:
+    """(epoch, val_accuracy) of the first epoch with the highest validation accuracy: the callback's own rule."""
+    best_epoch, best = None, None
+    for row in history:
+        if best is None or row["val_accuracy"] > best:
+            best_epoch, best = int(row["epoch"]), row["val_accuracy"]
+    return best_epoch, best
+
+
 def _strategy(name: str):
     import tensorflow as tf
 
@@ -64,6 +143,7 @@ def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[n
     import keras
 
     both = keras.Model(model.input, [model.output, model.get_layer(FEATURE_LAYER).output])
+    both.run_eagerly = bool(getattr(model, "run_eagerly", False))
     probs, feats = both.predict(make_dataset(images, None, batch_size), verbose=0)
     return probs[:, 1].astype(np.float32), feats.astype(np.float16)
 
@@ -79,7 +159,7 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
     quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1"
 
     class EpochCheckpoint(keras.callbacks.Callback):
-        """Atomic per-epoch checkpointing: best model, last model + optimizer, history, resume state."""
+        """Per-epoch commit: best model, history, resume point, then state.json (see the module docstring)."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.perf_counter()
@@ -94,30 +174,95 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             self.bar.close()
+            done = epoch + 1
             seconds = time.perf_counter() - self.t0
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            row = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
+            row = {"epoch": done, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
                    "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
                    "lr_backbone": lr, "lr_head": lr * self.model.optimizer.head_multiplier,
-                   "seconds": seconds, "images_per_s": n_train / seconds, "phase": state.get("phase", "finetune")}
+                   "seconds": seconds, "images_per_s": n_train / seconds}
             state["history"].append(row)
             if state["best_val_accuracy"] is None or row["val_accuracy"] > state["best_val_accuracy"]:
-                state["best_val_accuracy"], state["best_epoch"] = row["val_accuracy"], epoch + 1
+                state["best_val_accuracy"], state["best_epoch"] = row["val_accuracy"], done
                 self.best_weights = self.model.get_weights()  # predict from memory: no reload, no re-trace
                 with atomic_path(files.model, ".keras") as tmp:
                     self.model.save(tmp)
-            state["epochs_done"] = epoch + 1
+            state["epochs_done"] = done
             write_parquet(pd.DataFrame(state["history"]), files.history)
-            if epoch + 1 < total_epochs and time.time() - state.get("checkpoint_time", 0.0) >= checkpoint_seconds:
-                # The resume point: weights + Adam state (~3x the weights), so written at most every N seconds.
-                with atomic_path(files.last, ".keras") as tmp:
+            stale: list[Path] = []
+            if done >= total_epochs:
+                state["fit_complete"] = True
+            elif time.time() - state.get("checkpoint_time", 0.0) >= checkpoint_seconds:
+                # The resume point: weights + Adam state (~3x the weights), so written at most every N seconds, and
+                # the best model as of now (a hard link), so a resume can put model.keras back to this point.
+                with atomic_path(files.resume(done), ".keras") as tmp:
                     self.model.save(tmp)
-                state["checkpoint_epoch"], state["checkpoint_time"] = epoch + 1, time.time()
-            write_json(state, files.state)
-            print(f"  epoch {epoch + 1}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
+                atomic_link(files.model, files.resume_best(done))
+                if state["checkpoint_epoch"]:
+                    stale = [files.resume(state["checkpoint_epoch"]), files.resume_best(state["checkpoint_epoch"])]
+                state["checkpoint_epoch"], state["checkpoint_time"] = done, time.time()
+            write_json(state, files.state)  # the commit: a resume trusts only what state.json names
+            for path in stale:
+                path.unlink(missing_ok=True)
+            print(f"  {files.dir.name} epoch {done}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
                   f"val_acc {row['val_accuracy']:.3f} | {seconds:.1f}s {row['images_per_s']:.1f} img/s", flush=True)
 
     return [EpochCheckpoint()]
+
+
+def _resume_state(files: RunFiles, config_hash: str) -> dict | None:
+    """The state to continue from, cut back to its resume point; None when the run must start afresh."""
+    if not files.state.exists():
+        return None
+    try:
+        state = read_json(files.state)
+    except PipelineError:  # damaged state.json: start afresh rather than fail until --force
+        return None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or state.get("config_hash") != config_hash:
+        return None
+    if state.get("fit_complete") and state.get("best_epoch") and files.model.exists():
+        return state  # every epoch done: model.keras is the best of the whole history, only prediction is left
+    point = int(state.get("checkpoint_epoch") or 0)
+    if point < 1 or not files.resume(point).exists() or not files.resume_best(point).exists():
+        return None
+    if not resume_point_is_whole(files, point, state.get("run_id", files.dir.name)):
+        return None
+    kept = [h for h in state.get("history", []) if h["epoch"] <= point]
+    if [h["epoch"] for h in kept] != list(range(1, point + 1)):
+        return None
+    best_epoch, best = best_epoch_of(kept)  # only epochs that are kept count
+    state.update(history=kept, epochs_done=point, best_epoch=best_epoch, best_val_accuracy=best, fit_complete=False)
+    return state
+
+
+def _restore_resume_point(files: RunFiles, state: dict) -> None:
+    """Put model.keras and history.parquet back to the resume point and drop files no state names."""
+    point = state["checkpoint_epoch"]
+    if not state.get("fit_complete"):
+        atomic_link(files.resume_best(point), files.model)
+        write_parquet(pd.DataFrame(state["history"]), files.history)
+        write_json(state, files.state)
+    keep = {files.resume(point), files.resume_best(point)} if point else set()
+    for path in files.resume_files():
+        if path not in keep:
+            path.unlink(missing_ok=True)
+    for path in files.dir.glob(".*"):  # temp files of writes cut short by a SIGKILL (never renamed into place)
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def _reset_run_folder(files: RunFiles) -> None:
+    """Start afresh: only called once everything the new run needs has been checked."""
+    if files.dir.exists():
+        shutil.rmtree(files.dir)
+    files.dir.mkdir(parents=True)
+
+
+def _remove_leftovers(files: RunFiles) -> None:
+    """A finished run keeps no resume state (state.json, resume points)."""
+    files.state.unlink(missing_ok=True)
+    for path in files.resume_files():
+        path.unlink(missing_ok=True)
 
 
 def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0,
@@ -125,49 +270,24 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json."""
     import keras
 
-    exp_dir = Path(exp_dir)
-    spec = get_spec(model)
-    frame = load_split_frame(exp_dir, fold)
-    check_classes(frame)
-    run_id = run_id_for(spec.name, stain)
-    files = Catalog(exp_dir).run(run_id)
-    run_dir = files.dir
-    size = input_size(spec.name, image_size, cfg)
-    total_epochs = epochs or cfg.epochs
-    resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
-                "fold": fold, "train": dataclasses.asdict(cfg)}
-    if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
-        resolved["stain_key"] = require_stain_target(exp_dir, stain)["key"]
-    fingerprint = data_fingerprint(frame)
-    config_hash = stable_hash({"resolved": resolved, "data": fingerprint})
-
-    info_path = files.info
-    if not force and info_path.exists():
-        info = read_json(info_path)
-        has_rows = (load_predictions(exp_dir)["run_id"] == run_id).any()
-        if info.get("status") == "complete" and info.get("config_hash") == config_hash and has_rows:
-            print(f"{run_id}: up to date (config {config_hash}), skipped")
+    plan = plan_run(exp_dir, model, cfg, stain, image_size, epochs, seed, fold)
+    exp_dir, spec, frame, files, run_id = plan.exp_dir, plan.spec, plan.frame, plan.files, plan.run_id
+    size, total_epochs = plan.size, plan.total_epochs
+    if not force:
+        info = completed_info(plan)
+        if info is not None:
+            _remove_leftovers(files)
+            merge_predictions(exp_dir)
+            print(f"{run_id}: up to date (config {plan.config_hash})", flush=True)
             return info
 
-    state_path = files.state
-    state = read_json(state_path) if state_path.exists() else None
-    resumable = (state is not None and state.get("config_hash") == config_hash and state.get("checkpoint_epoch")
-                 and files.last.exists() and resume_point_is_whole(files, run_id))
-    if force or not resumable:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        state = {"config_hash": config_hash, "epochs_done": 0, "checkpoint_epoch": 0, "best_val_accuracy": None,
-                 "best_epoch": None, "history": []}
-    else:  # continue from the last resume checkpoint; epochs after it are trained again
-        state["epochs_done"] = state["checkpoint_epoch"]
-        state["history"] = [h for h in state["history"] if h["epoch"] <= state["checkpoint_epoch"]]
-
+    # -- validate: everything below can fail without touching the run folder ---------------------------
     check_weights_available([spec], cfg.weights)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     images = load_images(exp_dir, data_root_of(exp_dir), frame, size, cfg.resize, stain)
     timings["load_images_s"] = time.perf_counter() - t0
+    state = None if force else _resume_state(files, plan.config_hash)
     train_idx = np.flatnonzero(frame["split"].to_numpy() == "train")
     val_idx = np.flatnonzero(frame["split"].to_numpy() == "val")
     labels = frame["label"].to_numpy()
@@ -189,25 +309,46 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         class_weight = {c: len(y_train) / (2.0 * counts[c]) for c in (0, 1)}
 
     t0 = time.perf_counter()
+    fitted = False
+    all_callbacks: list = []
     with _strategy(cfg.strategy).scope():
-        if state["epochs_done"] > 0:
-            print(f"{run_id}: resuming after epoch {state['epochs_done']} of {total_epochs} (last resume checkpoint)")
-            net = load_classifier(files.last)
-        else:
-            net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
-                                   cfg.bn_momentum)
+        net = None
+        if state is None:
+            try:
+                net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
+                                       cfg.bn_momentum)
+            except (ValueError, OSError) as exc:
+                if cfg.weights in ("imagenet", "none"):
+                    raise
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise PipelineError(f"cannot load weights {cfg.weights} into {spec.name}: {first}") from None
+        elif not state.get("fit_complete"):
+            net = load_classifier(files.resume(state["checkpoint_epoch"]))
+        # -- act: from here on the run folder changes ------------------------------------------------------
+        if state is None:
+            _reset_run_folder(files)
+            state = {"version": STATE_VERSION, "config_hash": plan.config_hash, "epochs_done": 0, "checkpoint_epoch": 0,
+                     "checkpoint_time": 0.0, "best_val_accuracy": None, "best_epoch": None, "history": [],
+                     "fit_complete": False}
             if cfg.warmup_epochs:
                 _warmup(net, ds_train, ds_val, cfg)
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
-        all_callbacks = _epoch_callbacks(files, state, len(x_train), cfg.batch_size, total_epochs,
-                                         cfg.checkpoint_seconds) + list(callbacks or [])
-        if cfg.early_stopping_patience:
-            all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
-        fitted = state["epochs_done"] < total_epochs
-        if fitted:
-            state["phase"] = "finetune"
+        else:
+            _restore_resume_point(files, state)
+            how = "predicting" if state.get("fit_complete") else f"resuming after epoch {state['epochs_done']} of {total_epochs}"
+            print(f"{run_id}: {how} (last resume point)", flush=True)
+        if net is not None:
+            net.run_eagerly = cfg.run_eagerly
+            all_callbacks = _epoch_callbacks(files, state, len(x_train), cfg.batch_size, total_epochs,
+                                             cfg.checkpoint_seconds) + list(callbacks or [])
+            if cfg.early_stopping_patience:
+                all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
+            fitted = True
             net.fit(ds_train, validation_data=ds_val, epochs=total_epochs, initial_epoch=state["epochs_done"],
                     verbose=0, callbacks=all_callbacks, class_weight=class_weight, shuffle=False)
+            if not state.get("fit_complete"):  # early stopping ended it before the last epoch
+                state["fit_complete"] = True
+                write_json(state, files.state)
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -217,6 +358,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         best = net
     else:  # resumed after the best epoch, or nothing left to fit: the checkpoint on disk is the best model
         best = load_classifier(files.model)
+        best.run_eagerly = cfg.run_eagerly
     eval_mask = frame["split"].isin(["val", "test"]).to_numpy()
     eval_frame = frame[eval_mask].reset_index(drop=True)
     probs, feats = predict_with_features(best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size)
@@ -225,41 +367,47 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, image_id=eval_frame["image_id"].to_numpy().astype(str), features=feats)
     rows = make_rows(run_id, "single", spec.name, spec.family, stain, eval_frame, probs)
-    replace_rows(exp_dir, rows, [run_id])
+    write_parquet(rows, files.predictions)
 
     accuracy = rows.assign(ok=rows["pred"] == rows["label"]).groupby("split")["ok"].mean().to_dict()
     history = pd.DataFrame(state["history"])
-    train_rates = history.loc[history["phase"] == "finetune", "images_per_s"] if len(history) else pd.Series(dtype=float)
+    if state["best_epoch"] not in set(history["epoch"]):  # the lifecycle guarantees it; never write a run that disagrees
+        raise PipelineError(f"{run_id}: best epoch {state['best_epoch']} is not in the history; re-run with --force")
+    rates = history["images_per_s"]
     info = {
-        "run_id": run_id, "status": "complete", "config_hash": config_hash, "resolved_config": resolved,
-        "data_fingerprint": fingerprint, "versions": library_versions(), "best_epoch": state["best_epoch"],
+        "run_id": run_id, "status": "complete", "config_hash": plan.config_hash, "resolved_config": plan.resolved,
+        "data_fingerprint": plan.fingerprint, "versions": library_versions(), "best_epoch": state["best_epoch"],
         "best_val_accuracy": state["best_val_accuracy"], "epochs_done": state["epochs_done"],
         "val_accuracy": accuracy.get("val"), "test_accuracy": accuracy.get("test"),
         "train_images": int(len(x_train)), "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "train_images_per_s": round(float(train_rates.iloc[1:].mean() if len(train_rates) > 1 else train_rates.mean()), 2)
-        if len(train_rates) else None,
+        # the first epoch includes graph tracing: the rate is the mean of the others when there are any
+        "train_images_per_s": round(float(rates.iloc[1:].mean() if len(rates) > 1 else rates.mean()), 2),
         "predict_images_per_s": round(len(eval_frame) / max(timings["predict_s"], 1e-9), 2),
-        "model_file": "model.keras", "family": spec.family, "model": spec.name, "stain": stain, "image_size": size,
+        "model_file": "model.keras", "model_sha256": content_digest(files.model), "family": spec.family,
+        "model": spec.name, "stain": stain, "image_size": size,
     }
-    write_json(info, info_path)
-    files.last.unlink(missing_ok=True)  # the resume point is no longer needed; model.keras stays
+    write_json(info, files.info)  # the commit of a finished run
+    _remove_leftovers(files)
+    merge_predictions(exp_dir)
     print(f"{run_id}: val acc {info['val_accuracy']:.3f}, test acc {info['test_accuracy']:.3f}, best epoch {info['best_epoch']}, "
           f"train {timings['train_s']:.0f}s ({info['train_images_per_s']} img/s)", flush=True)
     return info
 
 
-def resume_point_is_whole(files: RunFiles, run_id: str) -> bool:
-    """False (with a one-line notice) when ``last.keras`` is truncated or corrupt: the run then starts again
-    instead of failing on every re-run until ``--force``."""
-    problem = keras_file_problem(files.last)
-    if problem:
-        print(f"{run_id}: the resume checkpoint {files.last} is unusable ({problem}); starting the run again from epoch 1",
-              flush=True)
-    return problem is None
+def resume_point_is_whole(files: RunFiles, point: int, run_id: str) -> bool:
+    """False (with a one-line notice) when the resume checkpoint of epoch ``point`` is truncated or corrupt: the
+    run then starts again instead of failing on every re-run until ``--force``."""
+    for path in (files.resume(point), files.resume_best(point)):
+        problem = keras_file_problem(path)
+        if problem:
+            print(f"{run_id}: the resume checkpoint {path} is unusable ({problem}); starting the run again from epoch 1",
+                  flush=True)
+            return False
+    return True
 
 
 def _warmup(net, ds_train, ds_val, cfg: TrainConfig) -> None:
-    """Optional head-only epochs before fine-tuning (off in the study's recipe)."""
+    """Optional head-only epochs before fine-tuning (off in the study's recipe; not part of history.parquet)."""
     import keras
 
     trainable = {l.name: l.trainable for l in net.layers}
