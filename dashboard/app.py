@@ -24,6 +24,7 @@ from dashboard.text import plain  # noqa: E402
 st.set_page_config(page_title="histocompare", page_icon=":material/biotech:", layout="wide")
 ui.loopback_warning()
 exp = ui.experiment_picker()
+ui.follow_pipeline(exp)
 if exp is not None and saved_tokens(exp):
     with st.sidebar.expander("Saved ensembles", expanded=False):
         st.caption("Built in the ensemble builder; every run picker offers them (this browser session only).")

@@ -57,7 +57,8 @@ def list_experiments(root: Path | None = None) -> list[str]:
     root = root or artifacts_root()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and Catalog(p).manifest.exists())
+    # an experiment whose pipeline has only just started (no manifest yet) is listed too: its Pipeline page follows it
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (Catalog(p).manifest.exists() or Catalog(p).pipeline_status.exists()))
 
 
 def _stamp(path: Path) -> tuple[float, int]:

@@ -11,6 +11,7 @@ PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
 # name -> (file, title, icon, url path)
 PAGE_TABLE = {
     "overview": ("overview.py", "Overview", ":material/dashboard:", ""),
+    "pipeline": ("pipeline_status.py", "Pipeline", ":material/conveyor_belt:", "pipeline"),
     "confusion": ("confusion.py", "Confusion matrices", ":material/grid_on:", "confusion"),
     "images": ("misclassified.py", "Image browser", ":material/image_search:", "images"),
     "stain": ("stain_comparison.py", "Stain comparison", ":material/palette:", "stain"),

@@ -14,8 +14,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import state
-from dashboard.data import Experiment, get_experiment, list_experiments, reset_problems
+from dashboard.data import PROJECT_ROOT, Experiment, get_experiment, list_experiments, reset_problems
 from dashboard.text import code, plain
+from pipeline.artifacts.status import format_seconds, is_stale, read_status
+from pipeline.core.errors import PipelineError
 from pipeline.core.heatmaps import colorize
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -64,6 +66,55 @@ def page_start(title: str) -> Experiment:
                    "`python -m pipeline run --config pipeline/configs/sample.toml`.")
         st.stop()
     return exp
+
+
+def run_command(exp: Experiment) -> str:
+    """The command that (re)runs, or resumes, the experiment's pipeline."""
+    if exp.name == "demo":
+        return "make demo"
+    preset = PROJECT_ROOT / "pipeline" / "configs" / f"{exp.name}.toml"
+    return f"python -m pipeline run --config {preset.relative_to(PROJECT_ROOT) if preset.exists() else 'PRESET.toml'}"
+
+
+FOLLOW_SECONDS = 3
+
+
+def _pipeline_status(exp: Experiment | None) -> dict | None:
+    try:
+        return read_status(exp.catalog) if exp is not None else None
+    except PipelineError:  # a damaged status file is the Pipeline page's to report
+        return None
+
+
+def follow_pipeline(exp: Experiment | None) -> None:
+    """While a pipeline run writes this experiment, show its progress in the sidebar and rerun the open page when a
+    stage or run finishes (the status file's ``changes`` moves), so every page fills in without a reload.
+
+    Only while something is running (or no experiment exists yet): a finished experiment's pages stay still.
+    """
+    status = _pipeline_status(exp)
+    if exp is not None and (status is None or status.get("state") != "running" or is_stale(status)):
+        return
+    key = f"_follow_{exp.name if exp else ''}"
+
+    @st.fragment(run_every=FOLLOW_SECONDS)
+    def watch() -> None:
+        now = _pipeline_status(exp)
+        token = ((now or {}).get("changes"), (now or {}).get("state")) if exp is not None else tuple(list_experiments())
+        if st.session_state.get(key, token) != token:
+            st.session_state[key] = token
+            st.rerun()  # the whole app: the open page rereads its artifacts (the loaders are keyed on mtime)
+        st.session_state[key] = token
+        if now is not None and now.get("state") == "running":
+            runs = now.get("runs") or {}
+            stage = next((s["name"] for s in now.get("stages", []) if s["state"] == "running"), "starting")
+            etas = [r.get("eta_s") for r in runs.get("running") or [] if r.get("eta_s") is not None]
+            eta = f", current run ETA {format_seconds(max(etas))}" if etas else ""
+            st.caption(f":material/sync: Pipeline running: {plain(stage)}, {runs.get('done', 0)}/{runs.get('total', 0)} runs{eta}. "
+                       "Pages fill in as it finishes.")
+
+    with st.sidebar:
+        watch()
 
 
 def require(exp: Experiment, frame, artifact: str, what: str, path=None) -> None:

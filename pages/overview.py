@@ -45,6 +45,19 @@ table = None
 if metrics is None:
     if not exp.is_corrupt(exp.catalog.metrics):
         st.info(f"No metrics yet. Compute them with `{exp.command('metrics')}`.")
+    if preds is not None and not preds.empty:  # while the pipeline runs: the runs finished so far, plain accuracy
+        so_far = identify(preds)
+        part = preds[(preds["split"] == split_choice) & preds["run_id"].isin(so_far.ids)]
+        scores = (part.assign(correct=part["pred"] == part["label"]).groupby("run_id")
+                  .agg(images=("correct", "size"), accuracy=("correct", "mean")).reset_index())
+        scores.insert(0, "run", [so_far.label(r) for r in scores["run_id"]])
+        st.subheader(f"Runs finished so far ({split_choice})")
+        st.dataframe(scores.sort_values(["accuracy", "run"], ascending=[False, True]), hide_index=True, key="ov_so_far",
+                     column_order=["run", "accuracy", "images"],
+                     column_config={"run": st.column_config.TextColumn("Run", pinned=True),
+                                    "accuracy": st.column_config.NumberColumn("Accuracy", format="%.4f")})
+        st.caption("Accuracy at threshold 0.5 from each finished run's predictions; the full table with confidence "
+                   "intervals appears when the evaluate stage has run.")
 else:
     runs = identify(preds if preds is not None else metrics)
     notice_skipped(runs)

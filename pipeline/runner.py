@@ -9,12 +9,14 @@ so a rerun of an unchanged preset takes seconds.
 
 from __future__ import annotations
 
+import sys
 import time
 
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import ensure_dir, write_json
 from pipeline.artifacts.provenance import library_versions
 from pipeline.config import Config
+from pipeline.progress import Board, LineReporter, report, set_sink
 
 STAGES = ("data", "index", "split", "stain", "train", "ensemble", "evaluate", "gradcam")
 DEPENDS_ON = {  # stage -> the stages whose outputs it reads
@@ -50,82 +52,109 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
     timings: dict[str, float] = {}
     seed = cfg.experiment.seed
 
-    def stage(name: str):
-        print(f"\n=== {name} ===", flush=True)
-        return time.perf_counter()
-
     if cfg.runs and "train" in todo:  # fail before hours of work if pretrained weights are unavailable
         check_weights_available([get_spec(r.model) for r in cfg.runs], cfg.train.weights)
 
-    if "data" in todo and cfg.experiment.synthetic:
-        t = stage("data (SYNTHETIC demo images)")
+    stains = sorted({r.stain for r in cfg.runs if r.stain != "none"})
+
+    def data() -> None:
         from pipeline.stages.demo_data import generate_demo_data
 
         summary = generate_demo_data(cfg.data_root, seed, cfg.experiment.demo_patients, cfg.experiment.demo_images_per_patient,
                                      force="data" in forced)
         print(f"data: {summary['written']} of {summary['images']} images written" if summary["written"]
               else f"data: up to date ({summary['images']} images)")
-        timings["data"] = time.perf_counter() - t
-    if "index" in todo:
-        t = stage("index")
+
+    def index() -> None:
         from pipeline.stages.index import run_index
 
         run_index(cfg.data_root, out, synthetic=cfg.experiment.synthetic, force="index" in forced)
-        timings["index"] = time.perf_counter() - t
-    if "split" in todo:
-        t = stage("split")
+
+    def split() -> None:
         from pipeline.stages.split import run_split
 
         run_split(out, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds, force="split" in forced)
-        timings["split"] = time.perf_counter() - t
-    stains = sorted({r.stain for r in cfg.runs if r.stain != "none"})
-    if "stain" in todo and stains:
-        t = stage("stain")
+
+    def stain() -> None:
         from pipeline.stages.stain import run_stain
 
         for method in stains:
             run_stain(out, method, target=cfg.stain.target, fold=cfg.split.fold, force="stain" in forced)
-        timings["stain"] = time.perf_counter() - t
-    if "train" in todo:
-        t = stage(f"train ({len(cfg.runs)} runs, {cfg.train.workers} at a time)")
-        train_all(cfg, force="train" in forced)
-        timings["train"] = time.perf_counter() - t
-    if "ensemble" in todo and cfg.ensemble.enabled:
-        t = stage("ensemble")
+
+    def train() -> None:
+        train_all(cfg, force="train" in forced, board=board)
+
+    def ensemble() -> None:
         from pipeline.stages.ensemble import run_ensembles
 
         run_ensembles(out, cfg.ensemble, seed=seed, force="ensemble" in forced)
-        timings["ensemble"] = time.perf_counter() - t
-    if "evaluate" in todo:
-        t = stage("evaluate")
+
+    def evaluate() -> None:
         from pipeline.stages.evaluate import run_evaluate
 
         run_evaluate(out, cfg.evaluate, seed=seed, force="evaluate" in forced)
-        timings["evaluate"] = time.perf_counter() - t
-    if "gradcam" in todo and cfg.gradcam.enabled:
-        t = stage("gradcam")
+
+    def gradcam() -> None:
         from pipeline.stages.gradcam import run_gradcam
 
         run_gradcam(out, cfg.gradcam, fold=cfg.split.fold, force="gradcam" in forced)
-        timings["gradcam"] = time.perf_counter() - t
-    record = {"config": cfg.to_dict(), "stages": todo, "forced": sorted(forced), "timings_s": {k: round(v, 1) for k, v in timings.items()},
-              "versions": library_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_json(record, Catalog(out).pipeline_run)
-    print(f"\npipeline finished: {record['timings_s']}")
+
+    plan = [  # (stage, header, runs in this preset, what it does)
+        ("data", "data (SYNTHETIC demo images)", cfg.experiment.synthetic, data),
+        ("index", "index", True, index),
+        ("split", "split", True, split),
+        ("stain", "stain", bool(stains), stain),
+        ("train", f"train ({len(cfg.runs)} runs, {cfg.train.workers} at a time)", True, train),
+        ("ensemble", "ensemble", cfg.ensemble.enabled, ensemble),
+        ("evaluate", "evaluate", True, evaluate),
+        ("gradcam", "gradcam", cfg.gradcam.enabled, gradcam),
+    ]
+    catalog = Catalog(out)
+    board = Board(catalog.pipeline_status, catalog.name, [name for name, *_ in plan])
+    real_stdout = sys.stdout
+    previous_sink = set_sink(board.event)
+    try:
+        with board:
+            sys.stdout = LineReporter()  # every printed line goes through the board: the log tail and the terminal
+            board.runs(len(cfg.runs), 0)
+            for name, header, enabled, action in plan:
+                if name not in todo or not enabled:
+                    board.stage(name, "skipped")
+                    continue
+                print(f"=== {header} ===", flush=True)
+                board.stage(name, "running")
+                t = time.perf_counter()
+                action()
+                timings[name] = time.perf_counter() - t
+                board.stage(name, "done", timings[name])
+            record = {"config": cfg.to_dict(), "stages": todo, "forced": sorted(forced),
+                      "timings_s": {k: round(v, 1) for k, v in timings.items()},
+                      "versions": library_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            write_json(record, catalog.pipeline_run)
+            print(f"pipeline finished: {record['timings_s']}")
+            sys.stdout.flush()
+    finally:
+        sys.stdout = real_stdout
+        set_sink(previous_sink)
     return record
 
 
 def _train_job(job: dict) -> dict:
-    """One training run (module-level so a spawned worker can unpickle it)."""
+    """One training run (module-level so a spawned worker can unpickle it); reports its start and end to the board."""
     import keras
 
     from pipeline.stages.train import train_run
 
+    job = dict(job)
+    run_id = job.pop("run_id")
+    report({"kind": "run_start", "run": run_id})
     keras.backend.clear_session()
-    return train_run(**job)
+    info = train_run(**job)
+    report({"kind": "run_done", "run": run_id})
+    return info
 
 
-def train_all(cfg: Config, force: bool = False) -> list[dict]:
+def train_all(cfg: Config, force: bool = False, board: Board | None = None) -> list[dict]:
     """Train every run of the preset that is not up to date, ``cfg.train.workers`` at a time (see :mod:`pipeline.workers`).
 
     Finished runs are recognised here, without TensorFlow and before any worker starts. With one worker (the
@@ -146,7 +175,9 @@ def train_all(cfg: Config, force: bool = False) -> list[dict]:
             print(f"{plan.run_id}: up to date (config {plan.config_hash})", flush=True)
             infos[i] = info
         else:
-            jobs.append((i, plan.size, job))
+            jobs.append((i, plan.size, {**job, "run_id": plan.run_id}))
+    if board is not None:
+        board.runs(len(cfg.runs), len(infos))
     if jobs:
         from pipeline.ml.runtime import quiet_tensorflow
 

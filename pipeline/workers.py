@@ -26,6 +26,7 @@ from multiprocessing.connection import wait
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from pipeline.core.errors import PipelineError
+from pipeline.progress import report
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -53,6 +54,26 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def _report_to_parent(conn) -> None:
+    """Route this worker's reports and printed lines to the parent, whose board is the one display (pipeline.progress)."""
+    import threading
+
+    from pipeline import progress
+
+    lock = threading.Lock()
+
+    def send(event: dict) -> None:
+        with lock:
+            try:
+                conn.send((None, "event", event))
+            except (BrokenPipeError, OSError):
+                pass
+
+    progress.set_sink(send)
+    sys.stdout = progress.LineReporter()
+    sys.stderr = progress.LineReporter()
+
+
 def _worker_main(conn, initializer, initargs) -> None:
     def stop(*_):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second SIGINT (terminal + parent) must not cut the cleanup
@@ -60,6 +81,7 @@ def _worker_main(conn, initializer, initargs) -> None:
 
     signal.signal(signal.SIGINT, stop)
     _thread_lock_for_progress_bars()
+    _report_to_parent(conn)
     code = 0
     try:
         if initializer is not None:
@@ -147,6 +169,9 @@ class WorkerPool:
                     self.procs[w].join(1)
                     raise PipelineError(f"worker process for job {index} died (exit code {self.procs[w].exitcode}); "
                                         "completed work is saved: re-run the same command to resume") from None
+                if status == "event":  # a worker's progress or log line: to this process's display
+                    report(payload)
+                    continue
                 del busy[w]
                 if status == "error":
                     raise payload

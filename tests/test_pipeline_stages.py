@@ -76,9 +76,11 @@ def pipeline_twice(tmp_path_factory, demo_root):
     preset.write_text(PRESET.format(data=data, out=base / "exp", extra_runs=""))
     cfg = load_config(preset)
     run_pipeline(cfg)
+    first_status = json.loads((base / "exp" / "pipeline_status.json").read_text())
     before = files_of(base)
     second = run_pipeline(cfg)
-    return {"exp": base / "exp", "data": data, "cfg": cfg, "before": before, "after": files_of(base), "second": second}
+    return {"exp": base / "exp", "data": data, "cfg": cfg, "before": before, "after": files_of(base), "second": second,
+            "first_status": first_status}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,42 @@ def test_second_run_of_an_unchanged_preset_rewrites_nothing(pipeline_twice, caps
     assert any(k.endswith("model.keras") for k in before) and any(k.endswith(".npz") for k in before)
     assert sum(k.endswith(".parquet") for k in before) >= 10
     assert after == before
+
+
+def test_run_records_its_status_and_shows_the_workers_output(pipeline_twice):
+    """The status file the Pipeline page reads: every stage's end state, the runs, and the log tail, where the lines
+    the two spawned training workers printed arrive through the parent's one display."""
+    status = pipeline_twice["first_status"]
+    assert status["state"] == "finished" and status["error"] is None
+    states = {s["name"]: s["state"] for s in status["stages"]}
+    assert states == {"data": "done", "index": "done", "split": "done", "stain": "skipped", "train": "done",
+                      "ensemble": "done", "evaluate": "done", "gradcam": "done"}
+    assert status["runs"] == {"total": 2, "done": 2, "running": []}
+    log = "\n".join(status["log"])
+    assert "v1_b0 epoch 1: loss" in log and "v2_b0: val acc" in log  # printed inside the workers
+    assert status["log"][-1].startswith("pipeline finished")
+
+
+def test_each_run_writes_readable_tensorboard_scalars(two_member_experiment):
+    """Event files readable with TensorFlow alone, holding the same per-epoch values as history.parquet."""
+    import tensorflow as tf
+
+    from pipeline.artifacts.catalog import Catalog
+
+    for run in ("v1_b0", "v2_b0"):
+        files = Catalog(two_member_experiment).run(run)
+        history = pd.read_parquet(files.history)
+        found = {}
+        for split in ("train", "validation"):
+            for path in sorted((files.tensorboard / split).glob("events.out.tfevents.*")):
+                for record in tf.data.TFRecordDataset(str(path)):
+                    event = tf.compat.v1.Event.FromString(record.numpy())
+                    for value in event.summary.value:
+                        assert value.metadata.plugin_data.plugin_name == "scalars"
+                        found[(split, value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+        assert found[("train", "epoch_loss", 1)] == pytest.approx(history.loss.iloc[0], rel=1e-6)
+        assert found[("validation", "epoch_accuracy", 1)] == pytest.approx(history.val_accuracy.iloc[0], rel=1e-6)
+        assert found[("train", "epoch_learning_rate", 1)] == pytest.approx(history.lr_backbone.iloc[0], rel=1e-6)
 
 
 def test_failing_ensemble_keeps_the_previous_ensembles_and_force_redoes_dependents(pipeline_twice, tmp_path, capsys):

@@ -140,6 +140,11 @@ class RunFiles:
         """This run's own val/test predictions; ``merge_predictions`` gathers them into the experiment's table."""
         return self.dir / "predictions.parquet"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (scalars per epoch): ``tensorboard --logdir artifacts/<exp>/runs`` shows every run."""
+        return self.dir / "tensorboard"
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -205,6 +210,11 @@ class Catalog:
     @property
     def pipeline_run(self) -> Path:
         return self.root / "pipeline_run.json"
+
+    @property
+    def pipeline_status(self) -> Path:
+        """The live state of a ``run`` (stages, runs, current epoch and ETA, last log lines); the Pipeline page reads it."""
+        return self.root / "pipeline_status.json"
 
     @property
     def image_cache_dir(self) -> Path:

@@ -150,30 +150,30 @@ def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[n
 
 def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int, total_epochs: int,
                      checkpoint_seconds: float = 60.0):
-    import os
-    import sys
-
     import keras
-    from tqdm.auto import tqdm
 
-    quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1"
+    from pipeline.ml.tensorboard import EpochScalars
+    from pipeline.progress import batch_event, report
 
     class EpochCheckpoint(keras.callbacks.Callback):
-        """Per-epoch commit: best model, history, resume point, then state.json (see the module docstring)."""
+        """Per-epoch commit: best model, history, resume point, then state.json (see the module docstring).
+        Also reports batch progress with an ETA to the runner's one display (``pipeline.progress``)."""
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-            self.bar = tqdm(total=n_train, desc=f"{files.dir.name} epoch {epoch + 1}/{total_epochs}", unit="img",
-                            dynamic_ncols=True, disable=quiet, file=sys.stderr)
+            self.t0 = self.last_report = time.perf_counter()
+            self.epoch, self.seen = epoch + 1, 0
 
         def on_train_batch_end(self, batch, logs=None):
-            self.bar.update(min(batch_size, n_train - self.bar.n))
-            if logs:
-                self.bar.set_postfix(loss=f"{logs.get('loss', 0):.3f}", acc=f"{logs.get('accuracy', 0):.3f}", refresh=False)
+            self.seen = min(self.seen + batch_size, n_train)
+            now = time.perf_counter()
+            if now - self.last_report >= 0.5 or self.seen == n_train:
+                self.last_report = now
+                logs = logs or {}
+                report(batch_event(files.dir.name, self.epoch, total_epochs, self.seen, n_train, now - self.t0,
+                                   [h["seconds"] for h in state["history"]], logs.get("loss"), logs.get("accuracy")))
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            self.bar.close()
             done = epoch + 1
             seconds = time.perf_counter() - self.t0
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -207,7 +207,7 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
             print(f"  {files.dir.name} epoch {done}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
                   f"val_acc {row['val_accuracy']:.3f} | {seconds:.1f}s {row['images_per_s']:.1f} img/s", flush=True)
 
-    return [EpochCheckpoint()]
+    return [EpochCheckpoint(), EpochScalars(files.tensorboard)]
 
 
 def _resume_state(files: RunFiles, config_hash: str) -> dict | None:

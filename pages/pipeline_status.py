@@ -1,0 +1,93 @@
+"""Pipeline: what ``python -m pipeline run`` (``make demo``) is doing now, from ``pipeline_status.json``.
+
+Every stage (waiting, running, done, failed, skipped), the runs trained out of the total, each running run's epoch
+with its ETA, and the last lines of the log. The page refreshes itself every few seconds (a fragment), and the other
+pages rerun when a stage or run finishes (``ui.follow_pipeline``), so everything fills in without a reload.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import ui
+from dashboard.text import code, plain
+from pipeline.artifacts.status import format_seconds, is_stale, read_status, seconds_since_update
+from pipeline.core.errors import PipelineError
+
+REFRESH_SECONDS = 2
+STATE_BADGES = {"waiting": ":gray-badge[waiting]", "running": ":blue-badge[running]", "done": ":green-badge[done]",
+                "failed": ":red-badge[failed]", "skipped": ":gray-badge[skipped]"}
+STATE_ICONS = {"waiting": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "skipped": "➖"}
+
+exp = ui.page_start("Pipeline")
+
+
+def headline(status: dict) -> None:
+    state = status.get("state")
+    age = seconds_since_update(status)
+    if is_stale(status):
+        st.warning(f"The pipeline has not updated its status for {format_seconds(age)}: it was probably stopped "
+                   f"(killed, or the machine restarted). Run it again to resume: {code(ui.run_command(exp))}",
+                   icon=":material/hourglass_disabled:")
+    elif state == "running":
+        st.info(f"Running since {plain(status.get('started', '?'))} (process {int(status.get('pid') or 0)}); "
+                "this page refreshes itself, and the other pages fill in as stages and runs finish.", icon=":material/sync:")
+    elif state == "finished":
+        st.success(f"Finished at {plain(status.get('updated', '?'))}.", icon=":material/check_circle:")
+    elif state == "stopped":
+        st.warning(f"Stopped at {plain(status.get('updated', '?'))} (Ctrl-C). Finished work is kept: "
+                   f"{code(ui.run_command(exp))} resumes.", icon=":material/pause_circle:")
+    else:
+        st.error(f"Failed at {plain(status.get('updated', '?'))}: {plain(status.get('error') or 'see the log below')}. "
+                 f"Fix the cause, then {code(ui.run_command(exp))} resumes.", icon=":material/error:")
+
+
+def stages_table(status: dict) -> None:
+    rows = [{"stage": s["name"], "state": f"{STATE_ICONS.get(s['state'], '')} {s['state']}",
+             "seconds": s.get("seconds")} for s in status.get("stages", [])]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="pl_stages", column_config={
+        "stage": st.column_config.TextColumn("Stage"), "state": st.column_config.TextColumn("State"),
+        "seconds": st.column_config.NumberColumn("Seconds", format="%.1f", help="Wall time of a finished stage")})
+
+
+def runs_panel(status: dict) -> None:
+    runs = status.get("runs") or {}
+    total, done = int(runs.get("total") or 0), int(runs.get("done") or 0)
+    st.metric("Runs trained", f"{done} / {total}", help="Training runs finished (or already up to date) out of the preset's runs")
+    if total:
+        st.progress(min(1.0, done / total))
+    for run in runs.get("running") or []:
+        name = plain(run.get("run", "?"))
+        if not run.get("epochs"):
+            st.caption(f"{name}: starting (building the model, tracing its graph)")
+            continue
+        of = run.get("of") or 0
+        within = (run.get("seen") or 0) / of if of else 0.0
+        overall = ((run["epoch"] - 1) + within) / run["epochs"]
+        loss = f", loss {run['loss']:.3f}" if run.get("loss") is not None else ""
+        st.progress(min(1.0, max(0.0, overall)), text=f"{name}: epoch {int(run['epoch'])}/{int(run['epochs'])} "
+                    f"({within:.0%} of this epoch{loss}), ETA {format_seconds(run.get('eta_s'))}")
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live() -> None:
+    try:
+        status = read_status(exp.catalog)
+    except PipelineError as exc:
+        st.error(plain(str(exc)), icon=":material/broken_image:")
+        return
+    if status is None:
+        st.info(f"No pipeline run recorded for {plain(exp.name)} yet. Start one with {code(ui.run_command(exp))} "
+                "(or `make demo` for the SYNTHETIC demo); this page then follows it live.", icon=":material/play_circle:")
+        return
+    with st.container(key="pl_headline"):
+        headline(status)
+    left, right = st.columns([2, 3])
+    with left.container(key="pl_stage_table"):
+        stages_table(status)
+    with right.container(key="pl_runs"):
+        runs_panel(status)
+    st.subheader("Last lines of the log")
+    st.code("\n".join(status.get("log") or ["(nothing yet)"]), language=None)
+
+
+live()

@@ -1,0 +1,103 @@
+"""The Pipeline page and the pages that fill in while a pipeline runs, under AppTest, from planted artifacts: a
+status file as the runner writes it, and an experiment whose predictions exist but whose metrics do not yet."""
+
+import json
+import re
+import shutil
+import time
+
+import pandas as pd
+import pytest
+from conftest import PROJECT_ROOT
+from streamlit.testing.v1 import AppTest
+
+APP = str(PROJECT_ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def loopback():
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    yield
+    config.set_option("server.address", before)
+
+
+def planted_status(updated: float) -> dict:
+    """What ``pipeline.progress.Board`` writes mid-training (schema in pipeline/artifacts/status.py)."""
+    stages = [("data", "done", 12.0), ("index", "done", 1.5), ("split", "done", 0.4), ("stain", "done", 40.2),
+              ("train", "running", None), ("ensemble", "waiting", None), ("evaluate", "waiting", None), ("gradcam", "waiting", None)]
+    return {"version": 1, "experiment": "live", "pid": 4242, "state": "running", "started": "2026-11-27T08:00:00",
+            "updated": "2026-11-27T08:05:00", "updated_unix": updated, "error": None, "changes": 7,
+            "stages": [{"name": n, "state": s, "seconds": t} for n, s, t in stages],
+            "runs": {"total": 11, "done": 3, "running": [
+                {"run": "v1_b0", "epoch": 4, "epochs": 10, "seen": 48, "of": 96, "eta_s": 43.0, "loss": 0.612, "accuracy": 0.7},
+                {"run": "v2_b1", "epoch": 0, "epochs": None, "seen": 0, "of": None, "eta_s": None}]},
+            "log": ["=== train (11 runs, 2 at a time) ===", "v1_b0 epoch 3: loss 0.6500 acc 0.700"]}
+
+
+def open_pipeline_page(monkeypatch, artifacts, experiment="live"):
+    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", experiment)
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.switch_page("../pages/pipeline_status.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def unescaped(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def test_pipeline_page_shows_stages_runs_eta_and_log_of_a_running_pipeline(tmp_path, monkeypatch):
+    exp = tmp_path / "live"
+    exp.mkdir()  # only the status file: the pipeline has just started, no manifest yet, and the experiment is listed
+    (exp / "pipeline_status.json").write_text(json.dumps(planted_status(time.time())))
+    at = open_pipeline_page(monkeypatch, tmp_path)
+
+    stages = at.dataframe[0].value
+    assert list(stages["stage"]) == ["data", "index", "split", "stain", "train", "ensemble", "evaluate", "gradcam"]
+    assert [s.split()[-1] for s in stages["state"]] == ["done"] * 4 + ["running"] + ["waiting"] * 3
+    assert {m.label: m.value for m in at.metric}["Runs trained"] == "3 / 11"
+    bars = [unescaped(p.proto.text) for p in at.get("progress")]
+    assert "v1_b0: epoch 4/10 (50% of this epoch, loss 0.612), ETA 0:43" in bars
+    assert any("v2_b1: starting" in unescaped(c.value) for c in at.caption)
+    assert at.code[0].value.splitlines() == ["=== train (11 runs, 2 at a time) ===", "v1_b0 epoch 3: loss 0.6500 acc 0.700"]
+    assert any("Running since" in i.value for i in at.info)
+    # every page's sidebar says the pipeline is running and which stage
+    assert any("Pipeline running: train, 3/11 runs, current run ETA 0:43" in unescaped(c.value) for c in at.sidebar.caption)
+
+
+def test_pipeline_page_says_when_the_pipeline_stopped_updating(tmp_path, monkeypatch):
+    exp = tmp_path / "live"
+    exp.mkdir()
+    (exp / "pipeline_status.json").write_text(json.dumps(planted_status(time.time() - 600)))
+    at = open_pipeline_page(monkeypatch, tmp_path)
+    assert any("has not updated its status for 10:00" in w.value for w in at.warning)
+    assert not at.sidebar.caption or not any("Pipeline running" in c.value for c in at.sidebar.caption)
+
+
+def test_pipeline_page_without_a_status_says_what_to_run(dashboard_artifacts, monkeypatch):
+    at = open_pipeline_page(monkeypatch, dashboard_artifacts, experiment="fixture")
+    assert any("No pipeline run recorded for fixture" in unescaped(i.value) and "python -m pipeline run" in i.value for i in at.info)
+
+
+def test_overview_lists_finished_runs_before_the_metrics_exist(dashboard_artifacts, tmp_path, monkeypatch):
+    root = tmp_path / "artifacts"
+    shutil.copytree(dashboard_artifacts / "fixture", root / "fixture")
+    (root / "fixture" / "metrics.parquet").unlink()  # evaluate has not run yet
+    preds = pd.read_parquet(root / "fixture" / "predictions.parquet")
+    test = preds[preds["split"] == "test"]
+    expected = {run: sum(int(p == l) for p, l in zip(g["pred"], g["label"])) / len(g) for run, g in test.groupby("run_id")}
+
+    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(root))
+    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "fixture")
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "accuracy" in d.value.columns and "images" in d.value.columns)
+    assert dict(zip(table["run_id"], table["accuracy"])) == pytest.approx(expected)
+    assert any(s.value.startswith("Runs finished so far") for s in at.subheader)

@@ -1,0 +1,91 @@
+"""`make demo`'s launcher: the dashboard comes up beside a running pipeline, Ctrl-C (SIGINT to the terminal's
+process group) stops both, and a second launch resumes instead of redoing finished stages. TensorFlow-free stages
+only (data, index, split), so the test takes seconds."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import PROJECT_ROOT
+
+from dashboard.live import free_port
+
+PRESET = """
+[experiment]
+name = "launched"
+data_root = "{data}"
+out_dir = "{out}"
+synthetic = true
+demo_patients = 12
+demo_images_per_patient = 4
+seed = 3
+
+[split]
+mode = "patient"
+
+[[runs]]
+model = "efficientnet_b0"
+"""
+
+
+def healthy(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
+    except OSError:
+        return False
+
+
+def launch_and_interrupt(preset, status_path, port):
+    """Start the launcher in its own process group (a terminal's foreground job), wait until the dashboard answers
+    and the pipeline has finished, then Ctrl-C the group; returns (exit status, output, the status file)."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.launch", "--config", str(preset), "--port", str(port),
+                             "--only", "data", "index", "split"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not healthy(url):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.3)
+        assert healthy(url), "the dashboard did not come up"
+        while time.time() < deadline:
+            status = json.loads(status_path.read_text()) if status_path.exists() else {}
+            if status.get("state") == "finished":
+                break
+            time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with pytest.raises(ProcessLookupError):  # nothing of the group is left: pipeline and dashboard are gone
+        for _ in range(50):
+            os.killpg(proc.pid, 0)
+            time.sleep(0.1)
+    assert not healthy(url)
+    return proc.returncode, out, json.loads(status_path.read_text())
+
+
+def test_launcher_serves_the_dashboard_beside_the_pipeline_and_ctrl_c_stops_both(tmp_path, demo_root):
+    shutil.copytree(demo_root, tmp_path / "data")  # the session's SYNTHETIC tree (seed 3, 12 x 4): the data stage finds it
+    preset = tmp_path / "launched.toml"
+    preset.write_text(PRESET.format(data=tmp_path / "data", out=tmp_path / "artifacts" / "launched"))
+    status_path = tmp_path / "artifacts" / "launched" / "pipeline_status.json"
+
+    code, out, status = launch_and_interrupt(preset, status_path, free_port())
+    assert code == 130, out
+    assert "dashboard: http://127.0.0.1:" in out and "pipeline finished" in out
+    assert [s["state"] for s in status["stages"]] == ["done"] * 3 + ["skipped"] * 5
+
+    code, out, status = launch_and_interrupt(preset, status_path, free_port())  # a second `make demo`: resumes
+    assert code == 130, out
+    assert any(line.startswith("split: up to date") for line in status["log"]), status["log"]
+    assert any(line.startswith("data: up to date") for line in status["log"]), status["log"]
