@@ -19,10 +19,10 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## Command 1: install, generate SYNTHETIC demo data, run the whole pipeline, open the dashboard.
+## Command 1: install, then the dashboard at once and the whole pipeline on SYNTHETIC demo data behind it
+## (the Pipeline page follows it; Ctrl-C stops both; run it again to resume).
 demo: install
-	$(PY) -m pipeline run --config pipeline/configs/demo.toml
-	$(MAKE) dashboard EXPERIMENT=demo
+	$(PY) -m pipeline.launch --config pipeline/configs/demo.toml --port $(PORT)
 
 pipeline: install
 	$(PY) -m pipeline run --config pipeline/configs/$(PRESET).toml

@@ -19,6 +19,9 @@ runs = identify(pd.DataFrame({"run_id": on_disk, "kind": "single", "stain": [par
 chosen = state.multiselect("Runs", runs.ids, key="curves_runs", param="runs", default=runs.ids[:4], format_func=runs.label,
                            help="Pick runs to overlay (type part of a name, e.g. V2-B1)")
 metric = state.radio("Metric", ["loss", "accuracy"], key="curves_metric", param="metric", horizontal=True)
+log_scale = st.toggle("Log scale", key=f"curves_log_{metric}", value=metric == "loss",
+                      help="One diverging epoch (a validation loss of 30 among values near 0.5) flattens every other curve "
+                           "on a linear axis; a log axis keeps them readable")
 fig = go.Figure()
 rows = []
 for run in chosen:
@@ -39,6 +42,8 @@ for run in chosen:
                  "s/epoch (after 1st)": hist.seconds.iloc[1:].mean() if len(hist) > 1 else hist.seconds.mean(),
                  "img/s": info.get("train_images_per_s")})
 fig.update_layout(xaxis_title="epoch", yaxis_title=metric, height=480)
+if log_scale:
+    fig.update_yaxes(type="log")
 st.plotly_chart(fig, width="stretch", key="curves_chart")
 st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
     "run": st.column_config.TextColumn("Run", pinned=True),
