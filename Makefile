@@ -22,7 +22,7 @@ install: $(STAMP)
 ## Command 1: install, then the dashboard at once and the whole pipeline on SYNTHETIC demo data behind it
 ## (the Pipeline page follows it; Ctrl-C stops both; run it again to resume).
 demo: install
-	$(PY) -m pipeline.launch --config pipeline/configs/demo.toml --port $(PORT)
+	$(PY) -m pipeline.launch --config pipeline/configs/demo.toml --config pipeline/configs/demo_image_level.toml --port $(PORT)
 
 pipeline: install
 	$(PY) -m pipeline run --config pipeline/configs/$(PRESET).toml
@@ -61,4 +61,4 @@ lint: install
 	$(VENV)/bin/ruff check pipeline dashboard pages tests
 
 clean:
-	rm -rf artifacts/demo artifacts/sample artifacts/bench data/demo
+	rm -rf artifacts/demo artifacts/demo_image_level artifacts/sample artifacts/bench data/demo

@@ -72,13 +72,21 @@ def _wait_healthy(url: str, dashboard: subprocess.Popen) -> bool:
     return False
 
 
-def launch(config: Path, port: int = 8501, run_args: list[str] | None = None) -> int:
-    """Run the preset's pipeline with the dashboard open beside it; returns the exit status (130 after Ctrl-C)."""
-    cfg = load_config(config)  # a bad preset is a one-line error before anything starts
+def _run(config: Path, run_args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config), *run_args])
+
+
+def launch(configs: list[Path], port: int = 8501, run_args: list[str] | None = None) -> int:
+    """Run the presets' pipelines one after the other with the dashboard open beside them (opened on the first
+    preset's experiment); returns the exit status (130 after Ctrl-C)."""
+    cfg = load_config(configs[0])  # a bad preset is a one-line error before anything starts
+    for other in configs[1:]:
+        load_config(other)
     catalog = Catalog(cfg.out_dir)
     url = f"http://127.0.0.1:{port}"
     since = time.time() - 1
-    pipeline = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config), *(run_args or [])])
+    run_args = list(run_args or [])
+    pipeline = _run(configs[0], run_args)
     dashboard = None
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops both, as Ctrl-C does
     try:
@@ -93,6 +101,11 @@ def launch(config: Path, port: int = 8501, run_args: list[str] | None = None) ->
             print(f"\nthe dashboard did not start (exit status {dashboard.poll()}); is port {port} in use? "
                   f"Try: make demo PORT={port + 1}. The pipeline goes on.\n", flush=True)
         code = pipeline.wait()
+        for config in configs[1:]:  # the next preset (the demo's image-level twin) once the first has finished
+            if code:
+                break
+            pipeline = _run(config, run_args)
+            code = pipeline.wait()
         if code == 0:
             print(f"\npipeline finished. The dashboard stays up at {url}: Ctrl-C to stop it.", flush=True)
         else:
@@ -115,7 +128,8 @@ def launch(config: Path, port: int = 8501, run_args: list[str] | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.launch", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="the preset to run (pipeline/configs/*.toml)")
+    parser.add_argument("--config", required=True, type=Path, action="append",
+                        help="a preset to run (pipeline/configs/*.toml); repeat it to run several one after the other")
     parser.add_argument("--port", type=int, default=8501, help="the dashboard's port on 127.0.0.1")
     parser.add_argument("--only", nargs="+", help="passed to `run`: only these stages")
     args = parser.parse_args(argv)

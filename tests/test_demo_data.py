@@ -53,3 +53,29 @@ def test_patients_have_their_own_stain():
     stains = np.stack([p["stain"] for p in roster])
     assert np.ptp(stains[:, 0, :], axis=0).max() > 0.05  # hematoxylin vectors differ between patients
     np.testing.assert_allclose(np.linalg.norm(stains, axis=2), 1.0, atol=1e-6)
+
+
+def test_demo_preset_has_a_test_split_worth_reading_and_a_twin_on_the_same_images():
+    """The demo's patient split (computed from the roster, no image rendered) holds >= 60 test images from >= 8
+    patients; its image-level twin reads the same images (same data settings, or the data stage would rebuild them)."""
+    import pandas as pd
+    from conftest import PROJECT_ROOT
+
+    from pipeline.config import load_config
+    from pipeline.core.breakhis import MAGNIFICATIONS
+    from pipeline.core.splits import make_split
+    from pipeline.stages.demo_data import patient_roster
+
+    demo = load_config(PROJECT_ROOT / "pipeline" / "configs" / "demo.toml")
+    twin = load_config(PROJECT_ROOT / "pipeline" / "configs" / "demo_image_level.toml")
+    e = demo.experiment
+    rows = [{"image_id": f"{p['patient_id']}-{p['subtype']}-{k}", "label": p["label"], "patient_num": p["num"],
+             "patient_id": p["patient_id"], "magnification": MAGNIFICATIONS[k % 4], "subtype": p["subtype"]}
+            for p in patient_roster(e.demo_patients, e.seed) for k in range(e.demo_images_per_patient)]
+    manifest = pd.DataFrame(rows)
+    split = make_split(manifest, demo.split.mode, tuple(demo.split.ratios), e.seed, demo.split.group_by).merge(manifest, on="image_id")
+    test = split[split["split"] == "test"]
+    assert len(test) >= 60 and test["patient_num"].nunique() >= 8 and set(test["label"]) == {0, 1}
+    same = ("data_root", "synthetic", "demo_patients", "demo_images_per_patient", "seed")
+    assert [getattr(twin.experiment, k) for k in same] == [getattr(e, k) for k in same]
+    assert twin.split.mode == "paper" and len(twin.runs) == 2 and twin.out_dir != demo.out_dir

@@ -11,6 +11,10 @@ built to be a meaningful test bed rather than noise:
   and lost gland structure; benign tissue has small regular nuclei lining gland lumens. Subtypes add
   subtler cues (mucin pools, single-file rows, papillary fronds, leaf-like stroma...).
 * Magnification scales the structures (40X small and many, 400X few and large).
+* Nuclei have chromatin texture and sit in cells (cytoplasm around them, an epithelial band along gland lumens);
+  stroma is pink with wavy collagen fibres. About one image in four is *hard*: an atypical crowded patch in a
+  benign image, or a low-grade malignant image with smaller, paler nuclei and surviving lumens; some are
+  slightly out of focus. So models differ visibly and some images are misclassified by most of them.
 
 Deterministic: the same seed yields byte-identical PNGs (numpy Generator seeded per image + PIL).
 """
@@ -64,13 +68,15 @@ def patient_roster(n_patients: int, seed: int) -> list[dict]:
         suffix = ["", "", "B", "AB", "CD", "E"][int(rng.integers(0, 6))]
         if i == 1:  # BreakHis reuses numeric ids across subtype folders (e.g. 21998 in F and PT): imitate it.
             num, suffix = int(nums[0]), "CD" if roster[0]["suffix"] != "CD" else "EF"
-        h = H_REF + rng.normal(0, 0.08, 3)
-        e = E_REF + rng.normal(0, 0.08, 3)
+        h = H_REF + rng.normal(0, 0.12, 3)
+        e = E_REF + rng.normal(0, 0.12, 3)
         h, e = np.abs(h) / np.linalg.norm(h), np.abs(e) / np.linalg.norm(e)
         roster.append({
             "subtype": subtype, "label": SUBTYPES[subtype][2], "num": num, "suffix": suffix,
             "patient_id": f"{num}{suffix}", "stain": np.stack([h, e]),
-            "intensity": float(rng.uniform(0.75, 1.3)), "style": float(rng.uniform(0, 1)),
+            "intensity": float(rng.uniform(0.7, 1.35)), "style": float(rng.uniform(0, 1)),
+            # a lab's staining protocol: how strong hematoxylin and eosin are relative to each other
+            "gains": rng.uniform(0.7, 1.3, 2),
         })
     return roster
 
@@ -114,10 +120,12 @@ def render_image(patient: dict, magnification: int, seq: int, seed: int) -> np.n
     malignant = patient["label"] == 1
     subtype = patient["subtype"]
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    # Hard images: about one in four looks partly like the other class (atypical benign, low-grade malignant).
+    hard = float(rng.uniform(0.35, 0.8)) if rng.random() < 0.25 else 0.0
 
-    # Eosin: stroma with fibres; lumens / background cut out as white space.
-    eosin = 0.35 + 0.35 * smooth_field(rng, shape, 6) + 0.18 * fibres(rng, shape, s)
-    hema = 0.04 + 0.05 * smooth_field(rng, shape, 12)
+    # Eosin: pale-to-deep pink stroma with wavy collagen fibres; lumens / background cut out as white space.
+    eosin = 0.22 + 0.3 * smooth_field(rng, shape, 6) + 0.16 * fibres(rng, shape, s) + 0.06 * fibres(rng, shape, 0.4 * s)
+    hema = 0.015 + 0.03 * smooth_field(rng, shape, 12)
     lumen = np.zeros(shape, dtype=bool)
     centers: list[np.ndarray] = []
 
@@ -138,13 +146,22 @@ def render_image(patient: dict, magnification: int, seq: int, seed: int) -> np.n
             centers.append(ring + rng.normal(0, 1.0 * s, ring.shape))
         n_stroma = int({"A": 60, "F": 120, "PT": 260, "TA": 60}[subtype] / s)
         centers.append(np.stack([rng.uniform(0, HEIGHT, n_stroma), rng.uniform(0, WIDTH, n_stroma)], axis=1))
-        radius, pleo, dark = 3.2 * s, 0.05, 0.55
+        radius, pleo, dark = 3.2 * s * (1 + 0.6 * hard), 0.05 + 0.4 * hard, 0.55 + 0.3 * hard
+        if hard:  # atypical hyperplasia: a crowded patch of larger, darker nuclei
+            n_patch = int(500 * hard / s**1.6)
+            py, px = rng.uniform(0, HEIGHT), rng.uniform(0, WIDTH)
+            centers.append(np.stack([rng.normal(py, 70, n_patch), rng.normal(px, 110, n_patch)], axis=1))
         if subtype == "PT":  # leaf-like clefts in cellular stroma
             clefts = smooth_field(rng, shape, 5) > 0.82
             lumen |= clefts
     else:
-        crowd = {"DC": 1.0, "LC": 0.55, "MC": 0.45, "PC": 0.8}[subtype]
+        crowd = {"DC": 1.0, "LC": 0.55, "MC": 0.45, "PC": 0.8}[subtype] * (1 - 0.55 * hard)
         n = int(900 * crowd / s**1.6)
+        if hard:  # low grade: some gland-like lumens survive
+            for _ in range(max(1, int(6 * hard / s))):
+                rr, cc = ellipse(rng.uniform(0, HEIGHT), rng.uniform(0, WIDTH), 18 * s, 26 * s, shape=shape,
+                                 rotation=rng.uniform(0, np.pi))
+                lumen[rr, cc] = True
         if subtype == "LC":  # single-file rows of discohesive cells
             rows = []
             for _ in range(int(14 / s) + 2):
@@ -165,13 +182,27 @@ def render_image(patient: dict, magnification: int, seq: int, seed: int) -> np.n
             mucin = smooth_field(rng, shape, 5) > 0.55
             eosin = np.where(mucin, 0.12 + 0.05 * smooth_field(rng, shape, 20), eosin)
             hema = np.where(mucin, hema + 0.08, hema)
-        radius, pleo, dark = 5.5 * s, 0.6, 0.95
+        radius, pleo, dark = 5.5 * s * (1 - 0.35 * hard), 0.6 - 0.35 * hard, 0.95 - 0.25 * hard
     all_centers = np.concatenate(centers) if centers else np.zeros((0, 2))
-    draw_nuclei(hema, all_centers, radius, pleo, dark, rng)
-    # Nucleoli-like dots and chromatin granularity in malignant nuclei.
-    if malignant:
-        hema += 0.15 * (hema > 0.5) * rng.random(shape)
-    hema = ndimage.gaussian_filter(hema, 0.7)
+    nuclei = np.zeros(shape)
+    draw_nuclei(nuclei, all_centers, radius, pleo, dark, rng)
+    # Chromatin: granular texture inside every nucleus, coarser and with nucleoli in malignant ones.
+    grain = ndimage.gaussian_filter(rng.random(shape), 0.8 if malignant else 0.5)
+    grain = (grain - grain.mean()) / max(grain.std(), 1e-6)
+    nuclei = np.where(nuclei > 0, np.clip(nuclei * (1 + (0.22 if malignant else 0.12) * grain), 0.05, None), 0.0)
+    # Cytoplasm: cells around the nuclei, pale pink-violet where cells crowd (epithelium), so nuclei sit in cells,
+    # not on bare stroma.
+    cells = ndimage.gaussian_filter((nuclei > 0).astype(float), 2.5 * s)
+    cells /= max(cells.max(), 1e-6)
+    eosin = eosin * (1 - 0.35 * cells) + 0.18 * cells
+    hema = hema + 0.1 * cells + nuclei
+    if not malignant:  # glands are lined by a band of epithelial cytoplasm
+        band = ndimage.distance_transform_edt(~lumen) if lumen.any() else np.full(shape, np.inf)
+        epithelium = (band > 0) & (band < 9 * s)
+        eosin = np.where(epithelium, 0.5 * eosin + 0.15, eosin)
+        hema = np.where(epithelium, hema + 0.06, hema)
+    hema = ndimage.gaussian_filter(hema, 0.8)
+    eosin = ndimage.gaussian_filter(eosin, 0.6)
 
     # Background slide (white) around the tissue edge for some images.
     tissue = smooth_field(rng, shape, 3) > (0.08 if rng.random() < 0.6 else 0.0)
@@ -179,11 +210,13 @@ def render_image(patient: dict, magnification: int, seq: int, seed: int) -> np.n
     eosin = np.where(empty, 0.02, np.clip(eosin, 0, None))
     hema = np.where(empty, 0.01, np.clip(hema, 0, None))
 
-    conc = np.stack([hema, eosin], axis=-1) * patient["intensity"] * 1.2
+    conc = np.stack([hema, eosin], axis=-1) * patient["intensity"] * patient["gains"] * 1.2
     od = conc @ patient["stain"]  # (H, W, 3)
     od += rng.normal(0, 0.015, od.shape)  # camera noise
     vignette = 1 - 0.06 * (((yy - HEIGHT / 2) / HEIGHT) ** 2 + ((xx - WIDTH / 2) / WIDTH) ** 2)
     rgb = 255 * np.exp(-np.clip(od, 0, None)) * vignette[..., None]
+    if rng.random() < 0.12:  # slightly out of focus, as some BreakHis fields are
+        rgb = ndimage.gaussian_filter(rgb, (1.6, 1.6, 0))
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
