@@ -14,6 +14,7 @@ from dashboard.live import PROJECT_ROOT, chromium, serve, wait_idle
 # file name -> URL path and query (each page in a state worth seeing)
 VIEWS = {
     "overview": "/",
+    "pipeline": "/pipeline",
     "confusion": "/confusion?cell=a:tp",
     "image_browser": "/images",
     "stain_comparison": "/stain",
@@ -32,11 +33,17 @@ def take(artifacts: Path, experiment: str, out: Path, views: dict[str, str] = VI
             page.goto(f"{url}{path}{sep}exp={experiment}")
             page.wait_for_selector("h1", timeout=60_000)
             wait_idle(page)
-            # Streamlit scrolls inside <main>, not the document: grow the window to the content, then shoot.
+            # Streamlit scrolls inside <main>, not the document: grow the window to the content, then load the page
+            # again at that size and shoot. (Resizing a drawn page left plotly charts and the canvas-drawn tables
+            # blank: they redraw asynchronously after a resize; a fresh load draws them at the final size.)
             height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
             page.set_viewport_size({"width": 1440, "height": min(max(1000, height), 9000)})
+            page.goto(f"{url}{path}{sep}exp={experiment}")
+            page.wait_for_selector("h1", timeout=60_000)
             wait_idle(page)
-            page.wait_for_timeout(800)  # let plotly finish drawing (screenshots only; tests wait on content)
+            page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))",
+                                   timeout=30_000)
+            page.wait_for_timeout(800)  # let plotly and the tables finish drawing (screenshots only; tests wait on content)
             shot = out / f"{name}.png"
             page.screenshot(path=str(shot))
             with Image.open(shot) as img:  # 256-colour PNGs: a third of the size, plenty for documentation

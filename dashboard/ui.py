@@ -99,6 +99,12 @@ def follow_pipeline(exp: Experiment | None) -> None:
 
     @st.fragment(run_every=FOLLOW_SECONDS)
     def watch() -> None:
+        try:
+            follow(exp)
+        except (TypeError, ValueError, KeyError, AttributeError):  # foreign content: the Pipeline page reports it
+            pass
+
+    def follow(exp: Experiment | None) -> None:
         now = _pipeline_status(exp)
         token = ((now or {}).get("changes"), (now or {}).get("state")) if exp is not None else tuple(list_experiments())
         if st.session_state.get(key, token) != token:
@@ -110,8 +116,8 @@ def follow_pipeline(exp: Experiment | None) -> None:
             stage = next((s["name"] for s in now.get("stages", []) if s["state"] == "running"), "starting")
             etas = [r.get("eta_s") for r in runs.get("running") or [] if r.get("eta_s") is not None]
             eta = f", current run ETA {format_seconds(max(etas))}" if etas else ""
-            st.caption(f":material/sync: Pipeline running: {plain(stage)}, {runs.get('done', 0)}/{runs.get('total', 0)} runs{eta}. "
-                       "Pages fill in as it finishes.")
+            done, total = plain(runs.get("done", 0)), plain(runs.get("total", 0))
+            st.caption(f":material/sync: Pipeline running: {plain(stage)}, {done}/{total} runs{eta}. Pages fill in as it finishes.")
 
     with st.sidebar:
         watch()

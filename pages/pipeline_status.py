@@ -29,8 +29,10 @@ def headline(status: dict) -> None:
                    f"(killed, or the machine restarted). Run it again to resume: {code(ui.run_command(exp))}",
                    icon=":material/hourglass_disabled:")
     elif state == "running":
-        st.info(f"Running since {plain(status.get('started', '?'))} (process {int(status.get('pid') or 0)}); "
-                "this page refreshes itself, and the other pages fill in as stages and runs finish.", icon=":material/sync:")
+        stage = next((s["name"] for s in status.get("stages", []) if s["state"] == "running"), "starting")
+        st.info(f"Running: stage **{plain(stage)}**, since {plain(status.get('started', '?'))} (process "
+                f"{int(status.get('pid') or 0)}). This page refreshes itself, and the other pages fill in as stages and "
+                "runs finish.", icon=":material/sync:")
     elif state == "finished":
         st.success(f"Finished at {plain(status.get('updated', '?'))}.", icon=":material/check_circle:")
     elif state == "stopped":
@@ -79,15 +81,19 @@ def live() -> None:
         st.info(f"No pipeline run recorded for {plain(exp.name)} yet. Start one with {code(ui.run_command(exp))} "
                 "(or `make demo` for the SYNTHETIC demo); this page then follows it live.", icon=":material/play_circle:")
         return
-    with st.container(key="pl_headline"):
-        headline(status)
-    left, right = st.columns([2, 3])
-    with left.container(key="pl_stage_table"):
-        stages_table(status)
-    with right.container(key="pl_runs"):
-        runs_panel(status)
-    st.subheader("Last lines of the log")
-    st.code("\n".join(status.get("log") or ["(nothing yet)"]), language=None)
+    try:
+        with st.container(key="pl_headline"):
+            headline(status)
+        left, right = st.columns([2, 3])
+        with left.container(key="pl_stage_table"):
+            stages_table(status)
+        with right.container(key="pl_runs"):
+            runs_panel(status)
+        st.subheader("Last lines of the log")
+        st.code("\n".join(str(line) for line in status.get("log") or ["(nothing yet)"]), language=None)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # valid JSON, foreign content
+        st.error(f"{plain(exp.catalog.pipeline_status)} has unexpected content ({type(exc).__name__}); the next "
+                 f"{code(ui.run_command(exp))} rewrites it.", icon=":material/broken_image:")
 
 
 live()

@@ -66,7 +66,7 @@ def test_pipeline_page_shows_stages_runs_eta_and_log_of_a_running_pipeline(tmp_p
     assert "v1_b0: epoch 4/10 (50% of this epoch, loss 0.612), ETA 0:43" in bars
     assert any("v2_b1: starting" in unescaped(c.value) for c in at.caption)
     assert at.code[0].value.splitlines() == ["=== train (11 runs, 2 at a time) ===", "v1_b0 epoch 3: loss 0.6500 acc 0.700"]
-    assert any("Running since" in i.value for i in at.info)
+    assert any("Running: stage **train**" in unescaped(i.value) for i in at.info)
     # every page's sidebar says the pipeline is running and which stage
     assert any("Pipeline running: train, 3/11 runs, current run ETA 0:43" in unescaped(c.value) for c in at.sidebar.caption)
 
@@ -78,6 +78,16 @@ def test_pipeline_page_says_when_the_pipeline_stopped_updating(tmp_path, monkeyp
     at = open_pipeline_page(monkeypatch, tmp_path)
     assert any(re.search(r"has not updated its status for 10:0\d", w.value) for w in at.warning)  # 600 s ago
     assert not at.sidebar.caption or not any("Pipeline running" in c.value for c in at.sidebar.caption)
+
+
+@pytest.mark.parametrize("content", ['{"version": 1, "state": "running", "updated_unix": "x", "pid": "abc", "runs": 5}',
+                                     '{"version": 1, "state": "running", "stages": [{"name": 1}]}', '{"version": 1, "runs": {'])
+def test_pipeline_page_reports_a_damaged_status_file(tmp_path, monkeypatch, content):
+    exp = tmp_path / "live"
+    exp.mkdir()
+    (exp / "pipeline_status.json").write_text(content)
+    at = open_pipeline_page(monkeypatch, tmp_path)  # asserts no exception
+    assert any("pipeline_status.json" in unescaped(e.value) for e in at.error)
 
 
 def test_pipeline_page_without_a_status_says_what_to_run(dashboard_artifacts, monkeypatch):

@@ -47,7 +47,11 @@ def read_status(catalog: Catalog) -> dict | None:
 
 def seconds_since_update(status: dict, now: float | None = None) -> float:
     """How long ago the runner last rewrote the status (its heartbeat)."""
-    return max(0.0, (time.time() if now is None else now) - float(status.get("updated_unix") or 0.0))
+    try:
+        updated = float(status.get("updated_unix") or 0.0)
+    except (TypeError, ValueError):  # a foreign value: as old as can be
+        updated = 0.0
+    return max(0.0, (time.time() if now is None else now) - updated)
 
 
 def is_stale(status: dict, now: float | None = None) -> bool:
