@@ -39,8 +39,19 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
 
 # -- reporting (any process) -----------------------------------------------------------------------------------------
 def _print_sink(event: dict) -> None:
-    if event.get("kind") == "log":
+    """No board (``python -m pipeline train`` on its own): print log lines; on a terminal, batch progress as one line
+    redrawn in place."""
+    kind = event.get("kind")
+    tty = sys.stderr.isatty() and os.environ.get("HISTOCOMPARE_QUIET") != "1"
+    if kind == "log":
+        if tty:
+            sys.stderr.write("\r\x1b[2K")
         print(event["line"], flush=True)
+    elif kind == "batch" and tty:
+        pct = 100 * event["seen"] / event["of"] if event.get("of") else 0
+        sys.stderr.write(f"\r\x1b[2K{event['run']}: epoch {event['epoch']}/{event['epochs']} {pct:3.0f}% "
+                         f"ETA {format_seconds(event.get('eta_s'))}")
+        sys.stderr.flush()
 
 
 _sink: Callable[[dict], None] = _print_sink
