@@ -30,11 +30,14 @@ HEALTH_WAIT_SECONDS = 90.0
 STOP_SECONDS = 15.0
 
 
-def _stop(proc: subprocess.Popen | None, sig: int, grace: float) -> int | None:
-    """Send ``sig`` to a live child, wait ``grace`` seconds, then kill it; its exit status."""
+def _stop(proc: subprocess.Popen | None, sig: int, grace: float, own_signal_wait: float = 2.0) -> int | None:
+    """Stop a child: give it ``own_signal_wait`` seconds to act on the terminal's Ctrl-C (which reached it too; a
+    second SIGINT could cut its own clean-up short), then send ``sig``, wait ``grace`` seconds, then kill it."""
     if proc is None:
         return None
-    if proc.poll() is None:
+    try:
+        proc.wait(own_signal_wait)
+    except subprocess.TimeoutExpired:
         try:
             proc.send_signal(sig)
             proc.wait(grace)
