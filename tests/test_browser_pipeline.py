@@ -41,7 +41,7 @@ seed = 3
 mode = "patient"
 
 [train]
-epochs = 2
+epochs = 1
 batch_size = 8
 image_size = 32
 weights = "none"
@@ -101,7 +101,7 @@ def test_make_demo_dashboard_fills_in_while_the_pipeline_runs(tmp_path, demo_roo
             so_far = page.get_by_text(re.compile("^Runs finished so far"))
             if json.loads(status_file.read_text())["runs"]["done"] == 0 and not (status_file.parent / "predictions.parquet").exists():
                 expect(so_far).to_have_count(0)  # nothing trained yet: no run table
-            expect(so_far.or_(page.get_by_text("Every run and ensemble"))).to_be_visible(timeout=240_000)
+            expect(so_far.or_(page.get_by_text("Every run and ensemble"))).to_be_visible(timeout=420_000)
             assert page.evaluate("window.__noReload === true")  # filled in by the page itself, not by a reload
         assert json.loads(status_file.read_text())["runs"]["done"] >= 1
     finally:
