@@ -39,22 +39,34 @@ def cmd_split(args) -> None:
     run_split(args.dir, args.mode, parse_ratios(args.ratios), args.seed, args.group_by, args.folds)
 
 
-def _train_config_from_args(args):
-    from pipeline.config import TrainConfig
+TRAIN_FLAGS = ("epochs", "batch_size", "image_size", "weights", "strategy", "warmup_epochs", "early_stopping_patience")
 
-    cfg = TrainConfig()
-    for key in ("epochs", "batch_size", "image_size", "weights", "strategy", "warmup_epochs", "early_stopping_patience"):
+
+def _train_overrides(args) -> list[str]:
+    """``train``'s shortcut flags as ``--set train.key=value`` overrides (applied before the explicit --set)."""
+    sets = []
+    for key in TRAIN_FLAGS:
         value = getattr(args, key, None)
         if value is not None:
-            setattr(cfg, key, value)
-    return cfg
+            sets.append(f"train.{key}={value}")
+    return sets + list(args.set or [])
+
+
+def resolve_train_args(args):
+    """The run ``train`` would start: (Config, seed, fold), resolved like the same run inside ``run``."""
+    from pipeline.config import resolve_config
+
+    cfg = resolve_config(args.config, _train_overrides(args), require_data_root=False)
+    seed = cfg.experiment.seed if args.seed is None else args.seed
+    fold = cfg.split.fold if args.fold is None else args.fold
+    return cfg, seed, fold
 
 
 def cmd_train(args) -> None:
     from pipeline.stages.train import train_run
 
-    cfg = _train_config_from_args(args)
-    train_run(args.dir, args.model, cfg, stain=args.stain, seed=args.seed, fold=args.fold, force=args.force)
+    cfg, seed, fold = resolve_train_args(args)
+    train_run(args.dir, args.model, cfg.train, stain=args.stain, seed=seed, fold=fold, force=args.force)
 
 
 def cmd_stain(args) -> None:
@@ -102,7 +114,7 @@ def cmd_run(args) -> None:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
-    run_pipeline(load_config(args.config), only=args.only)
+    run_pipeline(load_config(args.config, args.set or []), only=args.only)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,19 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=1, help="independent repeats (BreakHis protocol: 5)")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("train", help="train one EfficientNet and predict val/test")
+    p = sub.add_parser(
+        "train", help="train one EfficientNet and predict val/test",
+        description="Train one backbone on an experiment folder. Without --config the recipe is the study's "
+                    "(pipeline.config.TrainConfig defaults: ImageNet weights, 40 epochs, batch 32, Adam 1e-4 backbone / "
+                    "1e-3 head, BatchNorm frozen, the study's trainable layers, float32). With --config PRESET.toml the "
+                    "preset's [train], experiment.seed and split.fold apply, exactly as in `run --config PRESET.toml`. "
+                    "The flags below and --set override either.")
     p.add_argument("dir")
     p.add_argument("--model", required=True)
+    p.add_argument("--config", help="preset TOML (default: none, the study's recipe)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config key, repeatable (e.g. --set train.mixed_precision=auto)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int)
-    p.add_argument("--weights", help="imagenet | none | path to .h5")
+    p.add_argument("--weights", help="imagenet | none | path to .h5 / .weights.h5")
     p.add_argument("--stain", default="none", choices=["none", "vahadane", "macenko", "reinhard"])
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"])
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--early-stopping-patience", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default: experiment.seed of the config (0)")
+    p.add_argument("--fold", type=int, help="default: split.fold of the config (0)")
     p.add_argument("--force", action="store_true", help="retrain even if up to date")
     p.set_defaults(func=cmd_train)
 
@@ -185,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
     p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key, repeatable")
     p.add_argument("--only", nargs="*", help="subset of stages: data index split stain train ensemble evaluate gradcam")
     p.set_defaults(func=cmd_run)
     return parser

@@ -13,7 +13,7 @@ from pipeline.config import TrainConfig
 from pipeline.core.errors import PipelineError
 from pipeline.stages.train import train_run
 
-TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3)
+TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3, lr_head=5e-3)
 
 
 class InterruptAfter(keras.callbacks.Callback):
@@ -118,7 +118,7 @@ def test_real_sample_b0_predicts_every_val_test_image(sample_root, tmp_path):
 
     run_index(sample_root, tmp_path)
     write_parquet(make_split(load_manifest(tmp_path), "patient", seed=0), tmp_path / "split.parquet")
-    cfg = TrainConfig(epochs=2, batch_size=16, image_size=64, weights="none", freeze_batchnorm=False, lr_backbone=1e-3)
+    cfg = TrainConfig(epochs=2, batch_size=16, image_size=64, weights="none", freeze_batchnorm=False, lr_backbone=1e-3, lr_head=5e-3)
     info = train_run(tmp_path, "efficientnet_b0", cfg)
     preds = load_predictions(tmp_path)
     split = pd.read_parquet(tmp_path / "split.parquet")

@@ -34,8 +34,12 @@ def cache_path(exp_dir: Path, image_ids: list[str], size: int, resize: str, stai
 
 
 def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, resize: str = "square",
-                stain: str = "none") -> np.ndarray:
-    """Return a (N, size, size, 3) uint8 array for ``frame`` (rows with ``image_id`` and ``path``), cached."""
+                stain: str = "none", write_cache: bool = True) -> np.ndarray:
+    """Return a (N, size, size, 3) uint8 array for ``frame`` (rows with ``image_id`` and ``path``), cached.
+
+    ``write_cache=False`` (a multi-worker non-chief, which must not write into the experiment) decodes
+    without storing; an existing cache is still read.
+    """
     exp_dir = Path(exp_dir)
     ids = frame["image_id"].tolist()
     target = cache_path(exp_dir, ids, size, resize, stain)
@@ -62,6 +66,8 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
     for batch in progress(ds, desc=f"decode {size}px ({stain})", total=-(-len(paths) // 64), unit="batch"):
         out[i : i + len(batch)] = batch.numpy()
         i += len(batch)
+    if not write_cache:
+        return out
     with atomic_path(target, ".npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, out)

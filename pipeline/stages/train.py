@@ -10,6 +10,7 @@ so they are not bit-identical to an uninterrupted run.)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,9 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import stable_hash
 from pipeline.core.model_specs import get_spec
 from pipeline.ml.data import load_images, make_dataset
+from pipeline.ml.distribute import is_chief, is_multiworker, make_strategy, prepare_multiworker_fit, replicas
 from pipeline.ml.models import FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, load_classifier
+from pipeline.ml.precision import MIXED_POLICY, dtype_policy, inner_optimizer, resolve_mixed_precision
 
 
 def run_id_for(model: str, stain: str = "none") -> str:
@@ -48,16 +51,6 @@ def check_classes(frame: pd.DataFrame) -> None:
                 raise PipelineError(f"the {split} split has no {name} images ({len(part)} images in {split}); re-split with more patients")
 
 
-def _strategy(name: str):
-    import tensorflow as tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":  # reads TF_CONFIG; see README "Several GPUs or machines"
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """P(malignant) and pooled backbone features in one pass (features feed the stacking ensemble)."""
     import keras
@@ -68,14 +61,26 @@ def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[n
 
 
 def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int, total_epochs: int,
-                     checkpoint_seconds: float = 60.0):
+                     checkpoint_seconds: float = 60.0, chief: bool = True, multiworker: bool = False):
+    """``chief``: this process writes the run. ``multiworker``: saving a model is a collective operation under
+    MultiWorkerMirroredStrategy, so every worker saves at the same epochs (others to a throwaway file outside
+    the experiment) and the resume checkpoint is written every epoch instead of by wall-clock time."""
     import os
     import sys
+    import tempfile
 
     import keras
     from tqdm.auto import tqdm
 
-    quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1"
+    quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1" or not chief
+
+    def save(model, target):
+        if chief:
+            with atomic_path(target, ".keras") as tmp:
+                model.save(tmp)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save(Path(tmp) / target.name)
 
     class EpochCheckpoint(keras.callbacks.Callback):
         """Atomic per-epoch checkpointing: best model, last model + optimizer, history, resume state."""
@@ -94,24 +99,25 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
             logs = logs or {}
             self.bar.close()
             seconds = time.perf_counter() - self.t0
-            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            optimizer = inner_optimizer(self.model.optimizer)  # under mixed_float16: inside the LossScaleOptimizer
+            lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
             row = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
                    "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
-                   "lr_backbone": lr, "lr_head": lr * self.model.optimizer.head_multiplier,
+                   "lr_backbone": lr, "lr_head": lr * optimizer.head_multiplier,
                    "seconds": seconds, "images_per_s": n_train / seconds, "phase": state.get("phase", "finetune")}
             state["history"].append(row)
             if state["best_val_accuracy"] is None or row["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = row["val_accuracy"], epoch + 1
                 self.best_weights = self.model.get_weights()  # predict from memory: no reload, no re-trace
-                with atomic_path(files.model, ".keras") as tmp:
-                    self.model.save(tmp)
+                save(self.model, files.model)
             state["epochs_done"] = epoch + 1
-            write_parquet(pd.DataFrame(state["history"]), files.history)
-            if epoch + 1 < total_epochs and time.time() - state.get("checkpoint_time", 0.0) >= checkpoint_seconds:
+            if epoch + 1 < total_epochs and (multiworker or time.time() - state.get("checkpoint_time", 0.0) >= checkpoint_seconds):
                 # The resume point: weights + Adam state (~3x the weights), so written at most every N seconds.
-                with atomic_path(files.last, ".keras") as tmp:
-                    self.model.save(tmp)
+                save(self.model, files.last)
                 state["checkpoint_epoch"], state["checkpoint_time"] = epoch + 1, time.time()
+            if not chief:  # a multi-worker non-chief trains the same steps but writes nothing into the experiment
+                return
+            write_parquet(pd.DataFrame(state["history"]), files.history)
             write_json(state, files.state)
             print(f"  epoch {epoch + 1}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
                   f"val_acc {row['val_accuracy']:.3f} | {seconds:.1f}s {row['images_per_s']:.1f} img/s", flush=True)
@@ -119,6 +125,18 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
     return [EpochCheckpoint()]
 
 
+def _under_run_dtype_policy(train):
+    """Run ``train`` under the run's dtype policy (``mixed_precision``) and restore the global policy after."""
+
+    @functools.wraps(train)
+    def wrapper(exp_dir, model, cfg, *args, **kwargs):
+        with dtype_policy(resolve_mixed_precision(cfg.mixed_precision)):
+            return train(exp_dir, model, cfg, *args, **kwargs)
+
+    return wrapper
+
+
+@_under_run_dtype_policy
 def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0,
               epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, callbacks: list | None = None) -> dict:
     """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json."""
@@ -151,24 +169,28 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             print(f"{run_id}: up to date (config {config_hash}), skipped")
             return info
 
+    check_weights_available([spec], cfg.weights)  # before anything of the old run is deleted
+    # First TensorFlow work of the run: MultiWorkerMirroredStrategy must exist before any other op.
+    strategy = make_strategy(cfg.strategy)
+    chief = is_chief(strategy)
     state_path = files.state
     state = read_json(state_path) if state_path.exists() else None
     resumable = (state is not None and state.get("config_hash") == config_hash and state.get("checkpoint_epoch")
                  and files.last.exists())
     if force or not resumable:
-        if run_dir.exists():
+        if chief and run_dir.exists():
             shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        if chief:
+            run_dir.mkdir(parents=True)
         state = {"config_hash": config_hash, "epochs_done": 0, "checkpoint_epoch": 0, "best_val_accuracy": None,
                  "best_epoch": None, "history": []}
     else:  # continue from the last resume checkpoint; epochs after it are trained again
         state["epochs_done"] = state["checkpoint_epoch"]
         state["history"] = [h for h in state["history"] if h["epoch"] <= state["checkpoint_epoch"]]
 
-    check_weights_available([spec], cfg.weights)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    images = load_images(exp_dir, data_root_of(exp_dir), frame, size, cfg.resize, stain)
+    images = load_images(exp_dir, data_root_of(exp_dir), frame, size, cfg.resize, stain, write_cache=chief)
     timings["load_images_s"] = time.perf_counter() - t0
     train_idx = np.flatnonzero(frame["split"].to_numpy() == "train")
     val_idx = np.flatnonzero(frame["split"].to_numpy() == "val")
@@ -178,33 +200,28 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     ds_val = make_dataset(np.asarray(images[val_idx]), labels[val_idx], cfg.predict_batch_size)
 
     keras.utils.set_random_seed(seed)
-    if cfg.mixed_precision:
-        import tensorflow as tf
-
-        if tf.config.list_physical_devices("GPU"):
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        else:
-            print("mixed_precision requested but no GPU found: training in float32")
     class_weight = None
     if cfg.class_weights:
         counts = np.bincount(y_train, minlength=2)
         class_weight = {c: len(y_train) / (2.0 * counts[c]) for c in (0, 1)}
 
     t0 = time.perf_counter()
-    with _strategy(cfg.strategy).scope():
+    with strategy.scope():
         if state["epochs_done"] > 0:
             print(f"{run_id}: resuming after epoch {state['epochs_done']} of {total_epochs} (last resume checkpoint)")
             net = load_classifier(files.last)
         else:
             net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
-                                   cfg.bn_momentum)
+                                   cfg.bn_momentum, cfg.unfreeze)
             if cfg.warmup_epochs:
                 _warmup(net, ds_train, ds_val, cfg)
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
         all_callbacks = _epoch_callbacks(files, state, len(x_train), cfg.batch_size, total_epochs,
-                                         cfg.checkpoint_seconds) + list(callbacks or [])
+                                         cfg.checkpoint_seconds, chief, is_multiworker(strategy)) + list(callbacks or [])
         if cfg.early_stopping_patience:
             all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
+        if is_multiworker(strategy):
+            prepare_multiworker_fit(net)
         fitted = state["epochs_done"] < total_epochs
         if fitted:
             state["phase"] = "finetune"
@@ -212,9 +229,19 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
                     verbose=0, callbacks=all_callbacks, class_weight=class_weight, shuffle=False)
     timings["train_s"] = time.perf_counter() - t0
 
+    if not chief:  # the chief predicts every image and writes the run; this worker is done
+        print(f"{run_id}: worker {strategy.cluster_resolver.task_type} {strategy.cluster_resolver.task_id} finished "
+              f"training; the chief writes the run", flush=True)
+        return {"run_id": run_id, "status": "worker", "config_hash": config_hash}
     t0 = time.perf_counter()
     best_weights = getattr(all_callbacks[0], "best_weights", None) if fitted else None
-    if best_weights is not None:
+    if best_weights is not None and is_multiworker(strategy):
+        # A model built under MultiWorkerMirroredStrategy predicts only this worker's shard: predict with a
+        # local copy instead, so the chief scores every val/test image.
+        best = build_classifier(spec.name, size, "none", cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
+                                cfg.bn_momentum, cfg.unfreeze)
+        best.set_weights(best_weights)
+    elif best_weights is not None:
         net.set_weights(best_weights)
         best = net
     else:  # resumed after the best epoch, or nothing left to fit: the checkpoint on disk is the best model
@@ -242,6 +269,8 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         if len(train_rates) else None,
         "predict_images_per_s": round(len(eval_frame) / max(timings["predict_s"], 1e-9), 2),
         "model_file": "model.keras", "family": spec.family, "model": spec.name, "stain": stain, "image_size": size,
+        "mixed_precision": keras.mixed_precision.global_policy().name == MIXED_POLICY, "replicas": replicas(strategy),
+        "strategy": cfg.strategy,
     }
     write_json(info, info_path)
     files.last.unlink(missing_ok=True)  # the resume point is no longer needed; model.keras stays
