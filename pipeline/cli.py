@@ -114,7 +114,11 @@ def cmd_run(args) -> None:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
-    run_pipeline(load_config(args.config, args.set or []), only=args.only)
+    cfg = load_config(args.config, args.set or [])
+    if cfg.train.strategy == "multiworker":  # every process would run every stage and write the experiment
+        raise PipelineError("strategy 'multiworker' needs one `python -m pipeline train` per machine (README \"Several GPUs "
+                            "or machines\"); `run` trains in one process: use 'default' or 'mirrored'")
+    run_pipeline(cfg, only=args.only)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,7 +52,7 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 32
     image_size: int = 0  # 0: the model's study size
-    weights: str = "imagenet"  # imagenet | none | path to .h5/.weights.h5 (V1: ImageNet convention, README "Weights")
+    weights: str = "imagenet"  # imagenet | none | path to .h5/.weights.h5 (V1: ImageNet convention, README "Pretrained weights")
     lr_backbone: float = 1e-4
     lr_head: float = 1e-3
     dropout: float = 0.3

@@ -76,7 +76,6 @@ def test_member_toggle_rescoring_matches_pure_functions(app, fixture_root):
     at.checkbox(key="member_v2_b1").uncheck().run()
     at.checkbox(key="member_v1_b1").uncheck().run()
     assert _metric(at, "Accuracy") == expected(["v2_b0"], "hard")
-    assert at.session_state["ensemble_last_ms"] < 200
 
 
 def test_confusion_filters_and_cell_listing(app):

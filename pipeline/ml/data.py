@@ -76,8 +76,12 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
     return out
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0):
+def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 augment: list | None = None):
     """tf.data over cached uint8 images: shuffle indices, ``tf.gather`` a batch, cast to float [0, 255].
+
+    ``augment``: Keras augmentation layers applied to each training batch here, outside the model (used when
+    the training step is XLA-compiled, which cannot hold them; see ``pipeline.ml.models.augmentation_layers``).
 
     Pure TensorFlow ops: an earlier ``tf.numpy_function`` gather took the GIL once per batch and ran at
     0.72x of in-memory tensors (`make bench`). The images stay uint8 (4x smaller than float) until the
@@ -94,5 +98,13 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
         return indices.map(lambda i: tf.cast(tf.gather(images_t, i), tf.float32),
                            num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     labels_t = tf.convert_to_tensor(np.asarray(labels, dtype=np.int32))
-    return indices.map(lambda i: (tf.cast(tf.gather(images_t, i), tf.float32), tf.gather(labels_t, i)),
-                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = indices.map(lambda i: (tf.cast(tf.gather(images_t, i), tf.float32), tf.gather(labels_t, i)),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        def apply(x, y):
+            for layer in augment:
+                x = layer(x, training=True)
+            return x, y
+
+        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

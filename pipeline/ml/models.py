@@ -121,9 +121,8 @@ def build_classifier(model_name: str, image_size: int = 0, weights: str = "image
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
     if augment:  # preprocessing layers are identity at inference (training=False)
-        x = keras.layers.RandomFlip("horizontal_and_vertical", seed=seed, name="aug_flip")(x)
-        x = keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed + 1, name="aug_rotate")(x)
-        x = keras.layers.RandomTranslation(0.3, 0.3, fill_mode="reflect", seed=seed + 2, name="aug_translate")(x)
+        for layer in augmentation_layers(seed):
+            x = layer(x)
     base = backbone_with_weights(spec, x, weights)
     features = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(base.output)
     features = keras.layers.Dropout(dropout, name="head_dropout")(features)
@@ -136,6 +135,20 @@ def build_classifier(model_name: str, image_size: int = 0, weights: str = "image
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = bn_momentum
     return model
+
+
+def augmentation_layers(seed: int = 0) -> list:
+    """The study's augmentation: flips, rotation 0.1, translation 0.3, reflect fill (active only in training).
+
+    Keras refuses XLA for a model that contains RandomRotation/RandomTranslation (XLA has no kernel for their
+    ImageProjectiveTransformV3) and silently trains without it, so with ``jit_compile`` the training stage
+    applies these same layers in the tf.data pipeline instead (:func:`pipeline.ml.data.make_dataset`).
+    """
+    import keras
+
+    return [keras.layers.RandomFlip("horizontal_and_vertical", seed=seed, name="aug_flip"),
+            keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed + 1, name="aug_rotate"),
+            keras.layers.RandomTranslation(0.3, 0.3, fill_mode="reflect", seed=seed + 2, name="aug_translate")]
 
 
 # Keras's ImageNet std for V1 (keras/src/applications/efficientnet.py IMAGENET_STDDEV_RGB). Its V1 ImageNet files
@@ -230,8 +243,23 @@ def compile_classifier(model, lr_backbone: float = 1e-4, lr_head: float = 1e-3, 
 
 
 def load_classifier(path: Path | str):
-    """Load a saved classifier with ``safe_mode=True`` (our optimizer class is registered first)."""
+    """Load a saved classifier with ``safe_mode=True`` (our optimizer class is registered first).
+
+    A model built under ``mixed_float16`` (its layers say so) is loaded under that policy: the reloaded model
+    takes the global policy, and only under ``mixed_float16`` does Keras wrap its optimizer in the
+    ``LossScaleOptimizer`` whose state was saved (otherwise it skips the optimizer state with a warning).
+    """
+    import json
+    import zipfile
+
     import keras
 
+    from pipeline.ml.precision import MIXED_POLICY, dtype_policy
+
     two_rate_adam_class()
-    return keras.models.load_model(path, safe_mode=True)
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    dtypes = [(layer.get("config") or {}).get("dtype") for layer in config.get("config", {}).get("layers", [])]
+    mixed = any(isinstance(d, dict) and (d.get("config") or {}).get("name") == MIXED_POLICY for d in dtypes)
+    with dtype_policy(mixed):
+        return keras.models.load_model(path, safe_mode=True)

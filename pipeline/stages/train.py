@@ -29,7 +29,8 @@ from pipeline.core.hashing import stable_hash
 from pipeline.core.model_specs import get_spec
 from pipeline.ml.data import load_images, make_dataset
 from pipeline.ml.distribute import is_chief, is_multiworker, make_strategy, prepare_multiworker_fit, replicas
-from pipeline.ml.models import FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, load_classifier
+from pipeline.ml.models import (FEATURE_LAYER, augmentation_layers, build_classifier, check_weights_available, compile_classifier,
+                                 load_classifier)
 from pipeline.ml.precision import MIXED_POLICY, dtype_policy, inner_optimizer, resolve_mixed_precision
 
 
@@ -196,7 +197,11 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     val_idx = np.flatnonzero(frame["split"].to_numpy() == "val")
     labels = frame["label"].to_numpy()
     x_train, y_train = np.asarray(images[train_idx]), labels[train_idx]
-    ds_train = make_dataset(x_train, y_train, cfg.batch_size, shuffle=True, seed=seed)
+    # XLA cannot compile the augmentation layers (Keras would silently train without XLA): with jit_compile they
+    # run in the input pipeline instead of inside the model.
+    augment_in_data = cfg.augment and cfg.jit_compile
+    ds_train = make_dataset(x_train, y_train, cfg.batch_size, shuffle=True, seed=seed,
+                            augment=augmentation_layers(seed) if augment_in_data else None)
     ds_val = make_dataset(np.asarray(images[val_idx]), labels[val_idx], cfg.predict_batch_size)
 
     keras.utils.set_random_seed(seed)
@@ -211,8 +216,8 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             print(f"{run_id}: resuming after epoch {state['epochs_done']} of {total_epochs} (last resume checkpoint)")
             net = load_classifier(files.last)
         else:
-            net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
-                                   cfg.bn_momentum, cfg.unfreeze)
+            net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment and not augment_in_data,
+                                   cfg.freeze_batchnorm, seed, cfg.bn_momentum, cfg.unfreeze)
             if cfg.warmup_epochs:
                 _warmup(net, ds_train, ds_val, cfg)
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
@@ -238,8 +243,8 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     if best_weights is not None and is_multiworker(strategy):
         # A model built under MultiWorkerMirroredStrategy predicts only this worker's shard: predict with a
         # local copy instead, so the chief scores every val/test image.
-        best = build_classifier(spec.name, size, "none", cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
-                                cfg.bn_momentum, cfg.unfreeze)
+        best = build_classifier(spec.name, size, "none", cfg.dropout, cfg.augment and not augment_in_data,
+                                cfg.freeze_batchnorm, seed, cfg.bn_momentum, cfg.unfreeze)
         best.set_weights(best_weights)
     elif best_weights is not None:
         net.set_weights(best_weights)
@@ -270,7 +275,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         "predict_images_per_s": round(len(eval_frame) / max(timings["predict_s"], 1e-9), 2),
         "model_file": "model.keras", "family": spec.family, "model": spec.name, "stain": stain, "image_size": size,
         "mixed_precision": keras.mixed_precision.global_policy().name == MIXED_POLICY, "replicas": replicas(strategy),
-        "strategy": cfg.strategy,
+        "strategy": cfg.strategy, "xla": bool(net.jit_compile),
     }
     write_json(info, info_path)
     files.last.unlink(missing_ok=True)  # the resume point is no longer needed; model.keras stays
