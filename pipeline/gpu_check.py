@@ -113,13 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                                           mixed_precision=mixed, jit_compile=jit, checkpoint_seconds=1e9)
                 info = train_run(exp, model, cfg, force=True)
                 rows.append((model, label, info["train_images_per_s"], _predict_rate(exp, info, mixed, jit, paper.predict_batch_size),
-                             info["timings_s"]["train_s"]))
+                             info["timings_s"]["train_s"], info["mixed_precision"], info["xla"]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n| model | precision | train img/s (epoch {args.epochs}) | predict img/s | train s (incl. tracing) |")
-    print("|---|---|---|---|---|")
-    for model, label, train_rate, predict_rate, train_s in rows:
-        print(f"| {model} | {label} | {train_rate:.1f} | {predict_rate:.1f} | {train_s:.0f} |")
+    print(f"\n| model | setting | train img/s (epoch {args.epochs}) | predict img/s | train s (incl. tracing) | in effect |")
+    print("|---|---|---|---|---|---|")
+    for model, label, train_rate, predict_rate, train_s, mixed, xla in rows:
+        effect = ", ".join(name for name, on in (("mixed_float16", mixed), ("XLA", xla)) if on) or "float32"
+        print(f"| {model} | {label} | {train_rate:.1f} | {predict_rate:.1f} | {train_s:.0f} | {effect} |")
     sys.stdout.flush()
     return 0
 
