@@ -37,7 +37,7 @@ screenshots: install
 ## Command 2: install and run the test suite (the browser test needs Debian's chromium: `make browser`).
 test: install
 	-@$(MAKE) --no-print-directory browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile  # two processes, one per core; a file's module fixtures stay in one
 
 browser:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
