@@ -54,7 +54,8 @@ class EpochScalars(keras.callbacks.Callback):
                 self._write("train", tag, logs[key], step)
             if logs.get(f"val_{key}") is not None:
                 self._write("validation", tag, logs[f"val_{key}"], step)
-        lr = getattr(self.model.optimizer, "learning_rate", None)
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # mixed precision: the wrapped one
+        lr = getattr(optimizer, "learning_rate", None)
         if lr is not None:
             self._write("train", "epoch_learning_rate", float(keras.ops.convert_to_numpy(lr)), step)
         for writer in self.writers.values():
