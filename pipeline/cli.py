@@ -45,6 +45,13 @@ def setting(key: str, parse: type = int):
     return convert
 
 
+def _number_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _checked(check):
     """An argparse type from a function that raises PipelineError for a bad value."""
 
@@ -150,7 +157,7 @@ def cmd_evaluate(args) -> None:
     from pipeline.config import EvaluateConfig
     from pipeline.stages.evaluate import run_evaluate
 
-    run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap), seed=args.seed, force=args.force)
+    run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap, threshold=args.threshold), seed=args.seed, force=args.force)
 
 
 def cmd_gradcam(args) -> None:
@@ -250,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics.parquet with patient-bootstrap CIs")
     p.add_argument("dir")
     p.add_argument("--bootstrap", type=setting("evaluate.bootstrap"), default=1000)
+    p.add_argument("--threshold", type=setting("evaluate.threshold", _number_or_text), default=0.5,
+                   help='decision threshold in (0, 1), or "validation" (maximise Youden\'s J on val, apply to test)')
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.set_defaults(func=cmd_evaluate)

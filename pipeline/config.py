@@ -109,6 +109,7 @@ class EvaluateConfig:
     bootstrap: int = 1000
     ci: float = 0.95
     ece_bins: int = 10
+    threshold: float | str = 0.5  # a number in (0, 1), or "validation": maximise Youden's J on val, apply to test
 
 
 @dataclass
@@ -196,6 +197,12 @@ def _weights(v: str) -> str | None:
     return f"must be 'imagenet', 'none' or an existing weights file (.h5), got {v!r}"
 
 
+def _threshold(v: Any) -> str | None:
+    if v == "validation" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1):
+        return None
+    return f"must be a number between 0 and 1 (exclusive) or \"validation\", got {v!r}"
+
+
 def _name(v: str) -> str | None:  # becomes a folder name under artifacts/: never a path
     return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) else f"must be a simple name (letters, digits, . _ -), got {v!r}"
 
@@ -229,6 +236,7 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "evaluate.bootstrap": _at_least(1),
     "evaluate.ci": _open_unit,
     "evaluate.ece_bins": _at_least(1),
+    "evaluate.threshold": _threshold,
     "gradcam.max_images": _at_least(0),
     "gradcam.batch_size": _at_least(1),
     "gradcam.deletion_steps": _at_least(1),
