@@ -185,6 +185,12 @@ class Experiment:
     def gradcam_scores(self, method: str) -> pd.DataFrame | None:
         return self._frame(self.catalog.gradcam_scores(method), "gradcam")
 
+    def pipeline_config(self) -> dict | None:
+        """The config ``run`` recorded in ``pipeline_run.json`` (None for an experiment built stage by stage)."""
+        record = self._json(self.catalog.pipeline_run, "predictions")
+        config = (record or {}).get("config")
+        return config if isinstance(config, dict) else None
+
     def ensembles_record(self) -> dict | None:
         return self._json(self.catalog.ensembles, "ensembles")
 

@@ -64,7 +64,7 @@ def test_baseline_threshold_and_patient_columns_at_half(preds):
     assert row_b.patient_roc_auc == pytest.approx(roc_auc_score(means.label, means.prob))
     assert row_b.patient_accuracy_lo <= row_b.patient_accuracy <= row_b.patient_accuracy_hi
     assert row_b.patient_roc_auc_lo <= row_b.patient_roc_auc_hi
-    assert row_b.patients == 6
+    assert row_b.patients == 6 and row_b.patient_majority_accuracy == 0.5
 
 
 def test_validation_threshold_is_chosen_on_val_and_applied_to_test(preds):

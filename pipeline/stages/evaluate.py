@@ -110,8 +110,9 @@ def evaluate_predictions(preds: pd.DataFrame, cfg: EvaluateConfig = EvaluateConf
         for metric in CI_METRICS:
             overall[f"{metric}_lo"], overall[f"{metric}_hi"] = ci[metric]
         overall.update({"majority_accuracy": majority_accuracy(y), "threshold": float(threshold), "threshold_source": source})
-        patients = patient_metrics(patient_table(part["patient_id"].to_numpy(), y, prob, pred, threshold), "mean",
-                                   cfg.bootstrap, seed, cfg.ci)
+        table = patient_table(part["patient_id"].to_numpy(), y, prob, pred, threshold)
+        overall["patient_majority_accuracy"] = majority_accuracy(table["label"].to_numpy())
+        patients = patient_metrics(table, "mean", cfg.bootstrap, seed, cfg.ci)
         for metric in PATIENT_METRICS:
             for suffix in ("", "_lo", "_hi"):
                 overall[f"patient_{metric}{suffix}"] = patients[f"{metric}{suffix}"]
