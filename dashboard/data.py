@@ -191,6 +191,15 @@ class Experiment:
         config = (record or {}).get("config")
         return config if isinstance(config, dict) else None
 
+    def hard_tie_break(self) -> str:
+        """How this experiment's hard votes break ties (``ensembles.json``'s config, else the run's config, else the
+        pipeline's default), so the builder scores a hard vote exactly as the ensemble stage did."""
+        for source in ((self.ensembles_record() or {}).get("config"), (self.pipeline_config() or {}).get("ensemble")):
+            rule = source.get("hard_tie_break") if isinstance(source, dict) else None
+            if rule in ("mean_prob", "benign"):
+                return rule
+        return "mean_prob"
+
     def ensembles_record(self) -> dict | None:
         return self._json(self.catalog.ensembles, "ensembles")
 
