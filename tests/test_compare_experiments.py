@@ -126,3 +126,25 @@ def test_collapse_and_leakage_by_hand():
     manifest = pd.DataFrame({"image_id": list("abcde"), "patient_num": [1, 1, 2, 3, 3]})
     split = pd.DataFrame({"image_id": list("abcde"), "split": ["train", "test", "test", "train", "val"], "fold": 0})
     assert shared_train_test_patients(manifest, split, 0) == 1  # patient 1 only; patient 3 is train/val
+
+
+def test_overview_flags_runs_that_do_not_beat_the_baseline(dashboard_artifacts, monkeypatch):
+    from sklearn.metrics import roc_auc_score
+
+    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(dashboard_artifacts))
+    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "fixture")
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "baseline" in d.value).set_index("run_id")
+    preds = pd.read_parquet(dashboard_artifacts / "fixture" / "predictions.parquet")
+    test = preds[preds.split == "test"]
+    y = test[test.run_id == "v1_b0"].label
+    majority = max(y.mean(), 1 - y.mean())
+    expected = {}
+    for run, rows in test.groupby("run_id"):
+        acc = (rows.pred == rows.label).mean()
+        expected[run] = "no" if acc <= majority or roc_auc_score(rows.label, rows.prob_malignant) <= 0.5 else "yes"
+    assert table["baseline"].to_dict() == expected
+    assert "no" in expected.values() and "yes" in expected.values()  # the fixture has both kinds
+    assert table["majority_accuracy"].iloc[0] == pytest.approx(majority)
