@@ -112,3 +112,25 @@ def test_reliability_diagram_for_probabilities(builder, preds):
     if isinstance(ys, dict):  # plotly's binary encoding of a float array
         ys = np.frombuffer(base64.b64decode(ys["bdata"]), dtype=ys["dtype"])
     assert list(ys) == pytest.approx(observed)
+
+
+def test_image_browser_hides_what_a_referral_would_catch(dashboard_artifacts, monkeypatch, preds):
+    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(dashboard_artifacts))
+    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "fixture")
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.switch_page("../pages/misclassified.py")
+    at.query_params.update(run="v1_b2", split="test", refer="30")
+    at.run()
+    assert not at.exception
+    rows = preds[(preds.run_id == "v1_b2") & (preds.split == "test")]
+    distance = (rows.prob_malignant - 0.5).abs().to_numpy()
+    n_refer = round(0.3 * len(rows))
+    referred = np.zeros(len(rows), bool)
+    referred[np.argsort(distance, kind="stable")[:n_refer]] = True  # distances are continuous: no ties
+    wrong = (rows.pred != rows.label).to_numpy()
+    kept_errors = int((wrong & ~referred).sum())
+    assert 0 < kept_errors < wrong.sum()
+    page_texts = [m.value for m in at.markdown]
+    assert any(f"of {kept_errors}**" in t for t in page_texts), page_texts[:5]
+    assert any(f"{n_refer} of {len(rows)} images" in c.value for c in at.caption)
