@@ -110,9 +110,19 @@ def cmd_demo_data(args) -> None:
 
 
 def cmd_split(args) -> None:
-    from pipeline.stages.split import run_split
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.split import export_split, run_split, split_from_csv
 
-    run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds, force=args.force)
+    if args.export and args.source:
+        raise PipelineError("give --export or --from, not both")
+    if args.export:
+        export_split(args.dir, args.export)
+    elif args.source:
+        split_from_csv(args.dir, args.source, args.allow_leakage, force=args.force)
+    elif args.mode is None:
+        raise PipelineError("split needs --mode paper|patient (or --from FILE.csv, or --export FILE.csv)")
+    else:
+        run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds, force=args.force)
 
 
 def _train_config_from_args(args):
@@ -214,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("split", help="image-level (paper) or patient-level split")
     p.add_argument("dir")
-    p.add_argument("--mode", choices=["paper", "patient"], required=True)
+    p.add_argument("--mode", choices=["paper", "patient"])
+    p.add_argument("--export", metavar="FILE.csv", help="write the split (image_id, patient_id, patient_num, split, fold) and stop")
+    p.add_argument("--from", dest="source", metavar="FILE.csv", help="import a published split (image_id, split[, fold])")
+    p.add_argument("--allow-leakage", action="store_true", help="with --from: accept patients on several sides (image-level)")
     p.add_argument("--ratios", type=_checked(_ratios), default=(0.7, 0.15, 0.15), help="train,val,test (default 0.7,0.15,0.15)")
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.add_argument("--group-by", default="patient_num", choices=["patient_id", "patient_num"])

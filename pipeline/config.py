@@ -42,6 +42,8 @@ class SplitConfig:
     group_by: str = "patient_num"
     folds: int = 1
     fold: int = 0  # which fold the runs train on
+    from_csv: str = ""  # a published split to import (`split --export` format) instead of making one
+    allow_leakage: bool = False  # with from_csv: accept patients on several sides (an image-level split, on purpose)
 
 
 @dataclass

@@ -10,11 +10,12 @@ so a rerun of an unchanged preset takes seconds.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import ensure_dir, write_json
 from pipeline.artifacts.provenance import library_versions
-from pipeline.config import Config
+from pipeline.config import PROJECT_ROOT, Config
 
 STAGES = ("data", "index", "split", "stain", "train", "ensemble", "evaluate", "gradcam")
 DEPENDS_ON = {  # stage -> the stages whose outputs it reads
@@ -74,9 +75,14 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
         timings["index"] = time.perf_counter() - t
     if "split" in todo:
         t = stage("split")
-        from pipeline.stages.split import run_split
+        from pipeline.stages.split import run_split, split_from_csv
 
-        run_split(out, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds, force="split" in forced)
+        if cfg.split.from_csv:  # relative paths are relative to the project, like data_root
+            source = cfg.split.from_csv if Path(cfg.split.from_csv).is_absolute() else PROJECT_ROOT / cfg.split.from_csv
+            split_from_csv(out, source, cfg.split.allow_leakage, force="split" in forced)
+        else:
+            run_split(out, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds,
+                      force="split" in forced)
         timings["split"] = time.perf_counter() - t
     stains = sorted({r.stain for r in cfg.runs if r.stain != "none"})
     if "stain" in todo and stains:
