@@ -41,7 +41,7 @@ class SplitConfig:
     ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     group_by: str = "patient_num"
     folds: int = 1
-    fold: int = 0  # which fold the runs train on
+    fold: int | str = 0  # which fold the runs train on; "all" (run only): every fold, each in its own experiment folder
     from_csv: str = ""  # a published split to import (`split --export` format) instead of making one
     allow_leakage: bool = False  # with from_csv: accept patients on several sides (an image-level split, on purpose)
 
@@ -216,7 +216,8 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "experiment.demo_patients": _at_least(8),
     "experiment.demo_images_per_patient": _at_least(1),
     "split.folds": _at_least(1),
-    "split.fold": _at_least(0),
+    "split.fold": lambda v: None if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) else
+    f"must be a fold number >= 0 or \"all\", got {v!r}",
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),
     "train.image_size": _image_size,
@@ -325,7 +326,7 @@ def config_from_dict(raw: dict) -> Config:
         _check_limits(getattr(cfg, name), name, name)
     for i, run in enumerate(cfg.runs):
         _check_limits(run, f"runs[{i}]", "runs")
-    if cfg.split.fold >= cfg.split.folds:
+    if cfg.split.fold != "all" and cfg.split.fold >= cfg.split.folds:
         raise PipelineError(f"config key 'split.fold' must be below split.folds ({cfg.split.folds}), got {cfg.split.fold}")
     parse_ratios(cfg.split.ratios)
     if not cfg.experiment.data_root:

@@ -166,8 +166,8 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
 def summarize_folds(exp_dirs: list[Path | str], out: Path | str) -> pd.DataFrame:
     """Mean +- sd of every metric across experiments that differ only in the fold they trained on.
 
-    The BreakHis protocol repeats a patient split (``split.folds``); train one experiment per fold (set
-    ``split.fold`` in a copy of the preset), then summarise them here.
+    The BreakHis protocol repeats a patient split (``split.folds``): ``run`` with ``split.fold = "all"`` trains one
+    experiment per fold and calls this (or set ``split.fold`` in copies of the preset and summarise them here).
     """
     frames = []
     for i, d in enumerate(exp_dirs):
@@ -181,6 +181,7 @@ def summarize_folds(exp_dirs: list[Path | str], out: Path | str) -> pd.DataFrame
     allm = pd.concat(frames, ignore_index=True)
     if allm["fold"].nunique() < len(exp_dirs):
         raise PipelineError("two experiments trained on the same fold; give one experiment per fold")
-    summary = fold_summary(allm, value_cols=[c for c in METRIC_NAMES if c in allm])
+    extra = ["majority_accuracy", "patient_accuracy", "patient_roc_auc", "aurc", "threshold"]
+    summary = fold_summary(allm, value_cols=[c for c in METRIC_NAMES + extra if c in allm])
     write_parquet(summary, out)
     return summary
