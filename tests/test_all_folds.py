@@ -60,3 +60,17 @@ def test_fold_summary_from_planted_metrics(preset, dashboard_artifacts):
     assert row.accuracy_mean == pytest.approx(np.mean(planted)) and row.accuracy_sd == pytest.approx(np.std(planted, ddof=1))
     assert "patient_accuracy_mean" in summary and out.parent.name == "proto-folds"
     shutil.rmtree(out.parent)
+
+
+def test_train_with_an_all_folds_preset_asks_for_a_fold(tmp_path):
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from pipeline.cli import main
+
+    preset = tmp_path / "p.toml"
+    preset.write_text('[experiment]\nname = "p"\n[split]\nfolds = 3\nfold = "all"\n')
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = main(["train", str(tmp_path / "exp"), "--model", "v1_b0", "--config", str(preset)])
+    assert code == 2 and "--fold K" in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
