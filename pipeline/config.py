@@ -226,7 +226,7 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "experiment.demo_images_per_patient": _at_least(1),
     "split.folds": _at_least(1),
     "split.fold": lambda v: None if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) else
-    f"must be a fold number >= 0 or \"all\", got {v!r}",
+    f"must be >= 0 (or \"all\" in a preset), got {v!r}",
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),
     "train.image_size": _image_size,
