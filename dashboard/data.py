@@ -186,6 +186,21 @@ class Experiment:
     def gradcam_scores(self, method: str) -> pd.DataFrame | None:
         return self._frame(self.catalog.gradcam_scores(method), "gradcam")
 
+    def pipeline_config(self) -> dict | None:
+        """The config ``run`` recorded in ``pipeline_run.json`` (None for an experiment built stage by stage)."""
+        record = self._json(self.catalog.pipeline_run, "predictions")
+        config = (record or {}).get("config")
+        return config if isinstance(config, dict) else None
+
+    def hard_tie_break(self) -> str:
+        """How this experiment's hard votes break ties (``ensembles.json``'s config, else the run's config, else the
+        pipeline's default), so the builder scores a hard vote exactly as the ensemble stage did."""
+        for source in ((self.ensembles_record() or {}).get("config"), (self.pipeline_config() or {}).get("ensemble")):
+            rule = source.get("hard_tie_break") if isinstance(source, dict) else None
+            if rule in ("mean_prob", "benign"):
+                return rule
+        return "mean_prob"
+
     def ensembles_record(self) -> dict | None:
         return self._json(self.catalog.ensembles, "ensembles")
 

@@ -16,6 +16,7 @@ PAGE_TABLE = {
     "images": ("misclassified.py", "Image browser", ":material/image_search:", "images"),
     "stain": ("stain_comparison.py", "Stain comparison", ":material/palette:", "stain"),
     "ensemble": ("ensemble_builder.py", "Ensemble builder", ":material/join:", "ensemble"),
+    "experiments": ("compare_experiments.py", "Compare experiments", ":material/compare_arrows:", "experiments"),
     "training": ("training_curves.py", "Training curves", ":material/show_chart:", "training"),
     "gradcam": ("gradcam.py", "Grad-CAM", ":material/local_fire_department:", "gradcam"),
 }

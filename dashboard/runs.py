@@ -161,7 +161,7 @@ def built_rows(exp: Experiment, token: str, members: list[str]) -> pd.DataFrame:
     rows = []
     for split in ("val", "test"):
         probs, meta = arrays[split]
-        res = combine(probs[idx], ens.method, ens.threshold, weights=weights)
+        res = combine(probs[idx], ens.method, ens.threshold, exp.hard_tie_break(), weights)
         rows.append(make_rows(token, "ensemble", ens.method, "built", "none", meta, res.score, pred=res.pred))
     return pd.concat(rows, ignore_index=True)
 

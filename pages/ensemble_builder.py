@@ -19,8 +19,18 @@ from dashboard.data import cached_weights, member_matrices, stamp
 from dashboard.runs import BuiltEnsemble, identify, notice_skipped, save_token, token_label
 from dashboard.text import code, plain
 from pipeline.artifacts.catalog import parse_run_id
+from pipeline.core.decision import (
+    aurc,
+    certainty_from_members,
+    certainty_from_score,
+    majority_accuracy,
+    refer_least_certain,
+    risk_coverage,
+    threshold_from_validation,
+)
 from pipeline.core.ensemble import agreement_matrix, combine
-from pipeline.core.metrics import binary_metrics, confusion_counts
+from pipeline.core.errors import PipelineError
+from pipeline.core.metrics import binary_metrics, confusion_counts, reliability_curve
 from pipeline.core.reference import load_reference
 
 RULES = ["soft", "hard", "weighted", "stacking"]
@@ -38,6 +48,8 @@ if not members:
     st.stop()
 path = exp.catalog.predictions
 arrays = member_matrices(str(path), stamp(path), tuple(members))
+tie_break = exp.hard_tie_break()  # the rule the experiment's own hard votes used (ensembles.json)
+TIE_WORDS = {"mean_prob": "ties -> mean probability", "benign": "ties -> benign, the study's scipy.stats.mode rule"}
 
 # -- members (their on/off state is in the URL as ?members=...) ----------------------------------------------------
 url_members = set(st.query_params.get_all("members")) if "members" in st.query_params else set(members)
@@ -51,28 +63,6 @@ def load_members(names: list[str], rule: str | None = None) -> None:
         st.session_state[f"member_{m}"] = m in names
     if rule:
         st.session_state["ens_method"] = rule
-
-
-c1, c2, c3 = st.columns([3, 3, 2])
-method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, horizontal=True,
-                     help="soft: mean probability; hard: majority vote (ties -> mean probability); weighted: weights fitted "
-                          "on validation; stacking: the pipeline's meta-model (read-only)")
-threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
-                         default=0.5, step=0.05, where=c2, disabled=method == "stacking")
-split = state.radio("Evaluate on", ["test", "val"], key="ens_split", param="split", where=c3, horizontal=True)
-st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)"
-           + ("; stacking ensembles have the members they were fitted on" if method == "stacking" else ""))
-chosen = []
-with st.container(key="ens_members"):
-    for family in ("v1", "v2"):
-        row = [m for m in members if parse_run_id(m).family == family]
-        if not row:
-            continue
-        cols = st.columns(max(len(row), 5))
-        for col, name in zip(cols, row):
-            if col.checkbox(plain(runs.label(name)), key=f"member_{name}", help=runs.tip[name], disabled=method == "stacking"):
-                chosen.append(name)
-state.publish("members", chosen, members)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -90,181 +80,297 @@ def member_roc(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return fpr, tpr
 
 
-t0 = time.perf_counter()
-weights = None
-if method == "stacking":
-    stack_runs = [r for r in runs.ensembles() if parse_run_id(r).method == "stacking"]
-    record = exp.ensembles_record() or {}
-    st.info("Stacking is the pipeline's meta-model, a small Keras network on the members' pooled features. "
-            "ensembles.json records no saved meta-model that could be re-applied to another member set (and the dashboard "
-            "never loads Keras), so the builder shows the pipeline's own stacking ensembles read-only; their members are "
-            "the groups they were fitted on.", icon=":material/lock:")
-    if not stack_runs:
-        skipped = {g: v.get("skipped") for g, v in (record.get("stacking") or {}).items() if isinstance(v, dict) and v.get("skipped")}
-        st.warning("This experiment has no stacking ensemble" + (": " + "; ".join(f"{plain(g)}: {plain(r)}" for g, r in skipped.items())
-                                                                 if skipped else f". Fit them with {code(exp.command('ensembles'))}"))
-        st.stop()
-    url_stack = st.query_params.get("stack")
-    stack = state.selectbox("Stacking ensemble", stack_runs, key="ens_stack", param="stack", format_func=runs.label,
-                            default=url_stack if url_stack in stack_runs else stack_runs[0])
-    part = preds[(preds["run_id"] == stack) & (preds["split"] == split)].sort_values("image_id")
-    chosen = list(parse_run_id(stack).members)
-    y, score, pred = part["label"].to_numpy(), part["prob_malignant"].to_numpy(), part["pred"].to_numpy()
-    meta = part
-    if split == "val":
-        st.caption("Validation rows of a stacking ensemble are the inner hold-out of the validation split only (the rest "
-                   "trained the meta-model).")
-    idx = [members.index(m) for m in chosen if m in members]
-    member_probs_all, member_meta = arrays[split]
-    aligned = pd.Series(np.arange(len(member_meta)), index=member_meta["image_id"]).reindex(part["image_id"]).to_numpy()
-    member_rows = member_probs_all[idx][:, aligned]
-    token = stack
-else:
-    if not chosen:
-        st.warning("Select at least one member.")
-        st.stop()
-    idx = [members.index(m) for m in chosen]
-    probs, meta = arrays[split]
-    val_probs, val_meta = arrays["val"]
-    weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen)) if method == "weighted" else None
-    result = combine(probs[idx], method, threshold, weights=weights)
-    y, score, pred = meta["label"].to_numpy(), result.score, result.pred
-    token = chosen[0] if len(chosen) == 1 else BuiltEnsemble(method, tuple(chosen), threshold).token
-    member_rows = probs[idx]
-scores = binary_metrics(y, score, pred, threshold if method != "stacking" else 0.5)
-member_metrics = all_member_metrics((str(path), stamp(path), tuple(members)), split, threshold)
-singles = {m: member_metrics[m] for m in chosen if m in member_metrics}
-best_single = max(singles, key=lambda m: singles[m]["accuracy"]) if singles else None
-elapsed_ms = (time.perf_counter() - t0) * 1000
-st.session_state["ensemble_last_ms"] = elapsed_ms
+def referral(y: np.ndarray, score: np.ndarray, pred: np.ndarray, member_rows: np.ndarray, threshold: float, ensemble: bool) -> None:
+    """The "refer the most uncertain X%" slider: images referred to a pathologist, errors among them, accuracy on the rest.
 
-with st.container(key="ensemble_metrics"):
-    cols = st.columns(6)
-    best_acc = singles[best_single]["accuracy"] if best_single else float("nan")
-    gain = scores["accuracy"] - best_acc
-    cols[0].metric("Accuracy", f"{scores['accuracy']:.4f}", None if best_single is None else f"{gain:+.4f} vs best",
-                   delta_color="off" if abs(gain) < 5e-5 else "normal")
-    cols[1].metric("Precision", ui.fmt(scores["precision"]))
-    cols[2].metric("Sensitivity", ui.fmt(scores["recall"]))
-    cols[3].metric("Specificity", ui.fmt(scores["specificity"]))
-    cols[4].metric("F1", ui.fmt(scores["f1"]))
-    cols[5].metric("ROC AUC", ui.fmt(scores["roc_auc"]))
-name = token_label(token, runs)
-caption = (f"**{plain(name)}**: {len(chosen)} member(s), {method} on {len(y)} {split} images; best single member: "
-           f"{runs.md(best_single) if best_single else 'n/a'} (accuracy {ui.fmt(best_acc)}). Re-scored in {elapsed_ms:.1f} ms.")
-st.markdown(caption)
-if weights is not None:
-    st.caption("Weights fitted on validation (minimum log-loss): " + " · ".join(
-        f"{runs.md(m)} {w:.2f}" for m, w in sorted(zip(chosen, weights), key=lambda t: -t[1])))
-    top = int(np.argmax(weights))
-    if len(chosen) > 1 and weights[top] >= COLLAPSE:
-        st.warning(f"Weighted voting puts {weights[top]:.0%} of the weight on {runs.md(chosen[top])}: this ensemble is "
-                   "essentially that one model (its validation log-loss is far lower than the others').",
-                   icon=":material/warning:")
+    Certainty is member agreement for an ensemble and the distance of P(malignant) from the threshold for one model
+    (``pipeline.core.decision``, the same functions behind ``aurc`` in metrics.parquet).
+    """
+    st.subheader("Refer the most uncertain images to a pathologist")
+    if ensemble and member_rows.shape[0] > 1:
+        certainty = certainty_from_members(member_rows, pred, threshold)
+        how = "member agreement (share of members voting with the ensemble; ties: the mean probability's distance from the threshold)"
+    else:
+        certainty = certainty_from_score(score, threshold)
+        how = "distance of P(malignant) from the threshold"
+    left, right = st.columns([2, 3])
+    with left:
+        share = state.slider("Refer the most uncertain (%)", 0.0, 50.0, key="ens_refer", param="refer", default=0.0, step=5.0,
+                             help="These images go to a pathologist; the model decides the rest")
+        referred = refer_least_certain(certainty, share / 100)
+        errors = pred != y
+        kept = ~referred
+        cols = st.columns(2)
+        cols[0].metric("Images referred", f"{int(referred.sum())} of {len(y)}")
+        cols[1].metric("Errors referred", f"{int((errors & referred).sum())} of {int(errors.sum())}",
+                       help="Misclassified images that a pathologist would see")
+        cols = st.columns(2)
+        cols[0].metric("Accuracy on the kept images", ui.fmt(float((~errors[kept]).mean()) if kept.any() else float("nan")),
+                       help="The model's accuracy on the images it still decides alone")
+        cols[1].metric("AURC", ui.fmt(aurc(~errors, certainty)), help="Area under the risk-coverage curve (lower is better); "
+                       "equal to the error rate when certainty says nothing about errors")
+        st.caption(f"Certainty: {how}.")
+    curve = risk_coverage(~errors, certainty)
+    fig = go.Figure(go.Scatter(x=curve["coverage"], y=curve["accuracy"], mode="lines+markers", name="accuracy on kept images",
+                               line=dict(shape="hv"), hovertemplate="keep %{x:.0%}: accuracy %{y:.4f}<extra></extra>"))
+    fig.add_vline(x=1 - referred.mean(), line=dict(dash="dot", color="#cf222e"))
+    fig.update_layout(title="Risk-coverage", xaxis_title="coverage (share of images the model decides)",
+                      yaxis_title="accuracy on them", height=300, margin=dict(t=40, b=10), xaxis=dict(range=[0, 1.02]))
+    right.plotly_chart(fig, width="stretch", key="ens_referral")
 
-with st.container(horizontal=True, key="ens_actions"):
-    if st.button("Show this ensemble's errors", key="ens_errors", type="primary", icon=":material/image_search:",
-                 help="Open the image browser on this ensemble's misclassified images"):
-        if method != "stacking" and token not in runs.ids:
-            save_token(exp, token)
-        st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=token, split=split))
-    if method != "stacking" and len(chosen) > 1:
-        if st.button("Save this ensemble", key="ens_save", icon=":material/bookmark_add:",
-                     help="Offer it in every run picker (confusion matrices, image browser) for this session"):
-            save_token(exp, token)
-            st.toast(f"Saved {name}: every run picker now offers it.", icon=":material/bookmark:")
-    csv = pd.DataFrame({"image_id": meta["image_id"].to_numpy(), "label": y, "score": score, "pred": pred})
-    st.download_button("Download its predictions (CSV)", csv.to_csv(index=False).encode(), file_name=f"{exp.name}_built_{split}.csv",
-                       mime="text/csv", key="ens_csv", icon=":material/download:")
 
-left, mid, right = st.columns([2, 3, 2])
-counts = confusion_counts(y, pred)
-left.plotly_chart(ui.confusion_figure(counts, "Confusion matrix"), width="stretch", key="ens_cm", config={"displayModeBar": False})
-fig = go.Figure()
-if len(np.unique(y)) == 2:
-    fpr, tpr, _ = roc_curve(y, score)
-    colour = runs.colour.get(token, "#1b6e3a")
-    fig.add_scatter(x=fpr, y=tpr, name="this ensemble", line=dict(color=colour, width=3))
-    for row_i, m in enumerate(c for c in chosen if c in members):
-        f, t = member_roc(y, member_rows[row_i])
-        fig.add_scatter(x=f, y=t, name=runs.label(m), line=dict(color=runs.colour[m], width=1), opacity=0.6)
-    op_fpr = counts["fp"] / max(counts["fp"] + counts["tn"], 1)
-    op_tpr = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
-    used = threshold if method != "stacking" else 0.5
-    fig.add_scatter(x=[op_fpr], y=[op_tpr], mode="markers", name=f"operating point (threshold {used:g})",
-                    marker=dict(symbol="star", size=16, color="black"))
-fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), showlegend=False)
-fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=440, margin=dict(t=40, b=10),
-                  legend=dict(font=dict(size=10), orientation="h", y=-0.22), xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
-mid.plotly_chart(fig, width="stretch", key="ens_roc")
-if "magnification" in meta:
-    by_mag = pd.DataFrame({"magnification": np.asarray(meta["magnification"]), "correct": pred == y})
-    right.caption("Accuracy by magnification")
-    right.dataframe(by_mag.groupby("magnification")["correct"].agg(["mean", "size"]).rename(columns={"mean": "accuracy", "size": "images"}),
-                    column_config={"accuracy": st.column_config.NumberColumn(format="%.4f")})
+def calibration(y: np.ndarray, score: np.ndarray, method: str) -> None:
+    """The reliability diagram of the built ensemble (n/a for a hard vote: its score is a vote share)."""
+    with st.expander("Calibration (reliability diagram)"):
+        if method == "hard":
+            st.info("n/a: a hard vote's score is the share of members voting malignant, not a probability, so its "
+                    "calibration (reliability, Brier, ECE) is not defined.")
+            return
+        curve = reliability_curve(y, score)
+        fig = go.Figure(go.Scatter(x=curve["mean_prob"], y=curve["observed"], mode="lines+markers", name="observed",
+                                   marker=dict(size=6 + 20 * curve["images"] / max(curve["images"].max(), 1)),
+                                   customdata=curve["images"], hovertemplate="predicted %{x:.2f}, observed %{y:.2f} "
+                                                                             "(%{customdata} images)<extra></extra>"))
+        fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), name="perfectly calibrated")
+        fig.update_layout(title="Reliability", xaxis_title="mean predicted P(malignant) in the bin",
+                          yaxis_title="observed malignant share", height=340, margin=dict(t=40, b=10),
+                          xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
+        st.plotly_chart(fig, width="stretch", key="ens_reliability")
+        st.caption(f"10 equal-width bins (marker size: images). ECE {ui.fmt(binary_metrics(y, score)['ece'])}: the image-weighted "
+                   "mean gap between a bin's predicted and observed malignant share.")
 
-if method != "stacking":
-    st.subheader("What each member contributes")
 
-    def subset_accuracy(subset: list[str]) -> float:
-        """Accuracy of the current rule on ``subset`` (weights re-fitted on val for the weighted rule)."""
-        sub_idx = [members.index(x) for x in subset]
-        w = cached_weights(val_probs[sub_idx], val_meta["label"].to_numpy(), tuple(subset)) if method == "weighted" else None
-        return float((combine(probs[sub_idx], method, threshold, weights=w).pred == y).mean())
+@st.fragment
+def builder() -> None:
+    """Everything a member toggle, rule, threshold or referral change affects: rerun alone (``st.fragment``), so a
+    click re-scores without re-running the page's loading above (the browser-measured cost of a full rerun)."""
+    c1, c2, c3 = st.columns([3, 3, 2])
+    method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, horizontal=True,
+                         help=f"soft: mean probability; hard: majority vote ({TIE_WORDS.get(tie_break, tie_break)}, as this "
+                              "experiment's ensembles); weighted: weights fitted on validation; stacking: the pipeline's "
+                              "meta-model (read-only)")
+    from_val = state.toggle("Threshold from validation", key="ens_vthr", param="vthr", where=c2,
+                            disabled=method in ("stacking", "hard"),
+                            help="Choose the threshold that maximises Youden's J (= balanced accuracy) on the validation "
+                                 "split, then apply it here; never chosen on test. Not for hard votes (members vote at 0.5).")
+    from_val = from_val and method not in ("stacking", "hard")
+    threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
+                             default=0.5, step=0.05, where=c2, disabled=method == "stacking" or from_val)
+    split = state.radio("Evaluate on", ["test", "val"], key="ens_split", param="split", where=c3, horizontal=True)
+    st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)"
+               + ("; stacking ensembles have the members they were fitted on" if method == "stacking" else ""))
+    chosen = []
+    with st.container(key="ens_members"):
+        for family in ("v1", "v2"):
+            row = [m for m in members if parse_run_id(m).family == family]
+            if not row:
+                continue
+            cols = st.columns(max(len(row), 5))
+            for col, name in zip(cols, row):
+                if col.checkbox(plain(runs.label(name)), key=f"member_{name}", help=runs.tip[name], disabled=method == "stacking"):
+                    chosen.append(name)
+    state.publish("members", chosen, members)
 
-    rows = []
-    for m in chosen:
-        rest = [x for x in chosen if x != m]
-        without = subset_accuracy(rest) if rest else float("nan")
-        rows.append({"member": runs.label(m), "alone": singles[m]["accuracy"], "ensemble without it": without,
-                     "change if removed": without - scores["accuracy"]})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
-        "alone": st.column_config.NumberColumn(format="%.4f"), "ensemble without it": st.column_config.NumberColumn(format="%.4f"),
-        "change if removed": st.column_config.NumberColumn(format="%+.4f", help="Negative: the ensemble needs this member")})
 
-a, b = st.columns(2)
-with a:
-    st.caption("Member agreement (share of images with the same predicted class); the colour scale spans the observed range")
-    names = [runs.label(m) for m in chosen if m in members]
-    agree = agreement_matrix((member_rows >= (threshold if method != "stacking" else 0.5)).astype(int), names)
-    low = float(agree.values.min())
-    st.plotly_chart(go.Figure(go.Heatmap(z=agree.values, x=names, y=names, zmin=low if low < 1 else 0.0, zmax=1, colorscale="Viridis",
-                                         text=agree.round(2).values, texttemplate="%{text}", colorbar=dict(title="agree"))
-                              ).update_layout(height=380, margin=dict(t=10, b=10), yaxis=dict(autorange="reversed")),
-                    width="stretch", key="ens_agree")
-with b:
-    st.caption("The study's ensembles (test, image-level split, full BreakHis)")
-    ref = load_reference()
-    st.dataframe(ref[ref.method.isin(["soft", "hard", "stacking"])][["run_id", "accuracy", "precision", "recall", "f1"]].rename(
-        columns={"run_id": "ensemble", "recall": "sensitivity"}), hide_index=True,
-        column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("accuracy", "precision", "sensitivity", "f1")})
+    t0 = time.perf_counter()
+    weights = None
+    if method == "stacking":
+        stack_runs = [r for r in runs.ensembles() if parse_run_id(r).method == "stacking"]
+        record = exp.ensembles_record() or {}
+        st.info("Stacking is the pipeline's meta-model, a small Keras network on the members' pooled features. "
+                "ensembles.json records no saved meta-model that could be re-applied to another member set (and the dashboard "
+                "never loads Keras), so the builder shows the pipeline's own stacking ensembles read-only; their members are "
+                "the groups they were fitted on.", icon=":material/lock:")
+        if not stack_runs:
+            skipped = {g: v.get("skipped") for g, v in (record.get("stacking") or {}).items() if isinstance(v, dict) and v.get("skipped")}
+            st.warning("This experiment has no stacking ensemble" + (": " + "; ".join(f"{plain(g)}: {plain(r)}" for g, r in skipped.items())
+                                                                     if skipped else f". Fit them with {code(exp.command('ensembles'))}"))
+            st.stop()
+        url_stack = st.query_params.get("stack")
+        stack = state.selectbox("Stacking ensemble", stack_runs, key="ens_stack", param="stack", format_func=runs.label,
+                                default=url_stack if url_stack in stack_runs else stack_runs[0])
+        part = preds[(preds["run_id"] == stack) & (preds["split"] == split)].sort_values("image_id")
+        chosen = list(parse_run_id(stack).members)
+        y, score, pred = part["label"].to_numpy(), part["prob_malignant"].to_numpy(), part["pred"].to_numpy()
+        meta = part
+        if split == "val":
+            st.caption("Validation rows of a stacking ensemble are the inner hold-out of the validation split only (the rest "
+                       "trained the meta-model).")
+        idx = [members.index(m) for m in chosen if m in members]
+        member_probs_all, member_meta = arrays[split]
+        aligned = pd.Series(np.arange(len(member_meta)), index=member_meta["image_id"]).reindex(part["image_id"]).to_numpy()
+        member_rows = member_probs_all[idx][:, aligned]
+        token = stack
+    else:
+        if not chosen:
+            st.warning("Select at least one member.")
+            st.stop()
+        idx = [members.index(m) for m in chosen]
+        probs, meta = arrays[split]
+        val_probs, val_meta = arrays["val"]
+        weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen)) if method == "weighted" else None
+        if from_val:
+            val_score = combine(val_probs[idx], method, 0.5, tie_break, weights).score  # soft/weighted: no threshold inside
+            try:
+                threshold = round(threshold_from_validation(val_meta["label"].to_numpy(), val_score), 4)
+                st.caption(f"Threshold {threshold:.4f}: maximises Youden's J on the {len(val_score)} validation images.")
+            except PipelineError as exc:
+                st.warning(f"No validation threshold ({exc}); using the slider's {threshold:g}.")
+        result = combine(probs[idx], method, threshold, tie_break, weights)
+        y, score, pred = meta["label"].to_numpy(), result.score, result.pred
+        token = chosen[0] if len(chosen) == 1 else BuiltEnsemble(method, tuple(chosen), threshold).token
+        member_rows = probs[idx]
+    scores = binary_metrics(y, score, pred, threshold if method != "stacking" else 0.5)
+    member_metrics = all_member_metrics((str(path), stamp(path), tuple(members)), split, threshold)
+    singles = {m: member_metrics[m] for m in chosen if m in member_metrics}
+    best_single = max(singles, key=lambda m: singles[m]["accuracy"]) if singles else None
+    elapsed_ms = (time.perf_counter() - t0) * 1000
+    st.session_state["ensemble_last_ms"] = elapsed_ms
 
-st.subheader("Best subsets (ranked on validation; test shown alongside)")
-subsets = exp.subsets()
-if subsets is None:
-    if not exp.is_corrupt(exp.catalog.subsets):
-        st.info(f"Run {code(exp.command('subsets'))} for the exhaustive subset search.")
-else:
-    sub_method = "hard" if method == "hard" else "soft"
-    top = subsets[subsets["method"] == sub_method].head(15).reset_index(drop=True)
-    shown = top.assign(members=[" + ".join(runs.label(m) for m in s.split("+") if m) for s in top["members"]])
+    baseline = majority_accuracy(y)
+    with st.container(key="ensemble_metrics"):
+        cols = st.columns(7)
+        best_acc = singles[best_single]["accuracy"] if best_single else float("nan")
+        gain = scores["accuracy"] - best_acc
+        cols[0].metric("Accuracy", f"{scores['accuracy']:.4f}", None if best_single is None else f"{gain:+.4f} vs best",
+                       delta_color="off" if abs(gain) < 5e-5 else "normal")
+        cols[1].metric("Precision", ui.fmt(scores["precision"]))
+        cols[2].metric("Sensitivity", ui.fmt(scores["recall"]))
+        cols[3].metric("Specificity", ui.fmt(scores["specificity"]))
+        cols[4].metric("F1", ui.fmt(scores["f1"]))
+        cols[5].metric("ROC AUC", ui.fmt(scores["roc_auc"]), help="Baseline: 0.5 (a random ranking)")
+        cols[6].metric("Majority baseline", ui.fmt(baseline), help="Accuracy of always predicting the larger class of these "
+                       f"{len(y)} images: the accuracy any model must beat")
+    if scores["accuracy"] <= baseline:
+        st.warning(f"This ensemble does not beat the majority baseline ({baseline:.4f}): always answering the larger class "
+                   "would score as well." + (" Its ROC AUC is high, so the ranking is good and the threshold is wrong: try "
+                                             "'Threshold from validation'." if scores["roc_auc"] >= 0.8 else ""),
+                   icon=":material/trending_down:")
+    elif not np.isnan(scores["roc_auc"]) and scores["roc_auc"] <= 0.5:
+        st.warning("ROC AUC at or below 0.5: the scores rank no better than chance.", icon=":material/trending_down:")
+    name = token_label(token, runs)
+    caption = (f"**{plain(name)}**: {len(chosen)} member(s), {method} on {len(y)} {split} images; best single member: "
+               f"{runs.md(best_single) if best_single else 'n/a'} (accuracy {ui.fmt(best_acc)}). Re-scored in {elapsed_ms:.1f} ms.")
+    st.markdown(caption)
+    if weights is not None:
+        st.caption("Weights fitted on validation (minimum log-loss): " + " · ".join(
+            f"{runs.md(m)} {w:.2f}" for m, w in sorted(zip(chosen, weights), key=lambda t: -t[1])))
+        top = int(np.argmax(weights))
+        if len(chosen) > 1 and weights[top] >= COLLAPSE:
+            st.warning(f"Weighted voting puts {weights[top]:.0%} of the weight on {runs.md(chosen[top])}: this ensemble is "
+                       "essentially that one model (its validation log-loss is far lower than the others').",
+                       icon=":material/warning:")
 
-    def load_subset() -> None:
-        rows_sel = st.session_state["ens_subsets"].selection.rows
-        if rows_sel:
-            load_members(top["members"].iloc[rows_sel[0]].split("+"), sub_method)
+    with st.container(horizontal=True, key="ens_actions"):
+        if st.button("Show this ensemble's errors", key="ens_errors", type="primary", icon=":material/image_search:",
+                     help="Open the image browser on this ensemble's misclassified images"):
+            if method != "stacking" and token not in runs.ids:
+                save_token(exp, token)
+            st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=token, split=split))
+        if method != "stacking" and len(chosen) > 1:
+            if st.button("Save this ensemble", key="ens_save", icon=":material/bookmark_add:",
+                         help="Offer it in every run picker (confusion matrices, image browser) for this session"):
+                save_token(exp, token)
+                st.toast(f"Saved {name}: every run picker now offers it.", icon=":material/bookmark:")
+        csv = pd.DataFrame({"image_id": meta["image_id"].to_numpy(), "label": y, "score": score, "pred": pred})
+        st.download_button("Download its predictions (CSV)", csv.to_csv(index=False).encode(), file_name=f"{exp.name}_built_{split}.csv",
+                           mime="text/csv", key="ens_csv", icon=":material/download:")
 
-    st.dataframe(shown[["val_rank", "members", "n_members", "val_accuracy", "test_accuracy", "val_log_loss"]], hide_index=True,
-                 on_select=load_subset, selection_mode="single-row", key="ens_subsets",
-                 column_config={"val_rank": st.column_config.NumberColumn("Rank (val)", pinned=True),
-                                "members": st.column_config.TextColumn("Members"),
-                                "n_members": st.column_config.NumberColumn("Size"),
-                                "val_accuracy": st.column_config.NumberColumn("Val accuracy", format="%.4f",
-                                                                              help="The ranking uses validation only"),
-                                "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="%.4f",
-                                                                               help="Shown alongside; never used to rank"),
-                                "val_log_loss": st.column_config.NumberColumn("Val log-loss", format="%.4f",
-                                                                              help="Tie-breaker: log-loss of the soft mean")})
-    st.caption("Select a row to load that subset (and its rule) into the builder above.")
-    st.download_button("Download all subsets (CSV)", subsets.to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
-                       mime="text/csv", key="ens_subsets_csv", icon=":material/download:")
+    referral(y, score, pred, member_rows, threshold if method != "stacking" else 0.5, len(chosen) > 1)
+
+    left, mid, right = st.columns([2, 3, 2])
+    counts = confusion_counts(y, pred)
+    left.plotly_chart(ui.confusion_figure(counts, "Confusion matrix"), width="stretch", key="ens_cm", config={"displayModeBar": False})
+    fig = go.Figure()
+    if len(np.unique(y)) == 2:
+        fpr, tpr, _ = roc_curve(y, score)
+        colour = runs.colour.get(token, "#1b6e3a")
+        fig.add_scatter(x=fpr, y=tpr, name="this ensemble", line=dict(color=colour, width=3))
+        for row_i, m in enumerate(c for c in chosen if c in members):
+            f, t = member_roc(y, member_rows[row_i])
+            fig.add_scatter(x=f, y=t, name=runs.label(m), line=dict(color=runs.colour[m], width=1), opacity=0.6)
+        op_fpr = counts["fp"] / max(counts["fp"] + counts["tn"], 1)
+        op_tpr = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
+        used = threshold if method != "stacking" else 0.5
+        fig.add_scatter(x=[op_fpr], y=[op_tpr], mode="markers", name=f"operating point (threshold {used:g})",
+                        marker=dict(symbol="star", size=16, color="black"))
+    fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), showlegend=False)
+    fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=440, margin=dict(t=40, b=10),
+                      legend=dict(font=dict(size=10), orientation="h", y=-0.22), xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
+    mid.plotly_chart(fig, width="stretch", key="ens_roc")
+    if "magnification" in meta:
+        by_mag = pd.DataFrame({"magnification": np.asarray(meta["magnification"]), "correct": pred == y})
+        right.caption("Accuracy by magnification")
+        per_mag = by_mag.groupby("magnification")["correct"].agg(["mean", "size"])
+        right.dataframe(per_mag.rename(columns={"mean": "accuracy", "size": "images"}),
+                        column_config={"accuracy": st.column_config.NumberColumn(format="%.4f")})
+    calibration(y, score, method)
+
+    if method != "stacking":
+        st.subheader("What each member contributes")
+
+        def subset_accuracy(subset: list[str]) -> float:
+            """Accuracy of the current rule on ``subset`` (weights re-fitted on val for the weighted rule)."""
+            sub_idx = [members.index(x) for x in subset]
+            w = cached_weights(val_probs[sub_idx], val_meta["label"].to_numpy(), tuple(subset)) if method == "weighted" else None
+            return float((combine(probs[sub_idx], method, threshold, tie_break, w).pred == y).mean())
+
+        rows = []
+        for m in chosen:
+            rest = [x for x in chosen if x != m]
+            without = subset_accuracy(rest) if rest else float("nan")
+            rows.append({"member": runs.label(m), "alone": singles[m]["accuracy"], "ensemble without it": without,
+                         "change if removed": without - scores["accuracy"]})
+        st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+            "alone": st.column_config.NumberColumn(format="%.4f"), "ensemble without it": st.column_config.NumberColumn(format="%.4f"),
+            "change if removed": st.column_config.NumberColumn(format="%+.4f", help="Negative: the ensemble needs this member")})
+
+    a, b = st.columns(2)
+    with a:
+        st.caption("Member agreement (share of images with the same predicted class); the colour scale spans the observed range")
+        names = [runs.label(m) for m in chosen if m in members]
+        agree = agreement_matrix((member_rows >= (threshold if method != "stacking" else 0.5)).astype(int), names)
+        low = float(agree.values.min())
+        st.plotly_chart(go.Figure(go.Heatmap(z=agree.values, x=names, y=names, zmin=low if low < 1 else 0.0, zmax=1, colorscale="Viridis",
+                                             text=agree.round(2).values, texttemplate="%{text}", colorbar=dict(title="agree"))
+                                  ).update_layout(height=380, margin=dict(t=10, b=10), yaxis=dict(autorange="reversed")),
+                        width="stretch", key="ens_agree")
+    with b:
+        st.caption("The study's ensembles (test, image-level split, full BreakHis)")
+        ref = load_reference()
+        st.dataframe(ref[ref.method.isin(["soft", "hard", "stacking"])][["run_id", "accuracy", "precision", "recall", "f1"]].rename(
+            columns={"run_id": "ensemble", "recall": "sensitivity"}), hide_index=True,
+            column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("accuracy", "precision", "sensitivity", "f1")})
+
+    st.subheader("Best subsets (ranked on validation; test shown alongside)")
+    subsets = exp.subsets()
+    if subsets is None:
+        if not exp.is_corrupt(exp.catalog.subsets):
+            st.info(f"Run {code(exp.command('subsets'))} for the exhaustive subset search.")
+    else:
+        sub_method = "hard" if method == "hard" else "soft"
+        top = subsets[subsets["method"] == sub_method].head(15).reset_index(drop=True)
+        shown = top.assign(members=[" + ".join(runs.label(m) for m in s.split("+") if m) for s in top["members"]])
+
+        def load_subset() -> None:
+            rows_sel = st.session_state["ens_subsets"].selection.rows
+            if rows_sel:
+                load_members(top["members"].iloc[rows_sel[0]].split("+"), sub_method)
+
+        st.dataframe(shown[["val_rank", "members", "n_members", "val_accuracy", "test_accuracy", "val_log_loss"]], hide_index=True,
+                     on_select=load_subset, selection_mode="single-row", key="ens_subsets",
+                     column_config={"val_rank": st.column_config.NumberColumn("Rank (val)", pinned=True),
+                                    "members": st.column_config.TextColumn("Members"),
+                                    "n_members": st.column_config.NumberColumn("Size"),
+                                    "val_accuracy": st.column_config.NumberColumn("Val accuracy", format="%.4f",
+                                                                                  help="The ranking uses validation only"),
+                                    "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="%.4f",
+                                                                                   help="Shown alongside; never used to rank"),
+                                    "val_log_loss": st.column_config.NumberColumn("Val log-loss", format="%.4f",
+                                                                                  help="Tie-breaker: log-loss of the soft mean")})
+        st.caption("Select a row to load that subset (and its rule) into the builder above.")
+        st.download_button("Download all subsets (CSV)", subsets.to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
+                           mime="text/csv", key="ens_subsets_csv", icon=":material/download:")
+
+
+builder()

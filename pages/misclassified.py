@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import image_card, state, ui
 from dashboard.runs import load_runs, notice_skipped, run_picker
 from pipeline.artifacts.catalog import GRADCAM_METHODS
+from pipeline.core.decision import certainty_from_members, certainty_from_score, refer_least_certain
 
 PAGE_SIZE = 12
 SORTS = ["most confident errors first", "highest loss first", "image id"]
@@ -55,6 +56,10 @@ with st.sidebar:
     patient = state.multiselect("Patient", sorted(rows["patient_id"].dropna().astype(str).unique().tolist()), key="br_patient",
                                 param="patient")
     conf = state.slider("Minimum confidence in the predicted class", 0.5, 1.0, key="br_conf", param="conf", default=0.5, step=0.01)
+    refer = state.slider("Hide the most uncertain (%): referred", 0.0, 50.0, key="br_refer", param="refer", default=0.0, step=5.0,
+                         help="Hide the images a referral of this share would send to a pathologist (least certain first: "
+                              "member agreement for an ensemble, distance from 0.5 for one model), leaving the errors the "
+                              "model would make on its own")
     st.header("Grad-CAM")
     members = runs.members_of(run)
     maps_by_method = {m: image_card.run_maps(exp, m, members) for m in GRADCAM_METHODS}
@@ -70,6 +75,23 @@ with st.sidebar:
         ui.colour_bar()
 
 # -- filtering ------------------------------------------------------------------------------------------------
+def certainty(rows, members: list[str]) -> np.ndarray:
+    """Member agreement when every member's prediction of these images is present, else distance from 0.5."""
+    if len(members) > 1:
+        part = preds[(preds["split"] == split) & preds["run_id"].isin(members)]
+        table = part.drop_duplicates(["run_id", "image_id"]).pivot(index="image_id", columns="run_id", values="prob_malignant")
+        if set(members) <= set(table.columns) and set(rows["image_id"]) <= set(table.index):
+            probs = table.loc[rows["image_id"].to_numpy(), members].to_numpy(dtype=float).T
+            if not np.isnan(probs).any():
+                return certainty_from_members(probs, rows["pred"].to_numpy())
+    return certainty_from_score(rows["prob_malignant"].to_numpy())
+
+
+if refer > 0 and len(rows):
+    referred = refer_least_certain(certainty(rows, members), refer / 100)
+    st.caption(f"{int(referred.sum())} of {len(rows)} images ({refer:g}%, the least certain) would be referred to a pathologist "
+               f"and are hidden, {int((rows['pred'] != rows['label'])[referred].sum())} of them errors.")
+    rows = rows[~referred]
 rows["confidence"] = np.where(rows["pred"] == 1, rows["prob_malignant"], 1 - rows["prob_malignant"])
 rows["loss"] = -np.log(np.clip(np.where(rows["label"] == 1, rows["prob_malignant"], 1 - rows["prob_malignant"]), 1e-7, 1))
 if only_errors:

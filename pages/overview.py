@@ -20,6 +20,8 @@ COLUMNS = {  # metrics column -> (readable name, tooltip, default shown)
     "n": ("Images", "Images in this split", False),
     "accuracy": ("Accuracy", "Share of images classified correctly", True),
     "accuracy_ci": ("Accuracy 95% CI", "Bootstrap over patients (images of one patient are correlated)", True),
+    "majority_accuracy": ("Majority baseline", "Accuracy of always predicting the larger class of this split", True),
+    "baseline": ("Beats baseline?", "No when accuracy ≤ the majority baseline, or ROC AUC ≤ 0.5", True),
     "precision": ("Precision", "Of the images called malignant, the share that are", False),
     "recall": ("Sensitivity", "Recall: of the malignant images, the share found", True),
     "specificity": ("Specificity", "Of the benign images, the share called benign", True),
@@ -32,9 +34,15 @@ COLUMNS = {  # metrics column -> (readable name, tooltip, default shown)
     "ece": ("ECE", "Expected calibration error (10 bins), lower is better", False),
     "patient_recognition_rate": ("Patient score", "BreakHis patient recognition rate: mean over patients of each patient's accuracy", True),
     "patients": ("Patients", "Patients in this split", False),
+    "patient_accuracy": ("Patient accuracy", "Per patient: mean of its image scores ≥ threshold, against the patient's label", True),
+    "patient_accuracy_ci": ("Patient accuracy 95% CI", "Bootstrap over patients", False),
+    "patient_roc_auc": ("Patient ROC AUC", "Ranking of patients by their mean image score", False),
+    "aurc": ("AURC", "Area under the risk-coverage curve (referring the least certain first); lower is better", False),
+    "threshold": ("Threshold", "Decision threshold used (0.5, or chosen on validation: [evaluate] threshold)", False),
+    "score_type": ("Score", "probability, or vote_share for hard votes (their Brier/ECE are n/a)", False),
 }
 NUMBERS = ["accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc", "pr_auc", "brier", "ece",
-           "patient_recognition_rate"]
+           "patient_recognition_rate", "majority_accuracy", "patient_accuracy", "patient_roc_auc", "aurc", "threshold"]
 
 exp = ui.page_start("Overview")
 manifest, split, metrics, preds = exp.manifest(), exp.split(), exp.metrics(), exp.predictions()
@@ -152,11 +160,16 @@ if table is not None and not table.empty:
         fig.add_scatter(x=ref_x, y=ref_y, mode="markers", name="the study (image-level split)", row=1, col=1,
                         marker=dict(symbol="diamond-open", size=13, color="black", line=dict(width=2)),
                         hovertemplate="study: %{x:.4f}<extra>%{y}</extra>")
+    positives = int(order["tp"].iloc[0] + order["fn"].iloc[0])
+    base_acc = max(positives, int(order["n"].iloc[0]) - positives) / max(int(order["n"].iloc[0]), 1)
+    for c, base in ((1, base_acc), (2, 0.5)):
+        fig.add_vline(x=base, line=dict(dash="dot", color="#cf222e", width=1), row=1, col=c)
     fig.update_layout(height=max(300, 26 * len(labels) + 110), margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.08 if len(labels) > 6 else -0.2))
     st.plotly_chart(fig, width="stretch", key="ov_chart")
     st.caption("Dots: this experiment, with patient-bootstrap 95% CIs. Open diamonds: the study's reported test accuracy "
-               "for the same model or family ensemble (its split is image-level, so patients are shared).")
+               "for the same model or family ensemble (its split is image-level, so patients are shared). Dotted red lines: "
+               f"the baselines to beat (majority-class accuracy {base_acc:.4f}; ROC AUC 0.5).")
 
     # -- the table --------------------------------------------------------------------------------------------
     st.subheader("Every run and ensemble")
@@ -164,7 +177,18 @@ if table is not None and not table.empty:
     rank = table["accuracy"].rank(method="min", ascending=False)
     ties = rank.map(rank.value_counts())
     table["rank"] = [f"{int(r)}" + (" (tie)" if t > 1 else "") if pd.notna(r) else "" for r, t in zip(rank, ties)]
-    for m in ("accuracy", "roc_auc"):
+    if "majority_accuracy" not in table:  # metrics from an older evaluate: the baseline follows from the counts
+        positives = table["tp"] + table["fn"]
+        table["majority_accuracy"] = [max(p, n - p) / max(n, 1) for p, n in zip(positives, table["n"])]
+    fails = (table["accuracy"] <= table["majority_accuracy"]) | (table["roc_auc"] <= 0.5)
+    table["baseline"] = ["no" if f else "yes" for f in fails]
+    if fails.any():
+        st.warning(f"{int(fails.sum())} run(s) do not beat the baseline (accuracy ≤ the majority baseline "
+                   f"{table['majority_accuracy'].iloc[0]:.4f}, or ROC AUC ≤ 0.5): "
+                   + ", ".join(runs.md(r) for r in table.loc[fails, "run_id"][:8]) + (" …" if fails.sum() > 8 else "")
+                   + ". A high ROC AUC with a low accuracy means a good ranking at a wrong threshold: see `[evaluate] threshold "
+                     "= \"validation\"`.", icon=":material/trending_down:")
+    for m in ("accuracy", "roc_auc", "patient_accuracy"):
         if f"{m}_lo" in table:
             table[f"{m}_ci"] = [f"{lo:.3f}–{hi:.3f}" if pd.notna(lo) else "" for lo, hi in zip(table[f"{m}_lo"], table[f"{m}_hi"])]
     table = table.sort_values(["accuracy", "run"], ascending=[False, True]).reset_index(drop=True)

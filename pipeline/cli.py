@@ -45,6 +45,13 @@ def setting(key: str, parse: type = int):
     return convert
 
 
+def _number_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _checked(check):
     """An argparse type from a function that raises PipelineError for a bad value."""
 
@@ -103,9 +110,19 @@ def cmd_demo_data(args) -> None:
 
 
 def cmd_split(args) -> None:
-    from pipeline.stages.split import run_split
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.split import export_split, run_split, split_from_csv
 
-    run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds, force=args.force)
+    if args.export and args.source:
+        raise PipelineError("give --export or --from, not both")
+    if args.export:
+        export_split(args.dir, args.export)
+    elif args.source:
+        split_from_csv(args.dir, args.source, args.allow_leakage, force=args.force)
+    elif args.mode is None:
+        raise PipelineError("split needs --mode paper|patient (or --from FILE.csv, or --export FILE.csv)")
+    else:
+        run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds, force=args.force)
 
 
 TRAIN_FLAGS = ("epochs", "batch_size", "image_size", "weights", "strategy", "warmup_epochs", "early_stopping_patience")
@@ -128,6 +145,9 @@ def resolve_train_args(args):
     cfg = resolve_config(args.config, _train_overrides(args), require_data_root=False)
     seed = cfg.experiment.seed if args.seed is None else args.seed
     fold = cfg.split.fold if args.fold is None else args.fold
+    if fold == "all":  # `run` trains every fold into its own folder; one `train` trains one fold
+        raise PipelineError("the preset says split.fold = \"all\": give the fold this run trains on with --fold K "
+                            "(or use `run`, which trains every fold into its own experiment folder)")
     return cfg, seed, fold
 
 
@@ -162,7 +182,7 @@ def cmd_evaluate(args) -> None:
     from pipeline.config import EvaluateConfig
     from pipeline.stages.evaluate import run_evaluate
 
-    run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap), seed=args.seed, force=args.force)
+    run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap, threshold=args.threshold), seed=args.seed, force=args.force)
 
 
 def cmd_gradcam(args) -> None:
@@ -223,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("split", help="image-level (paper) or patient-level split")
     p.add_argument("dir")
-    p.add_argument("--mode", choices=["paper", "patient"], required=True)
+    p.add_argument("--mode", choices=["paper", "patient"])
+    p.add_argument("--export", metavar="FILE.csv", help="write the split (image_id, patient_id, patient_num, split, fold) and stop")
+    p.add_argument("--from", dest="source", metavar="FILE.csv", help="import a published split (image_id, split[, fold])")
+    p.add_argument("--allow-leakage", action="store_true", help="with --from: accept patients on several sides (image-level)")
     p.add_argument("--ratios", type=_checked(_ratios), default=(0.7, 0.15, 0.15), help="train,val,test (default 0.7,0.15,0.15)")
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.add_argument("--group-by", default="patient_num", choices=["patient_id", "patient_num"])
@@ -275,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics.parquet with patient-bootstrap CIs")
     p.add_argument("dir")
     p.add_argument("--bootstrap", type=setting("evaluate.bootstrap"), default=1000)
+    p.add_argument("--threshold", type=setting("evaluate.threshold", _number_or_text), default=0.5,
+                   help='decision threshold in (0, 1), or "validation" (maximise Youden\'s J on val, apply to test)')
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.set_defaults(func=cmd_evaluate)

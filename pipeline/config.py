@@ -42,7 +42,9 @@ class SplitConfig:
     ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     group_by: str = "patient_num"
     folds: int = 1
-    fold: int = 0  # which fold the runs train on
+    fold: int | str = 0  # which fold the runs train on; "all" (run only): every fold, each in its own experiment folder
+    from_csv: str = ""  # a published split to import (`split --export` format) instead of making one
+    allow_leakage: bool = False  # with from_csv: accept patients on several sides (an image-level split, on purpose)
 
 
 @dataclass
@@ -116,6 +118,7 @@ class EvaluateConfig:
     bootstrap: int = 1000
     ci: float = 0.95
     ece_bins: int = 10
+    threshold: float | str = 0.5  # a number in (0, 1), or "validation": maximise Youden's J on val, apply to test
 
 
 @dataclass
@@ -205,6 +208,12 @@ def _weights(v: str) -> str | None:
     return f"must be 'imagenet', 'none' or an existing weights file (.h5), got {v!r}"
 
 
+def _threshold(v: Any) -> str | None:
+    if v == "validation" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1):
+        return None
+    return f"must be a number between 0 and 1 (exclusive) or \"validation\", got {v!r}"
+
+
 def _name(v: str) -> str | None:  # becomes a folder name under artifacts/: never a path
     return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) else f"must be a simple name (letters, digits, . _ -), got {v!r}"
 
@@ -216,7 +225,8 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "experiment.demo_patients": _at_least(8),
     "experiment.demo_images_per_patient": _at_least(1),
     "split.folds": _at_least(1),
-    "split.fold": _at_least(0),
+    "split.fold": lambda v: None if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) else
+    f"must be >= 0 (or \"all\" in a preset), got {v!r}",
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),
     "train.image_size": _image_size,
@@ -238,6 +248,7 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "evaluate.bootstrap": _at_least(1),
     "evaluate.ci": _open_unit,
     "evaluate.ece_bins": _at_least(1),
+    "evaluate.threshold": _threshold,
     "gradcam.max_images": _at_least(0),
     "gradcam.batch_size": _at_least(1),
     "gradcam.deletion_steps": _at_least(1),
@@ -330,7 +341,7 @@ def config_from_dict(raw: dict, require_data_root: bool = True) -> Config:
         _check_limits(getattr(cfg, name), name, name)
     for i, run in enumerate(cfg.runs):
         _check_limits(run, f"runs[{i}]", "runs")
-    if cfg.split.fold >= cfg.split.folds:
+    if cfg.split.fold != "all" and cfg.split.fold >= cfg.split.folds:
         raise PipelineError(f"config key 'split.fold' must be below split.folds ({cfg.split.folds}), got {cfg.split.fold}")
     parse_ratios(cfg.split.ratios)
     if require_data_root and not cfg.experiment.data_root:

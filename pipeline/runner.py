@@ -9,13 +9,15 @@ so a rerun of an unchanged preset takes seconds.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
+from pathlib import Path
 
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import ensure_dir, write_json
 from pipeline.artifacts.provenance import library_versions
-from pipeline.config import Config
+from pipeline.config import PROJECT_ROOT, Config
 from pipeline.progress import Board, LineReporter, report, set_sink
 
 STAGES = ("data", "index", "split", "stain", "train", "ensemble", "evaluate", "gradcam")
@@ -37,8 +39,55 @@ def with_dependents(stages: list[str] | tuple[str, ...]) -> set[str]:
     return out
 
 
+def fold_config(cfg: Config, fold: int) -> Config:
+    """The config of fold ``fold`` of a ``split.fold = "all"`` preset: its own experiment ``<name>-fold<k>``."""
+    out = copy.deepcopy(cfg)
+    out.experiment.name = f"{cfg.experiment.name}-fold{fold}"
+    if cfg.experiment.out_dir:
+        out.experiment.out_dir = f"{cfg.experiment.out_dir.rstrip('/')}-fold{fold}"
+    out.split.fold = fold
+    return out
+
+
+def protocol_dir(cfg: Config) -> Path:
+    """Where the fold summary of a ``split.fold = "all"`` preset goes: ``<out_dir>-folds`` (not an experiment)."""
+    return cfg.out_dir.parent / f"{cfg.out_dir.name}-folds"
+
+
+def run_all_folds(cfg: Config, only: list[str] | None = None, force: list[str] | tuple[str, ...] = ()) -> dict:
+    """Every fold of the preset, one experiment folder each (each resumable and up to date on its own), then the
+    fold summary (mean ± sd of every metric) when every fold has been evaluated."""
+    records = {}
+    for fold in range(cfg.split.folds):
+        print(f"\n##### fold {fold} of {cfg.split.folds} #####", flush=True)
+        records[fold] = run_pipeline(fold_config(cfg, fold), only=only, force=force)
+    summary = write_fold_summary(cfg)
+    return {"folds": records, "summary": str(summary) if summary else None}
+
+
+def write_fold_summary(cfg: Config) -> Path | None:
+    """``fold_summary.parquet`` of the protocol when every fold has metrics; None (and says why) otherwise."""
+    from pipeline.stages.evaluate import summarize_folds
+
+    dirs = [fold_config(cfg, k).out_dir for k in range(cfg.split.folds)]
+    missing = [d.name for d in dirs if not Catalog(d).metrics.exists()]
+    if missing:
+        print(f"fold summary: not written, no metrics yet for {', '.join(missing)}")
+        return None
+    out = Catalog(protocol_dir(cfg)).fold_summary
+    summary = summarize_folds(dirs, out)
+    test = summary[summary["split"] == "test"]
+    cols = [c for c in ("run_id", "folds", "accuracy_mean", "accuracy_sd", "patient_accuracy_mean", "roc_auc_mean") if c in test]
+    print(test[cols].round(4).to_string(index=False))
+    print(f"fold summary: wrote {out}")
+    return out
+
+
 def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | tuple[str, ...] = ()) -> dict:
     from pipeline.core.errors import PipelineError
+
+    if cfg.split.fold == "all":
+        return run_all_folds(cfg, only, force)
     from pipeline.core.model_specs import get_spec
     from pipeline.ml.models import check_weights_available
 
@@ -71,9 +120,14 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
         run_index(cfg.data_root, out, synthetic=cfg.experiment.synthetic, force="index" in forced)
 
     def split() -> None:
-        from pipeline.stages.split import run_split
+        from pipeline.stages.split import run_split, split_from_csv
 
-        run_split(out, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds, force="split" in forced)
+        if cfg.split.from_csv:  # relative paths are relative to the project, like data_root
+            source = cfg.split.from_csv if Path(cfg.split.from_csv).is_absolute() else PROJECT_ROOT / cfg.split.from_csv
+            split_from_csv(out, source, cfg.split.allow_leakage, force="split" in forced)
+        else:
+            run_split(out, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds,
+                      force="split" in forced)
 
     def stain() -> None:
         from pipeline.stages.stain import run_stain

@@ -189,3 +189,16 @@ def test_hostile_text_creates_no_image_or_link(live, dashboard_artifacts):
         assert page.locator("img[src*='127.0.0.1:9'], img[src='x'], a[href*='127.0.0.1:9']").count() == 0, path
     notice = page.locator("[data-testid='stAlertContentWarning']", has_text="not ones the pipeline writes")
     expect(notice).to_contain_text(HOSTILE_RUN)  # shown literally, as text
+
+
+def test_compare_experiments_renders_its_dumbbell(live, dashboard_artifacts):
+    """Two experiments side by side in the browser: both leakage headers, the dumbbell chart and the tables."""
+    from playwright.sync_api import expect
+
+    url, page = live
+    start(page, url, "/experiments?exp=fixture&exps=fixture&exps=hostile")
+    heads = page.locator("[data-testid='stMetric']", has_text="Patients in train and test")
+    expect(heads).to_have_count(2, timeout=30_000)
+    expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
+    expect(page.locator("[data-testid='stDataFrame']").first).to_be_visible()
+    assert page.locator("img[src*='127.0.0.1:9'], a[href*='127.0.0.1:9']").count() == 0  # the hostile twin stays text

@@ -217,6 +217,12 @@ class Catalog:
         return self.root / "pipeline_status.json"
 
     @property
+    def fold_summary(self) -> Path:
+        """Mean ± sd over the fold experiments of one protocol (``run`` with ``split.fold = "all"``): lives in the
+        protocol folder ``artifacts/<name>-folds/``, next to the fold experiments ``<name>-fold<k>``."""
+        return self.root / "fold_summary.parquet"
+
+    @property
     def image_cache_dir(self) -> Path:
         return self.root / "cache" / "images"
 

@@ -167,3 +167,67 @@ def split_for_fold(split: pd.DataFrame, fold: int = 0) -> pd.DataFrame:
     if part.empty:
         raise PipelineError(f"fold {fold} not in split.parquet (folds: {sorted(split['fold'].unique().tolist())})")
     return part[["image_id", "split"]].reset_index(drop=True)
+
+
+EXPORT_COLUMNS = ["image_id", "patient_id", "patient_num", "split", "fold"]
+
+
+def export_table(manifest: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """The split as a publishable table: one row per (image, fold) with its patient, sorted for stable diffs."""
+    table = split.merge(manifest[["image_id", "patient_id", "patient_num"]], on="image_id", how="left")
+    return table[EXPORT_COLUMNS].sort_values(["fold", "image_id"]).reset_index(drop=True)
+
+
+def _names(values, shown: int = 5) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values[:shown]) + (f" and {len(values) - shown} more" if len(values) > shown else "")
+
+
+def import_split(manifest: pd.DataFrame, table: pd.DataFrame, source: str = "the file", allow_leakage: bool = False) -> pd.DataFrame:
+    """Check a published split (``image_id``, ``split``, optional ``fold``) against the manifest; return split rows.
+
+    Refused, each with one line naming the offenders: a missing column, a split value other than train/val/test,
+    an image the manifest does not have, an image listed twice in one fold, a manifest image a fold leaves out
+    (every run trains on a split that covers the manifest), and a patient (numeric id) on two sides of a fold,
+    unless ``allow_leakage`` (to reproduce an image-level split such as the study's on purpose).
+    """
+    missing = [c for c in ("image_id", "split") if c not in table]
+    if missing:
+        raise PipelineError(f"{source} lacks column(s) {missing} (needs image_id, split and optionally fold)")
+    table = table.copy()
+    table["image_id"] = table["image_id"].astype(str).str.strip()
+    table["split"] = table["split"].astype(str).str.strip().str.lower()
+    if "fold" not in table:
+        table["fold"] = 0
+    folds = pd.to_numeric(table["fold"], errors="coerce")
+    if folds.isna().any() or (folds < 0).any() or (folds != folds.round()).any():
+        bad_folds = table.loc[folds.isna() | (folds < 0) | (folds != folds.round()), "fold"].unique()
+        raise PipelineError(f"{source} has fold value(s) that are not whole numbers >= 0: {_names(bad_folds)}")
+    table["fold"] = folds.astype("int16")
+    bad = sorted(set(table["split"]) - set(SPLITS))
+    if bad:
+        raise PipelineError(f"{source} has split value(s) {bad} (expected train, val, test)")
+    unknown = sorted(set(table["image_id"]) - set(manifest["image_id"].astype(str)))
+    if unknown:
+        raise PipelineError(f"{source} names {len(unknown)} image(s) the manifest does not have: {_names(unknown)}")
+    dup = table[table.duplicated(["fold", "image_id"], keep=False)]
+    if len(dup):
+        raise PipelineError(f"{source} lists {dup['image_id'].nunique()} image(s) more than once in one fold: "
+                            f"{_names(sorted(dup['image_id'].unique()))}")
+    if sorted(table["fold"].unique()) != list(range(table["fold"].nunique())):
+        raise PipelineError(f"{source} has folds {sorted(table['fold'].unique().tolist())}; folds must be numbered 0, 1, 2, ...")
+    table = table[["image_id", "split", "fold"]]  # a published file's own patient columns are not trusted: the manifest's are
+    merged = table.merge(manifest[["image_id", "patient_num"]].astype({"image_id": str}), on="image_id")
+    for fold, part in merged.groupby("fold"):
+        left_out = sorted(set(manifest["image_id"].astype(str)) - set(part["image_id"]))
+        if left_out:
+            raise PipelineError(f"{source} leaves {len(left_out)} manifest image(s) out of fold {fold}: {_names(left_out)} "
+                                "(a split must place every image)")
+        if not allow_leakage:
+            sides = part.groupby("patient_num")["split"].nunique()
+            shared = sorted(sides[sides > 1].index.tolist())
+            if shared:
+                raise PipelineError(f"{source} puts {len(shared)} patient(s) on more than one side of fold {fold}: "
+                                    f"{_names(shared)} (an image-level split; pass --allow-leakage to import it on purpose)")
+        check_sides(manifest, part[["image_id", "split"]], "imported", int(fold))
+    return table[["image_id", "split", "fold"]].sort_values(["fold", "image_id"]).reset_index(drop=True)

@@ -3,6 +3,9 @@
 Up to date when the manifest's content and the split settings are unchanged. Validate, then act: the new
 split is computed (and every setting checked) before ``split.parquet`` is replaced, so a failing command
 leaves the previous split, and every run trained on it, as they were.
+
+``split --export FILE.csv`` writes the split as a publishable table (image, patient, split, fold) and
+``split --from FILE.csv`` imports one, so researchers can reproduce each other's numbers on the same images.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.experiment import load_manifest, load_split
-from pipeline.artifacts.io import write_parquet
+from pipeline.artifacts.io import atomic_path, write_parquet
 from pipeline.artifacts.stamps import Stamp, up_to_date
-from pipeline.core.splits import leakage_report, make_split
+from pipeline.core.errors import PipelineError
+from pipeline.core.splits import export_table, import_split, leakage_report, make_split
 
 SPLIT_VERSION = 1
 
@@ -40,4 +44,40 @@ def run_split(exp_dir: Path | str, mode: str, ratios: tuple[float, float, float]
     shared = int(report["shared_patient_num"].max())
     verdict = " (image-level split: patients leak)" if shared else " (leak-free)"
     print(f"leakage: {shared} patient(s) shared between train/val/test{verdict}")
+    return report
+
+
+def export_split(exp_dir: Path | str, out: Path | str) -> Path:
+    """Write the experiment's split as CSV (``image_id, patient_id, patient_num, split, fold``), atomically."""
+    table = export_table(load_manifest(exp_dir), load_split(exp_dir))
+    out = Path(out)
+    with atomic_path(out, ".csv") as tmp:
+        table.to_csv(tmp, index=False)
+    print(f"wrote {out}: {len(table)} rows, {table['fold'].nunique()} fold(s)")
+    return out
+
+
+def split_from_csv(exp_dir: Path | str, source: Path | str, allow_leakage: bool = False, force: bool = False) -> pd.DataFrame:
+    """Import a published split: every row checked against the manifest before ``split.parquet`` is replaced."""
+    catalog = Catalog(exp_dir)
+    source = Path(source)
+    if not source.is_file():
+        raise PipelineError(f"{source} is not a file (give the CSV written by `split --export` or one with image_id,split[,fold])")
+    manifest = load_manifest(exp_dir)
+    stamp = Stamp(catalog, "split", {"version": SPLIT_VERSION, "source": "csv", "allow_leakage": allow_leakage},
+                  inputs=[catalog.manifest, source])
+    if not force and stamp.is_current():
+        report = leakage_report(manifest, load_split(exp_dir))
+        up_to_date("split", f"imported from {source.name}, {int(report['shared_patient_num'].max())} patient(s) shared")
+        return report
+    try:
+        table = pd.read_csv(source, dtype={"image_id": str, "split": str, "patient_id": str})
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise PipelineError(f"{source} is not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    split = import_split(manifest, table, str(source), allow_leakage)  # raises before anything is written
+    report = leakage_report(manifest, split)
+    write_parquet(split, catalog.split)
+    stamp.record([catalog.split])
+    print(report.to_string(index=False))
+    print(f"imported {len(split)} rows ({split['fold'].nunique()} fold(s)) from {source}")
     return report
