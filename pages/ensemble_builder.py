@@ -15,7 +15,7 @@ import streamlit as st
 from sklearn.metrics import roc_curve
 
 from dashboard import nav, state, ui
-from dashboard.data import cached_weights, member_matrices, stamp
+from dashboard.data import cached_weights, member_matrices, stamp, validation_arrays
 from dashboard.runs import BuiltEnsemble, identify, notice_skipped, save_token, token_label
 from dashboard.text import code, plain
 from pipeline.artifacts.catalog import parse_run_id
@@ -27,6 +27,7 @@ RULES = ["soft", "hard", "weighted", "stacking"]
 COLLAPSE = 0.9  # a weighted vote with this share on one member is that member in disguise
 
 exp = ui.page_start("Ensemble builder")
+ui.require_labels(exp, "Building and scoring ensembles")
 preds = exp.predictions()
 ui.require(exp, preds, "predictions", "predictions.parquet", exp.catalog.predictions)
 runs = identify(preds)
@@ -37,7 +38,8 @@ if not members:
             f"{code(f'python -m pipeline train {exp.cli_dir} --model efficientnet_b0')}")
     st.stop()
 path = exp.catalog.predictions
-arrays = member_matrices(str(path), stamp(path), tuple(members))
+arrays = member_matrices(str(path), stamp(path), tuple(members), tuple(exp.eval_splits))
+
 
 # -- members (their on/off state is in the URL as ?members=...) ----------------------------------------------------
 url_members = set(st.query_params.get_all("members")) if "members" in st.query_params else set(members)
@@ -59,7 +61,7 @@ method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, ho
                           "on validation; stacking: the pipeline's meta-model (read-only)")
 threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
                          default=0.5, step=0.05, where=c2, disabled=method == "stacking")
-split = state.radio("Evaluate on", ["test", "val"], key="ens_split", param="split", where=c3, horizontal=True)
+split = state.radio("Evaluate on", exp.eval_splits, key="ens_split", param="split", where=c3, horizontal=True)
 st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)"
            + ("; stacking ensembles have the members they were fitted on" if method == "stacking" else ""))
 chosen = []
@@ -125,8 +127,15 @@ else:
         st.stop()
     idx = [members.index(m) for m in chosen]
     probs, meta = arrays[split]
-    val_probs, val_meta = arrays["val"]
-    weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen)) if method == "weighted" else None
+    weights = None
+    if method == "weighted":
+        validation = validation_arrays(exp, members)
+        if validation is None:
+            st.info("Weighted voting fits its weights on the validation split of the experiment these models come from; "
+                    "it is not under the artifacts folder, so choose soft or hard voting.")
+            st.stop()
+        val_probs, val_meta = validation
+        weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen))
     result = combine(probs[idx], method, threshold, weights=weights)
     y, score, pred = meta["label"].to_numpy(), result.score, result.pred
     token = chosen[0] if len(chosen) == 1 else BuiltEnsemble(method, tuple(chosen), threshold).token
