@@ -192,6 +192,12 @@ def cmd_predict(args) -> None:
     print(f"predictions: {len(preds)} rows of {preds['run_id'].nunique()} runs and ensembles in {args.out}")
 
 
+def cmd_export(args) -> None:
+    from pipeline.stages.predict import run_export
+
+    run_export(args.exp, args.ensemble, args.out)
+
+
 def cmd_run(args) -> None:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
@@ -295,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.add_argument("--force", action="store_true", help="score every image again even if up to date")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="one Keras model of an ensemble (members + combination rule), for deployment")
+    p.add_argument("exp", help="the trained experiment folder")
+    p.add_argument("--ensemble", required=True, metavar="RUN_ID", help="e.g. ensemble:soft:v1_b0+v2_b0")
+    p.add_argument("--out", required=True, help="FILE.keras to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
     p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")

@@ -172,3 +172,50 @@ def test_single_image_scores_are_printed_per_model_and_ensemble(trained_sample, 
     for _, r in own.iterrows():
         line = next(x for x in out.splitlines() if x.strip().startswith(r["run_id"] + " "))
         assert f"{r['prob_malignant']:.4f}" in line and ("malignant" if r["pred"] == 1 else "benign") in line
+
+
+@pytest.mark.parametrize("method", ["weighted", "stacking"])
+def test_exported_ensemble_equals_the_pipelines_rows_on_the_test_images(method, tmp_path, trained_sample, test_images,
+                                                                        sample_root):
+    import keras
+
+    import pipeline.ml.export  # noqa: F401  (registers the export's layers: all that loading needs)
+    from pipeline.core.images import read_rgb
+    from pipeline.stages.predict import run_export
+
+    record = json.loads(Catalog(trained_sample).ensembles.read_text())
+    run_id = f"ensemble:{method}:{'+'.join(record['groups']['all'])}"
+    out = run_export(trained_sample, run_id, tmp_path / "ensemble.keras")
+    model = keras.models.load_model(out, safe_mode=True)
+    own = own_rows(trained_sample, test_images["image_id"]).query("run_id == @run_id").set_index("image_id")
+    images = [read_rgb(sample_root / p).astype(np.float32) for p in test_images["path"]]  # full size: the model resizes
+    by_shape: dict = {}
+    for image_id, image in zip(test_images["image_id"], images):
+        by_shape.setdefault(image.shape, []).append((image_id, image))
+    for group in by_shape.values():
+        scores = keras.ops.convert_to_numpy(model(np.stack([im for _, im in group])))
+        np.testing.assert_allclose(scores, own.loc[[i for i, _ in group], "prob_malignant"], atol=1e-5)
+
+
+def test_a_stained_twin_normalizes_new_images_onto_the_sources_recorded_target(tmp_path, demo_experiment, demo_root):
+    """No new target is fitted on the new images: each is normalized onto the source's target.json (macenko: fast)."""
+    from pipeline.artifacts.experiment import load_split_frame
+    from pipeline.artifacts.io import write_json
+    from pipeline.core.images import read_rgb
+    from pipeline.core.stain import StainTarget, fit_target, normalize
+    from pipeline.stages.predict import _prepare_stain
+
+    source = tmp_path / "source"
+    shutil.copytree(demo_experiment, source)
+    frame = load_split_frame(source)
+    target = fit_target(read_rgb(demo_root / frame["path"].iloc[0]), "macenko", 0)
+    record = {"method": "macenko", "key": "0123456789", "seed": 0, "target": target.to_dict(), "target_image_id": frame["image_id"].iloc[0]}
+    write_json(record, Catalog(source).stain_target("macenko"))
+    new = tmp_path / "new"
+    new_images = frame.iloc[5:8]
+    _prepare_stain(source, new, demo_root, "macenko", new_images)
+    assert json.loads(Catalog(new).stain_target("macenko").read_text()) == record
+    for rel in new_images["path"]:
+        written = read_rgb(Catalog(new).stain_images("macenko", "0123456789") / rel)
+        expected = normalize(read_rgb(demo_root / rel), StainTarget.from_dict(record["target"]), 0)
+        np.testing.assert_array_equal(written, expected)
