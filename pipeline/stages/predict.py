@@ -204,9 +204,6 @@ def run_predict(source: Path | str, data_root: Path | str, out: Path | str, labe
     catalog = Catalog(out)
     _write_inputs(source, data_root, out, labels_file, force)
     frame = load_split_frame(out)
-    from pipeline.ml.runtime import quiet_tensorflow
-
-    quiet_tensorflow()
     for run_id in runs:
         _score_run(source, out, data_root, run_id, frame, batch_size, force)
     _score_ensembles(source, out, runs, force)
@@ -291,6 +288,9 @@ def _score_run(source: Path, out: Path, data_root: Path, run_id: str, frame: pd.
     if not force and stamp.is_current():
         up_to_date(f"predict {run_id}")
         return
+    from pipeline.ml.runtime import quiet_tensorflow
+
+    quiet_tensorflow()  # only once there is work: an up-to-date rerun never starts TensorFlow
     start = time.perf_counter()
     if stain != "none":
         _prepare_stain(source, out, data_root, stain, frame)
@@ -377,6 +377,9 @@ def ensemble_rows(record: dict, preds: pd.DataFrame, stacking_model, features_fi
 
 def stacking_probabilities(model_path: Path, feature_files: list[Path], image_ids: list[str]) -> np.ndarray:
     """P(malignant) of a saved stacking meta-model on the members' pooled features (concatenated in member order)."""
+    from pipeline.ml.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
     import keras
 
     from pipeline.ml.stacking import load_features
