@@ -93,15 +93,15 @@ def build_ensemble_model(members: dict[str, tuple[keras.Model, int]], method: st
         pixels = CachedPixels(size, name=f"pixels_{run_id}")(image)
         if method == "stacking":
             both = keras.Model(model.input, [model.output, model.get_layer(feature_layer).output], name=run_id)
-            _, feats = both(pixels)
+            _, feats = both(pixels, training=False)  # inference always: augmentation and dropout off
             features.append(Float16Features(name=f"features_{run_id}")(feats))
         else:
             model.name = run_id
-            outputs.append(model(pixels))
+            outputs.append(model(pixels, training=False))
     if method == "stacking":
         joined = keras.layers.Concatenate(name="features")(features) if len(features) > 1 else features[0]
         meta_model.name = "stacking"
-        score = MalignantColumn(name="prob_malignant")(meta_model(joined))
+        score = MalignantColumn(name="prob_malignant")(meta_model(joined, training=False))
     else:
         score = EnsembleScore(method, weights, threshold, name="prob_malignant")(outputs)
     return keras.Model(image, score, name="histocompare_ensemble")
