@@ -252,6 +252,8 @@ ROWS = [
     Row("predict-out-is-source", "predict {exp} --data {tmp}/imgs --out {exp}", r"not the source experiment",
         chain(fake_trained_run, image_folder("a.png"))),
     Row("predict-no-data", "predict {exp}", r"predict needs --data ROOT --out NEW_EXP"),
+    Row("predict-image-not-png", "predict {exp} --image {tmp}/imgs/notes.txt", r"--image .*notes.txt: not a PNG file \(bad signature\)",
+        chain(fake_trained_run, image_folder("notes.txt"))),
     Row("summarize-folds-no-metrics", "summarize-folds {exp} --out {tmp}/folds.parquet", r"metrics.parquet is missing"),
     # run (presets share the CLI's rules)
     Row("run-config-folder", "run --config {tmp}", r"is a folder, not a TOML file"),

@@ -397,6 +397,10 @@ def image_scores(source: Path | str, files: list[Path | str]) -> tuple[pd.DataFr
     for f in files:
         if not f.is_file():
             raise PipelineError(f"--image {f} is not a file")
+    problems = {f: check_png(f) for f in files}
+    if all(isinstance(p, str) for p in problems.values()):  # name the user's file, not the throwaway folder
+        f, why = next(iter(problems.items()))
+        raise PipelineError(f"--image {f}: {why}{'' if len(files) == 1 else f' (and {len(files) - 1} more, none readable)'}")
     with tempfile.TemporaryDirectory(prefix="histocompare-predict-") as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
