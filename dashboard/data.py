@@ -54,11 +54,25 @@ def artifacts_root() -> Path:
 
 
 def list_experiments(root: Path | None = None) -> list[str]:
+    """Experiment folders, each external validation (``predict``) right after the experiment it validates."""
     root = root or artifacts_root()
     if not root.is_dir():
         return []
     # an experiment whose pipeline has only just started (no manifest yet) is listed too: its Pipeline page follows it
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (Catalog(p).manifest.exists() or Catalog(p).pipeline_status.exists()))
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and (Catalog(p).manifest.exists() or Catalog(p).pipeline_status.exists()))
+    sources = {name: source_of(root / name) for name in names}
+    return sorted(names, key=lambda n: (sources[n] if sources[n] in sources else n, sources[n] is not None, n))
+
+
+def source_of(path: Path) -> str | None:
+    """The folder name of the experiment that ``path`` externally validates (``dataset.json``), or None."""
+    try:
+        record = json.loads(Catalog(path).dataset.read_text())
+    except (OSError, ValueError):
+        return None
+    external = record.get("external") if isinstance(record, dict) else None
+    name = external.get("source_name") if isinstance(external, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _stamp(path: Path) -> tuple[float, int]:
@@ -151,6 +165,22 @@ class Experiment:
     @property
     def synthetic(self) -> bool:
         return bool(self.dataset.get("synthetic"))
+
+    @property
+    def external(self) -> dict | None:
+        """The ``external`` block of an external validation written by ``predict`` (source, labels); None otherwise."""
+        block = self.dataset.get("external")
+        return block if isinstance(block, dict) else None
+
+    @property
+    def labelled(self) -> bool:
+        """False only for an external validation scored without labels: no metrics, no errors to show."""
+        return self.external is None or bool(self.external.get("labels"))
+
+    @property
+    def eval_splits(self) -> list[str]:
+        """The splits pages offer: ``external`` for an external validation, else test and val."""
+        return ["external"] if self.external is not None else ["test", "val"]
 
     def data_root(self) -> Path | None:
         """The validated data root (an absolute, existing folder), or None with the reason reported.
@@ -300,10 +330,31 @@ def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: st
 
 # -- ensembles ---------------------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=32)
-def member_matrices(preds_path: str, stamp: tuple, members: tuple[str, ...]) -> dict:
-    """Val and test probability matrices of ``members`` (the ensemble builder's cached arrays)."""
+def member_matrices(preds_path: str, stamp: tuple, members: tuple[str, ...], splits: tuple[str, ...] = ("val", "test")) -> dict:
+    """Probability matrices of ``members`` per split (the ensemble builder's cached arrays)."""
     preds = read_parquet_file(preds_path)
-    return {split: probability_matrix(preds, list(members), split) for split in ("val", "test")}
+    return {split: probability_matrix(preds, list(members), split) for split in splits}
+
+
+def validation_arrays(exp: Experiment, members: list[str] | tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame] | None:
+    """(val probabilities, val rows) weighted voting fits its weights on: the experiment's own validation split or, for an
+    external validation (which has none), that of the experiment it validates, never the new images. None if absent."""
+    source = source_experiment(exp) if exp.external is not None else exp
+    if source is None or not source.catalog.predictions.is_file():
+        return None
+    path = source.catalog.predictions
+    try:
+        return member_matrices(str(path), stamp(path), tuple(members), ("val",))["val"]
+    except PipelineError:
+        return None
+
+
+def source_experiment(exp: Experiment) -> Experiment | None:
+    """The experiment an external validation was scored with, when it is under the artifacts folder too."""
+    name = (exp.external or {}).get("source_name")
+    if not isinstance(name, str) or name not in list_experiments(exp.path.parent):
+        return None
+    return Experiment(name, exp.path.parent / name)
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)

@@ -18,7 +18,7 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.text import code, plain
-from dashboard.data import Experiment, cached_weights, member_matrices, report_problem, stamp
+from dashboard.data import Experiment, cached_weights, member_matrices, report_problem, stamp, validation_arrays
 from pipeline.artifacts.catalog import ensemble_run_id, is_run_id, parse_run_id
 from pipeline.artifacts.predictions import make_rows, member_runs
 from pipeline.artifacts.run_names import run_aliases, run_colour, run_description, run_sort_key
@@ -154,12 +154,16 @@ def built_rows(exp: Experiment, token: str, members: list[str]) -> pd.DataFrame:
     """Prediction rows (val and test) of a built ensemble, computed with the pipeline's own rules."""
     ens = BuiltEnsemble.parse(token)
     path = exp.catalog.predictions
-    arrays = member_matrices(str(path), stamp(path), tuple(members))
+    arrays = member_matrices(str(path), stamp(path), tuple(members), tuple(exp.eval_splits))
     idx = [members.index(m) for m in ens.members]
-    val_probs, val_meta = arrays["val"]
-    weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), ens.members) if ens.method == "weighted" else None
+    weights = None
+    if ens.method == "weighted":
+        validation = validation_arrays(exp, members)
+        if validation is None:
+            raise PipelineError(f"no validation predictions to fit the weights of {token} on")
+        weights = cached_weights(validation[0][idx], validation[1]["label"].to_numpy(), ens.members)
     rows = []
-    for split in ("val", "test"):
+    for split in exp.eval_splits:
         probs, meta = arrays[split]
         res = combine(probs[idx], ens.method, ens.threshold, exp.hard_tie_break(), weights)
         rows.append(make_rows(token, "ensemble", ens.method, "built", "none", meta, res.score, pred=res.pred))

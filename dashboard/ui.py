@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import state
-from dashboard.data import PROJECT_ROOT, Experiment, get_experiment, list_experiments, reset_problems
+from dashboard.data import PROJECT_ROOT, Experiment, artifacts_root, get_experiment, list_experiments, reset_problems, source_of
 from dashboard.text import code, plain
 from pipeline.artifacts.status import format_seconds, is_stale, read_status
 from pipeline.core.errors import PipelineError
@@ -44,11 +44,16 @@ def experiment_picker() -> Experiment | None:
     if not names:
         return None
     env = os.environ.get("HISTOCOMPARE_EXPERIMENT", "demo")
+    sources = {n: source_of(artifacts_root() / n) for n in names}
     name = state.selectbox("Experiment", names, key="exp", param=state.EXPERIMENT_PARAM,
-                           default=env if env in names else names[0], where=st.sidebar)
+                           default=env if env in names else names[0], where=st.sidebar,
+                           format_func=lambda n: f"↳ {n} (external, of {sources[n]})" if sources.get(n) else n)
     exp = get_experiment(name)
     if exp.synthetic:
         st.sidebar.warning("SYNTHETIC demo data: results say nothing about real histopathology.")
+    if exp.external is not None:
+        st.sidebar.info(f"External validation of **{plain(str(exp.external.get('source_name')))}**: its models and ensembles, "
+                        f"unchanged, on new images{'' if exp.labelled else ' (no labels: predictions only)'}.")
     return exp
 
 
@@ -121,6 +126,15 @@ def follow_pipeline(exp: Experiment | None) -> None:
 
     with st.sidebar:
         watch()
+
+
+def require_labels(exp: Experiment, what: str) -> None:
+    """Stop a page that needs the true class when an external validation was scored without labels."""
+    if exp.labelled:
+        return
+    st.info(f"{what} needs the true class of each image, and this external validation has no labels. Score the images "
+            f"again with a labels file:\n\n{code(f'python -m pipeline predict SOURCE --data ROOT --out {exp.cli_dir} --labels FILE.csv')}")
+    st.stop()
 
 
 def require(exp: Experiment, frame, artifact: str, what: str, path=None) -> None:

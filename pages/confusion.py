@@ -13,6 +13,7 @@ from pipeline.core.metrics import confusion_counts
 PAGE_SIZE = 12
 
 exp = ui.page_start("Confusion matrices")
+ui.require_labels(exp, "A confusion matrix")
 raw = exp.predictions()
 ui.require(exp, raw, "predictions", "predictions.parquet", exp.catalog.predictions)
 preds, runs = load_runs(exp, raw, (st.query_params.get("a", ""), st.query_params.get("b", "")))
@@ -29,7 +30,7 @@ def close_cell() -> None:
 
 
 f1, f2, f3, f4 = st.columns([1, 2, 2, 1])
-split = state.radio("Split", ["test", "val"], key="cm_split", param="split", where=f1, horizontal=True, on_change=close_cell)
+split = state.radio("Split", exp.eval_splits, key="cm_split", param="split", where=f1, horizontal=True, on_change=close_cell)
 mags = state.multiselect("Magnification", sorted(preds["magnification"].dropna().unique().tolist()), key="cm_mag", param="mag",
                          where=f2, on_change=close_cell)
 subtypes = state.multiselect("Subtype", sorted(preds["subtype"].dropna().unique().tolist()), key="cm_subtype", param="subtype",
@@ -38,7 +39,7 @@ with f4:
     st.write("")
     normalize = state.toggle("Row-normalized", key="cm_norm", param="norm")
 
-test = preds[preds["split"] == "test"]
+test = preds[preds["split"] == exp.eval_splits[0]]
 accuracy = test.assign(ok=test["pred"] == test["label"]).groupby("run_id")["ok"].mean().rename("accuracy").reset_index()
 singles = [r for r in runs.singles() if parse_run_id(r).stain == "none"] or runs.ids
 best_single = (best_runs(accuracy, singles) or runs.ids)[0]

@@ -15,7 +15,7 @@ import streamlit as st
 from sklearn.metrics import roc_curve
 
 from dashboard import nav, state, ui
-from dashboard.data import cached_weights, member_matrices, stamp
+from dashboard.data import cached_weights, member_matrices, stamp, validation_arrays
 from dashboard.runs import BuiltEnsemble, identify, notice_skipped, save_token, token_label
 from dashboard.text import code, plain
 from pipeline.artifacts.catalog import parse_run_id
@@ -37,6 +37,7 @@ RULES = ["soft", "hard", "weighted", "stacking"]
 COLLAPSE = 0.9  # a weighted vote with this share on one member is that member in disguise
 
 exp = ui.page_start("Ensemble builder")
+ui.require_labels(exp, "Building and scoring ensembles")
 preds = exp.predictions()
 ui.require(exp, preds, "predictions", "predictions.parquet", exp.catalog.predictions)
 runs = identify(preds)
@@ -47,7 +48,7 @@ if not members:
             f"{code(f'python -m pipeline train {exp.cli_dir} --model efficientnet_b0')}")
     st.stop()
 path = exp.catalog.predictions
-arrays = member_matrices(str(path), stamp(path), tuple(members))
+arrays = member_matrices(str(path), stamp(path), tuple(members), tuple(exp.eval_splits))
 tie_break = exp.hard_tie_break()  # the rule the experiment's own hard votes used (ensembles.json)
 TIE_WORDS = {"mean_prob": "ties -> mean probability", "benign": "ties -> benign, the study's scipy.stats.mode rule"}
 
@@ -156,7 +157,7 @@ def builder() -> None:
     from_val = from_val and method not in ("stacking", "hard")
     threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
                              default=0.5, step=0.05, where=c2, disabled=method == "stacking" or from_val)
-    split = state.radio("Evaluate on", ["test", "val"], key="ens_split", param="split", where=c3, horizontal=True)
+    split = state.radio("Evaluate on", exp.eval_splits, key="ens_split", param="split", where=c3, horizontal=True)
     st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)"
                + ("; stacking ensembles have the members they were fitted on" if method == "stacking" else ""))
     chosen = []
@@ -177,9 +178,9 @@ def builder() -> None:
     if method == "stacking":
         stack_runs = [r for r in runs.ensembles() if parse_run_id(r).method == "stacking"]
         record = exp.ensembles_record() or {}
-        st.info("Stacking is the pipeline's meta-model, a small Keras network on the members' pooled features. "
-                "ensembles.json records no saved meta-model that could be re-applied to another member set (and the dashboard "
-                "never loads Keras), so the builder shows the pipeline's own stacking ensembles read-only; their members are "
+        st.info("Stacking is the pipeline's meta-model, a small Keras network on the members' pooled features, saved as "
+                "stacking/<group>.keras for `predict` and `export`. The dashboard never loads Keras, so the builder shows the "
+                "pipeline's own stacking ensembles read-only; their members are "
                 "the groups they were fitted on.", icon=":material/lock:")
         if not stack_runs:
             skipped = {g: v.get("skipped") for g, v in (record.get("stacking") or {}).items() if isinstance(v, dict) and v.get("skipped")}
@@ -207,7 +208,12 @@ def builder() -> None:
             st.stop()
         idx = [members.index(m) for m in chosen]
         probs, meta = arrays[split]
-        val_probs, val_meta = arrays["val"]
+        validation = validation_arrays(exp, members)  # an external validation fits on its source's val split
+        if validation is None and (method == "weighted" or from_val):
+            st.info("Weighted voting and the validation threshold are fitted on the validation split of the experiment these "
+                    "models come from; it is not under the artifacts folder, so choose soft or hard voting at a fixed threshold.")
+            st.stop()
+        val_probs, val_meta = validation if validation is not None else (None, None)
         weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen)) if method == "weighted" else None
         if from_val:
             val_score = combine(val_probs[idx], method, 0.5, tie_break, weights).score  # soft/weighted: no threshold inside

@@ -16,6 +16,7 @@ LIST_FILTERS = {"br_true": ("true", "true"), "br_pred": ("pred", "predicted"), "
                 "br_mag": ("mag", "magnification"), "br_patient": ("patient", "patient")}  # key -> (param, chip name)
 
 exp = ui.page_start("Image browser")
+ui.require_labels(exp, "Browsing errors")
 raw = exp.predictions()
 ui.require(exp, raw, "predictions", "predictions.parquet", exp.catalog.predictions)
 preds, runs = load_runs(exp, raw, (st.query_params.get("run", ""),))
@@ -34,12 +35,12 @@ def reset_filters() -> None:
     st.session_state["br_page"] = 1
 
 
-test = preds[preds["split"] == "test"]
+test = preds[preds["split"] == exp.eval_splits[0]]
 errors = test.assign(wrong=test["pred"] != test["label"]).groupby("run_id")["wrong"].sum()
 default_run = errors.idxmax() if len(errors) else runs.ids[0]
 top = st.columns([3, 1, 1, 2])
 run = run_picker("Run or ensemble", runs, key="br_run", param="run", default=default_run, where=top[0], on_change=reset_filters)
-split = state.radio("Split", ["test", "val"], key="br_split", param="split", where=top[1], horizontal=True)
+split = state.radio("Split", exp.eval_splits, key="br_split", param="split", where=top[1], horizontal=True)
 with top[2]:
     st.write("")
     only_errors = state.toggle("Errors only", key="br_errors", param="errors", default=True)

@@ -46,12 +46,16 @@ NUMBERS = ["accuracy", "precision", "recall", "specificity", "f1", "balanced_acc
 
 exp = ui.page_start("Overview")
 manifest, split, metrics, preds = exp.manifest(), exp.split(), exp.metrics(), exp.predictions()
-split_choice = state.radio("Split", ["test", "val"], key="ov_split", param="split", horizontal=True,
-                           help="Test is the held-out split; validation picked the checkpoints, weights and subsets")
+split_choice = state.radio("Split", exp.eval_splits, key="ov_split", param="split", horizontal=True,
+                           help="Test is the held-out split; validation picked the checkpoints, weights and subsets; external: "
+                                "new images scored by `predict`")
 
 table = None
 if metrics is None:
-    if not exp.is_corrupt(exp.catalog.metrics):
+    if not exp.labelled:
+        st.info("No metrics: this external validation has no labels (predictions only). Score the images again with "
+                "`--labels FILE.csv` to measure accuracy.")
+    elif not exp.is_corrupt(exp.catalog.metrics):
         st.info(f"No metrics yet. Compute them with `{exp.command('metrics')}`.")
     if preds is not None and not preds.empty:  # while the pipeline runs: the runs finished so far, plain accuracy
         so_far = identify(preds)
@@ -223,8 +227,8 @@ if table is not None and not table.empty:
                            mime="text/csv", key="ov_csv", icon=":material/download:")
 
     # -- the study beside ours -------------------------------------------------------------------------------
-    st.subheader("The published study beside ours (test split)")
-    test_all = metrics[(metrics["group_type"] == "all") & (metrics["split"] == "test")].set_index("run_id")
+    st.subheader(f"The published study beside ours ({exp.eval_splits[0]} split)")
+    test_all = metrics[(metrics["group_type"] == "all") & (metrics["split"] == exp.eval_splits[0])].set_index("run_id")
     rows = []
     for _, ref in reference[reference["method"] != "stain"].iterrows():
         alias = runs.label(ref["run_id"]) if ref["method"] == "single" else f"{ref['family'].upper()} {ref['method']}"

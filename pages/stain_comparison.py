@@ -11,6 +11,7 @@ from dashboard.text import code, plain
 from pipeline.artifacts.catalog import parse_run_id
 
 exp = ui.page_start("Stain comparison")
+ui.require_labels(exp, "Comparing stain normalizations")
 preds = exp.predictions()
 ui.require(exp, preds, "predictions", "predictions.parquet", exp.catalog.predictions)
 runs = identify(preds)
@@ -25,7 +26,7 @@ if not pairs:
 c1, c2 = st.columns([3, 1])
 stained = state.selectbox("Stain-normalized run (B) against its unstained twin (A)", list(pairs), key="st_pair", param="run",
                           where=c1, format_func=lambda r: f"{runs.label(r)} vs {runs.label(pairs[r])}")
-split = state.radio("Split", ["test", "val"], key="st_split", param="split", where=c2, horizontal=True)
+split = state.radio("Split", exp.eval_splits, key="st_split", param="split", where=c2, horizontal=True)
 base, method = pairs[stained], parse_run_id(stained).stain
 frame = compare.paired_frame(preds, base, stained, split)
 compare.summary(frame, runs, base, stained, split, what="stain normalization (B)")

@@ -210,6 +210,26 @@ def cmd_summarize_folds(args) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_predict(args) -> None:
+    from pipeline.stages.predict import print_image_scores, run_predict
+
+    if args.image:
+        if args.data or args.out or args.labels:
+            raise PipelineError("--image scores single files and writes nothing: give it without --data/--out/--labels")
+        print_image_scores(args.exp, args.image)
+        return
+    if not (args.data and args.out):
+        raise PipelineError("predict needs --data ROOT --out NEW_EXP (or --image FILE ...)")
+    preds = run_predict(args.exp, args.data, args.out, args.labels, bootstrap=args.bootstrap, seed=args.seed, force=args.force)
+    print(f"predictions: {len(preds)} rows of {preds['run_id'].nunique()} runs and ensembles in {args.out}")
+
+
+def cmd_export(args) -> None:
+    from pipeline.stages.predict import run_export
+
+    run_export(args.exp, args.ensemble, args.out)
+
+
 def cmd_run(args) -> None:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
@@ -320,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", help="experiment folders, one per fold (each with metrics.parquet)")
     p.add_argument("--out", required=True, help="parquet to write, e.g. artifacts/patient_folds.parquet")
     p.set_defaults(func=cmd_summarize_folds)
+
+    p = sub.add_parser("predict", help="external validation: apply EXP's models and ensembles to new images")
+    p.add_argument("exp", help="the trained experiment folder")
+    p.add_argument("--data", help="BreakHis-layout tree or any folder of PNG images")
+    p.add_argument("--out", help="new experiment folder to write (every image in split 'external')")
+    p.add_argument("--labels", help="CSV with image (relative path), label (0/1 or benign/malignant), optional patient")
+    p.add_argument("--image", nargs="+", metavar="FILE", help="print each model's probability and each ensemble's decision")
+    p.add_argument("--bootstrap", type=setting("evaluate.bootstrap"), default=1000)
+    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
+    p.add_argument("--force", action="store_true", help="score every image again even if up to date")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="one Keras model of an ensemble (members + combination rule), for deployment")
+    p.add_argument("exp", help="the trained experiment folder")
+    p.add_argument("--ensemble", required=True, metavar="RUN_ID", help="e.g. ensemble:soft:v1_b0+v2_b0")
+    p.add_argument("--out", required=True, help="FILE.keras to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
     p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")

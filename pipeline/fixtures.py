@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.artifacts.catalog import Catalog, ensemble_run_id
-from pipeline.artifacts.io import write_json, write_parquet
+from pipeline.artifacts.io import read_json, write_json, write_parquet
 from pipeline.artifacts.predictions import make_rows, member_groups, member_runs, probability_matrix
 from pipeline.config import EvaluateConfig
 from pipeline.core.breakhis import ParsedName
@@ -203,3 +203,36 @@ def build_hostile(root: Path) -> Path:
     target = catalog.stain_target("vahadane")
     write_json({"key": "../../../secret", "target_image_id": HOSTILE_IMAGE, "rule": "![t](http://127.0.0.1:9/t.png)"}, target)
     return hostile
+
+
+def build_external(root: Path, labels: bool = True) -> Path:
+    """What ``predict`` writes for the fixture's test images given back as new data: ``root/artifacts/fixture_external``
+    (with labels) or ``fixture_external_unlabelled`` (label -1, no metrics). Every image is in split ``external``."""
+    source = root / "artifacts" / "fixture"
+    if not source.is_dir():
+        build(root)
+    exp = root / "artifacts" / ("fixture_external" if labels else "fixture_external_unlabelled")
+    src, catalog = Catalog(source), Catalog(exp)
+    preds = pd.read_parquet(src.predictions)
+    rows = preds[preds["split"] == "test"].assign(split="external")
+    manifest = pd.read_parquet(src.manifest)
+    manifest = manifest[manifest["image_id"].isin(set(rows["image_id"]))].reset_index(drop=True)
+    if not labels:
+        manifest = manifest.assign(label=np.int8(-1), class_name="unknown")
+        rows = rows.assign(label=np.int8(-1))
+    write_parquet(manifest, catalog.manifest)
+    write_parquet(pd.DataFrame({"path": [], "reason": []}), catalog.rejects)
+    write_parquet(pd.DataFrame({"image_id": manifest["image_id"], "split": "external", "fold": 0}), catalog.split)
+    write_parquet(rows.reset_index(drop=True), catalog.predictions)
+    dataset = read_json(src.dataset)
+    write_json({**dataset, "images": len(manifest), "rejects": 0,
+                "external": {"source_experiment": str(source.resolve()), "source_name": "fixture", "layout": "breakhis",
+                             "labels": labels, "labels_file": None}}, catalog.dataset)
+    record = read_json(src.ensembles)
+    write_json({**record, "external": {"source_experiment": str(source.resolve()), "refitted": False}}, catalog.ensembles)
+    for run in src.run_ids_on_disk():
+        if src.run(run).history.exists():
+            write_parquet(pd.read_parquet(src.run(run).history), catalog.run(run).history)
+    if labels:
+        write_parquet(evaluate_predictions(rows, EvaluateConfig(bootstrap=50)), catalog.metrics)
+    return exp

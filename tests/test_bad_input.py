@@ -113,6 +113,28 @@ def write_bytes(content: bytes) -> Callable[[Path], None]:
     return lambda path: path.write_bytes(content)
 
 
+def fake_trained_run(tmp: Path, exp: Path, data: Path) -> None:
+    """A run folder that counts as trained (complete run.json, its rows, a model file): predict validates its images
+    before it ever loads a model, so the model file need not be one."""
+    run = exp / "runs" / "v1_b0"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "complete", "image_size": 32, "stain": "none"}))
+    (run / "model.keras").write_bytes(b"not loaded")
+    write_parquet(pd.DataFrame({"run_id": ["v1_b0"]}), run / "predictions.parquet")
+
+
+def image_folder(*names: str, labels: str | None = None) -> Callable:
+    """tmp/imgs with a valid 8x8 PNG per ``.png`` name (other names get text), and tmp/labels.csv when given."""
+    def setup(tmp: Path, exp: Path, data: Path) -> None:
+        (tmp / "imgs").mkdir()
+        for name in names:
+            content = png_bytes(np.full((8, 8, 3), 180), 2) if name.endswith(".png") else b"some notes"
+            (tmp / "imgs" / name).write_bytes(content)
+        if labels is not None:
+            (tmp / "labels.csv").write_text(labels)
+    return setup
+
+
 def wrong_schema_split(path: Path) -> None:
     write_parquet(pd.DataFrame({"image_id": ["a"], "split": ["train"]}), path)
 
@@ -216,6 +238,22 @@ ROWS = [
     Row("gradcam-run-id-ensemble", "gradcam {exp} --runs ensemble:soft:v1_b0+v2_b0", r"is an ensemble"),
     Row("gradcam-max-images-negative", "gradcam {exp} --max-images -1", r"--max-images: must be >= 0"),
     Row("gradcam-panel-unknown-image", "gradcam {exp} --panel SOB_X", r"no predictions for image 'SOB_X'"),
+    # predict (external validation)
+    Row("predict-no-trained-runs", "predict {exp} --data {data} --out {tmp}/new", r"has no trained runs"),
+    Row("predict-no-valid-image", "predict {exp} --data {tmp}/imgs --out {tmp}/new",
+        r"no valid image under .*imgs \(2 files rejected: 1 x not a PNG file \(bad signature\); 1 x not a PNG file \(extension\)",
+        chain(fake_trained_run, image_folder("notes.txt"), lambda tmp, exp, data: (tmp / "imgs" / "cut.png").write_bytes(b"\x89PNG"))),
+    Row("predict-labels-name-missing-image", "predict {exp} --data {tmp}/imgs --out {tmp}/new --labels {tmp}/labels.csv",
+        r"labels.csv names 1 image\(s\) that are not valid images of the folder, e.g. 'b.png' \(no such image",
+        chain(fake_trained_run, image_folder("a.png", labels="image,label\na.png,benign\nb.png,malignant\n"))),
+    Row("predict-labels-bad-value", "predict {exp} --data {tmp}/imgs --out {tmp}/new --labels {tmp}/labels.csv",
+        r"label 'maybe' is not 0/1 or benign/malignant",
+        chain(fake_trained_run, image_folder("a.png", labels="image,label\na.png,maybe\n"))),
+    Row("predict-out-is-source", "predict {exp} --data {tmp}/imgs --out {exp}", r"not the source experiment",
+        chain(fake_trained_run, image_folder("a.png"))),
+    Row("predict-no-data", "predict {exp}", r"predict needs --data ROOT --out NEW_EXP"),
+    Row("predict-image-not-png", "predict {exp} --image {tmp}/imgs/notes.txt", r"--image .*notes.txt: not a PNG file \(bad signature\)",
+        chain(fake_trained_run, image_folder("notes.txt"))),
     Row("summarize-folds-no-metrics", "summarize-folds {exp} --out {tmp}/folds.parquet", r"metrics.parquet is missing"),
     # run (presets share the CLI's rules)
     Row("run-config-folder", "run --config {tmp}", r"is a folder, not a TOML file"),

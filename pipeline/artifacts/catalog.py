@@ -199,6 +199,12 @@ class Catalog:
     def ensembles(self) -> Path:
         return self.root / "ensembles.json"
 
+    def stacking_model(self, group: str) -> Path:
+        """The fitted stacking meta-model of one member group (``v1``, ``v2``, ``all``): ``predict`` re-applies it."""
+        if not STAMP_NAME_RE.match(str(group)):
+            raise PipelineError(f"invalid ensemble group name {group!r}")
+        return self.root / "stacking" / f"{group}.keras"
+
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.parquet"

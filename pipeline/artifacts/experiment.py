@@ -16,7 +16,7 @@ INDEX_HINT = "python -m pipeline index DATA_ROOT --out {dir}"
 # Columns the stages rely on: a parquet that reads but lacks them (another table copied over it) is refused.
 MANIFEST_REQUIRED = ("image_id", "path", "label", "subtype", "patient_id", "patient_num", "magnification")
 SPLIT_REQUIRED = ("image_id", "split", "fold")
-SPLIT_VALUES = {"train", "val", "test"}
+SPLIT_VALUES = {"train", "val", "test", "external"}  # external: every image of a `predict` experiment
 
 
 def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, hint: str) -> pd.DataFrame:
@@ -46,7 +46,7 @@ def load_split(exp_dir: Path | str) -> pd.DataFrame:
     split = _require_columns(read_parquet(path, "train/val/test split", hint), SPLIT_REQUIRED, path, hint)
     unknown = sorted(set(split["split"].astype(str)) - SPLIT_VALUES)
     if unknown:
-        raise PipelineError(f"{path} has split value(s) {unknown} (expected train, val, test); re-create it with: {hint}")
+        raise PipelineError(f"{path} has split value(s) {unknown} (expected train, val, test, external); re-create it with: {hint}")
     return split
 
 

@@ -82,4 +82,5 @@ def fit_stacking(val_x: np.ndarray, val_y: np.ndarray, test_x: np.ndarray, epoch
         "test_prob": model.predict(test_x, verbose=0)[:, 1],
         "holdout_prob": model.predict(val_x[inner_hold], verbose=0)[:, 1],
         "holdout_index": inner_hold, "best_epoch": best_epoch, "epochs_trained": len(history.history["val_loss"]),
+        "model": model,  # saved by the ensemble stage so that `predict` re-applies it to new images
     }

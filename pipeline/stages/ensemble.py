@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, ensemble_run_id
-from pipeline.artifacts.io import read_parquet, write_json, write_parquet
+from pipeline.artifacts.io import atomic_path, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import load_predictions, make_rows, member_groups, member_runs, merge_predictions, probability_matrix
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import EnsembleConfig
 from pipeline.core.ensemble import combine, fit_weights, subset_search
 from pipeline.core.errors import PipelineError
 
-ENSEMBLE_VERSION = 1
+ENSEMBLE_VERSION = 2  # 2: exact weights and the stacking meta-models are saved (``predict`` re-applies them)
 
 
 def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), seed: int = 0, force: bool = False) -> pd.DataFrame:
@@ -55,18 +55,19 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
     groups = member_groups(members)
     features = _member_features(catalog, members, val_meta, test_meta) if cfg.stacking and groups else {}
     rows, record = [], {"members": members, "groups": {}, "weights": {}, "stacking": {}}
+    meta_models: dict = {}  # group -> fitted stacking model, saved with the other outputs
     for group, names in groups.items():
         idx = [members.index(n) for n in names]
         record["groups"][group] = names
         weights = fit_weights(val_p[idx], val_meta["label"].to_numpy())
-        record["weights"][group] = dict(zip(names, np.round(weights, 4).tolist()))
+        record["weights"][group] = dict(zip(names, weights.tolist()))  # exact: `predict` recomputes the rows from them
         for method in ("soft", "hard", "weighted"):
             run_id = ensemble_run_id(method, names)
             for p, meta in ((val_p, val_meta), (test_p, test_meta)):
                 res = combine(p[idx], method, cfg.threshold, cfg.hard_tie_break, weights)
                 rows.append(make_rows(run_id, "ensemble", method, group, "none", meta, res.score, pred=res.pred))
         if cfg.stacking:
-            rows.extend(_stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record))
+            rows.extend(_stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record, meta_models))
     subsets = None
     if cfg.subset_search:
         subsets = subset_search(val_p, val_meta["label"].to_numpy(), test_p, test_meta["label"].to_numpy(), members,
@@ -90,6 +91,10 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
     if subsets is not None:
         write_parquet(subsets, catalog.subsets)
         outputs.append(catalog.subsets)
+    for group, model in meta_models.items():
+        with atomic_path(catalog.stacking_model(group), ".keras") as tmp:
+            model.save(tmp)
+        outputs.append(catalog.stacking_model(group))
     write_json(record, catalog.ensembles)
     stamp.record(outputs)
     merge_predictions(exp_dir)
@@ -115,7 +120,7 @@ def _member_features(catalog: Catalog, members: list[str], val_meta: pd.DataFram
     return out
 
 
-def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record) -> list[pd.DataFrame]:
+def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record, meta_models: dict) -> list[pd.DataFrame]:
     from pipeline.ml.runtime import quiet_tensorflow
     from pipeline.ml.stacking import fit_stacking
 
@@ -131,7 +136,8 @@ def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, recor
         return []
     run_id = ensemble_run_id("stacking", names)
     record["stacking"][group] = {"best_epoch": out["best_epoch"], "epochs_trained": out["epochs_trained"], "val_used_for_fit": True,
-                                 "holdout_images": int(len(out["holdout_index"]))}
+                                 "holdout_images": int(len(out["holdout_index"])), "members": names, "model_saved": True}
+    meta_models[group] = out["model"]
     hold_meta = val_meta.iloc[out["holdout_index"]].reset_index(drop=True)
     # Only the inner hold-out of val is out-of-sample for the meta-model: those are its "val" rows.
     return [make_rows(run_id, "ensemble", "stacking", group, "none", hold_meta, out["holdout_prob"]),

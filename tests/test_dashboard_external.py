@@ -1,0 +1,84 @@
+"""The dashboard on external validations (what `predict` writes): the picker puts each one right after the experiment
+it validates, every page renders with and without labels, and the pages that need labels say so."""
+
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import PROJECT_ROOT
+from streamlit.testing.v1 import AppTest
+
+APP = str(PROJECT_ROOT / "dashboard" / "app.py")
+PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam"]
+NEEDS_LABELS = {"confusion", "misclassified", "stain_comparison", "ensemble_builder"}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, dashboard_artifacts):
+    """The fixture experiment (its data root stays where it is) plus its two external validations, and an unrelated
+    experiment whose name sorts between them."""
+    from pipeline.fixtures import build_external
+
+    root = tmp_path_factory.mktemp("external_dash")
+    shutil.copytree(dashboard_artifacts / "fixture", root / "artifacts" / "fixture")
+    shutil.copytree(dashboard_artifacts / "fixture", root / "artifacts" / "fixture_b")
+    build_external(root, labels=True)
+    build_external(root, labels=False)
+    return root / "artifacts"
+
+
+@pytest.fixture(autouse=True)
+def loopback():
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    yield
+    config.set_option("server.address", before)
+
+
+def open_page(monkeypatch, artifacts, name, experiment):
+    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", experiment)
+    at = AppTest.from_file(APP, default_timeout=90)
+    if name != "overview":
+        at.run()
+        at.switch_page(f"../pages/{name}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_the_picker_lists_each_external_validation_after_its_source(artifacts):
+    from dashboard.data import list_experiments
+
+    assert list_experiments(artifacts) == ["fixture", "fixture_external", "fixture_external_unlabelled", "fixture_b"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_a_labelled_external_validation(page, artifacts, monkeypatch):
+    at = open_page(monkeypatch, artifacts, page, "fixture_external")
+    assert not any("no labels" in i.value for i in at.info)
+    if page in ("overview", "confusion", "misclassified"):
+        assert [r.value for r in at.radio if r.label == "Split"][0] == "external"
+
+
+def test_the_overview_shows_external_accuracy_from_the_predictions(artifacts, monkeypatch):
+    at = open_page(monkeypatch, artifacts, "overview", "fixture_external")
+    preds = pd.read_parquet(artifacts / "fixture_external" / "predictions.parquet")
+    v1 = preds[preds["run_id"] == "v1_b0"]
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc["v1_b0", "accuracy"] == pytest.approx((v1["pred"] == v1["label"]).mean())
+    best_single = table.loc[table.index.str.match("^v[12]_"), "accuracy"].max()
+    assert {m.label: m.value for m in at.metric}["Best single model"] == f"{best_single:.4f}"
+    assert any("External validation of" in i.value for i in at.sidebar.info)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_labels_and_says_what_needs_them(page, artifacts, monkeypatch):
+    at = open_page(monkeypatch, artifacts, page, "fixture_external_unlabelled")
+    says = " ".join(i.value for i in at.info)
+    if page in NEEDS_LABELS:
+        assert "has no labels" in says and "--labels FILE.csv" in says
+    if page == "overview":
+        assert "no labels" in says
