@@ -17,6 +17,7 @@ PAGE_TABLE = {
     "ensemble": ("ensemble_builder.py", "Ensemble builder", ":material/join:", "ensemble"),
     "training": ("training_curves.py", "Training curves", ":material/show_chart:", "training"),
     "gradcam": ("gradcam.py", "Grad-CAM", ":material/local_fire_department:", "gradcam"),
+    "embedding": ("embedding.py", "Embedding map", ":material/scatter_plot:", "embedding"),
 }
 
 

@@ -32,9 +32,11 @@ COLUMNS = {  # metrics column -> (readable name, tooltip, default shown)
     "ece": ("ECE", "Expected calibration error (10 bins), lower is better", False),
     "patient_recognition_rate": ("Patient score", "BreakHis patient recognition rate: mean over patients of each patient's accuracy", True),
     "patients": ("Patients", "Patients in this split", False),
+    "same_patient_neighbour_rate": ("Same-patient neighbours", "Share of images whose nearest training image (the model's "
+                                    "feature space, cosine) is of the same patient: the patient leak, 0 under a patient split", True),
 }
 NUMBERS = ["accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc", "pr_auc", "brier", "ece",
-           "patient_recognition_rate"]
+           "patient_recognition_rate", "same_patient_neighbour_rate"]
 
 exp = ui.page_start("Overview")
 manifest, split, metrics, preds = exp.manifest(), exp.split(), exp.metrics(), exp.predictions()

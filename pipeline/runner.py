@@ -16,10 +16,10 @@ from pipeline.artifacts.io import ensure_dir, write_json
 from pipeline.artifacts.provenance import library_versions
 from pipeline.config import Config
 
-STAGES = ("data", "index", "split", "stain", "train", "ensemble", "evaluate", "gradcam")
+STAGES = ("data", "index", "split", "stain", "train", "ensemble", "neighbours", "evaluate", "gradcam")
 DEPENDS_ON = {  # stage -> the stages whose outputs it reads
     "data": (), "index": ("data",), "split": ("index",), "stain": ("split",), "train": ("split", "stain"),
-    "ensemble": ("train",), "evaluate": ("train", "ensemble"), "gradcam": ("train",),
+    "ensemble": ("train",), "neighbours": ("train",), "evaluate": ("train", "ensemble", "neighbours"), "gradcam": ("train",),
 }
 
 
@@ -96,6 +96,12 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
 
         run_ensembles(out, cfg.ensemble, seed=seed, force="ensemble" in forced)
         timings["ensemble"] = time.perf_counter() - t
+    if "neighbours" in todo and cfg.neighbours.enabled and cfg.runs:
+        t = stage("neighbours")
+        from pipeline.stages.neighbours import run_neighbours
+
+        run_neighbours(out, cfg.neighbours, seed=seed, fold=cfg.split.fold, force="neighbours" in forced)
+        timings["neighbours"] = time.perf_counter() - t
     if "evaluate" in todo:
         t = stage("evaluate")
         from pipeline.stages.evaluate import run_evaluate

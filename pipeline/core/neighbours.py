@@ -50,3 +50,49 @@ def same_patient_rate(query_patients: np.ndarray, reference_patients: np.ndarray
         return float("nan")
     nearest = np.asarray(reference_patients)[np.asarray(neighbour_idx)[:, 0]]
     return float(np.mean(nearest == np.asarray(query_patients)))
+
+
+def neighbour_table(run_id: str, frame, features: np.ndarray, k: int = 5):
+    """The k nearest training images of every val/test image of one run, and its same-patient rate per split.
+
+    ``frame`` has one row per row of ``features`` with ``image_id``, ``split``, ``label`` and ``patient_id``.
+    Returns ``(rows, summary)``: rows (run_id, image_id, split, label, patient_id, rank, neighbour_id,
+    neighbour_label, neighbour_patient, similarity), rank 1 the nearest; summary (run_id, split, images,
+    same_patient_neighbour_rate).
+    """
+    import pandas as pd
+
+    split = frame["split"].to_numpy()
+    train, query = np.flatnonzero(split == "train"), np.flatnonzero(split != "train")
+    if len(train) == 0:
+        raise PipelineError(f"{run_id}: no training images among its features; re-run `train --force` for it")
+    idx, sim = cosine_neighbours(features[query], features[train], k)
+    k = idx.shape[1]
+    ref = frame.iloc[train]
+    q = frame.iloc[query]
+    nearest = idx.ravel()
+    rows = pd.DataFrame({
+        "run_id": run_id,
+        "image_id": np.repeat(q["image_id"].to_numpy(), k), "split": np.repeat(q["split"].to_numpy(), k),
+        "label": np.repeat(q["label"].to_numpy(), k), "patient_id": np.repeat(q["patient_id"].to_numpy(), k),
+        "rank": np.tile(np.arange(1, k + 1), len(query)),
+        "neighbour_id": ref["image_id"].to_numpy()[nearest], "neighbour_label": ref["label"].to_numpy()[nearest],
+        "neighbour_patient": ref["patient_id"].to_numpy()[nearest], "similarity": sim.ravel().astype(np.float32),
+    })
+    summary = []
+    for name in sorted(set(q["split"])):
+        part = np.flatnonzero(q["split"].to_numpy() == name)
+        summary.append({"run_id": run_id, "split": name, "images": int(len(part)),
+                        "same_patient_neighbour_rate": same_patient_rate(q["patient_id"].to_numpy()[part],
+                                                                         ref["patient_id"].to_numpy(), idx[part])})
+    return rows, pd.DataFrame(summary)
+
+
+def with_neighbour_rate(metrics, summary):
+    """``metrics`` with ``same_patient_neighbour_rate`` filled on the ``group_type == "all"`` rows of the runs in
+    ``summary`` (NaN elsewhere: ensembles have no feature space of their own, breakdown rows have no rate)."""
+    metrics = metrics.drop(columns=["same_patient_neighbour_rate"], errors="ignore")
+    if summary is None or summary.empty:
+        return metrics.assign(same_patient_neighbour_rate=np.nan)
+    rates = summary[["run_id", "split", "same_patient_neighbour_rate"]].assign(group_type="all")
+    return metrics.merge(rates, on=["run_id", "split", "group_type"], how="left")
