@@ -49,7 +49,7 @@ pred = (preds[preds["run_id"] == run].drop_duplicates("image_id").set_index("ima
         else pd.Series(dtype=float))
 points["pred"] = points["image_id"].map(pred)
 points["class"] = points["label"].map({0: "benign", 1: "malignant"}).fillna("unknown")
-points["patient"] = points["patient_id"].astype(str)
+points["patient"] = points["patient_id"].astype(object).where(points["patient_id"].notna(), "unknown").astype(str)  # not in the manifest
 points["magnification"] = [f"{m}X" if pd.notna(m) else "unknown" for m in points["magnification"]]
 points["correctness"] = np.where(points["split"] == "train", "train (not predicted)",
                                  np.where(points["pred"].isna(), "no prediction",
