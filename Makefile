@@ -9,7 +9,7 @@ PORT ?= 8501
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo pipeline dashboard screenshots test bench bench-quick bench-baselines lint browser clean
+.PHONY: install demo pipeline dashboard screenshots test bench bench-quick bench-baselines gpu-check lint browser clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: install
 
 bench-quick: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/$(BENCH_EXTRA) $(PY) -m pipeline.bench --quick
+
+## On a GPU machine: the paper recipe for V1-B0 and V2-B0, float32 vs mixed precision vs mixed + XLA (says so without a GPU).
+gpu-check: install
+	$(PY) -m pipeline.gpu_check
 
 lint: install
 	$(VENV)/bin/ruff check pipeline dashboard pages tests

@@ -108,28 +108,40 @@ def cmd_split(args) -> None:
     run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds, force=args.force)
 
 
-def _train_config_from_args(args):
-    from pipeline.config import TrainConfig
+TRAIN_FLAGS = ("epochs", "batch_size", "image_size", "weights", "strategy", "warmup_epochs", "early_stopping_patience")
 
-    cfg = TrainConfig()
-    for key in ("epochs", "batch_size", "image_size", "weights", "strategy", "warmup_epochs", "early_stopping_patience"):
+
+def _train_overrides(args) -> list[str]:
+    """``train``'s shortcut flags as ``--set train.key=value`` overrides (applied before the explicit --set)."""
+    sets = []
+    for key in TRAIN_FLAGS:
         value = getattr(args, key, None)
         if value is not None:
-            setattr(cfg, key, value)
-    return cfg
+            sets.append(f"train.{key}={value}")
+    return sets + list(args.set or [])
+
+
+def resolve_train_args(args):
+    """The run ``train`` would start: (Config, seed, fold), resolved like the same run inside ``run``."""
+    from pipeline.config import resolve_config
+
+    cfg = resolve_config(args.config, _train_overrides(args), require_data_root=False)
+    seed = cfg.experiment.seed if args.seed is None else args.seed
+    fold = cfg.split.fold if args.fold is None else args.fold
+    return cfg, seed, fold
 
 
 def cmd_train(args) -> None:
     from pipeline.artifacts.experiment import load_split_frame, require_stain_target
 
-    load_split_frame(args.dir, args.fold)  # missing/corrupt manifest or split, or a fold it lacks: before TensorFlow
+    cfg, seed, fold = resolve_train_args(args)  # a bad preset or --set: before anything is read
+    load_split_frame(args.dir, fold)  # missing/corrupt manifest or split, or a fold it lacks: before TensorFlow
     if args.stain != "none":
         require_stain_target(args.dir, args.stain)  # absent, hostile or corrupt target.json
     _start_tensorflow()
     from pipeline.stages.train import train_run
 
-    cfg = _train_config_from_args(args)
-    train_run(args.dir, args.model, cfg, stain=args.stain, seed=args.seed, fold=args.fold, force=args.force)
+    train_run(args.dir, args.model, cfg.train, stain=args.stain, seed=seed, fold=fold, force=args.force)
 
 
 def cmd_stain(args) -> None:
@@ -189,7 +201,11 @@ def cmd_run(args) -> None:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
-    run_pipeline(load_config(args.config), only=args.only, force=args.force or ())
+    cfg = load_config(args.config, args.set or [])
+    if cfg.train.strategy == "multiworker":  # every process would run every stage and write the experiment
+        raise PipelineError("strategy 'multiworker' needs one `python -m pipeline train` per machine (README \"Several GPUs "
+                            "or machines\"); `run` trains in one process: use 'default' or 'mirrored'")
+    run_pipeline(cfg, only=args.only, force=args.force or ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,19 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-split even if up to date")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("train", help="train one EfficientNet and predict val/test")
+    p = sub.add_parser(
+        "train", help="train one EfficientNet and predict val/test",
+        description="Train one backbone on an experiment folder. Without --config the recipe is the study's "
+                    "(pipeline.config.TrainConfig defaults: ImageNet weights, 40 epochs, batch 32, Adam 1e-4 backbone / "
+                    "1e-3 head, BatchNorm frozen, the study's trainable layers, float32). With --config PRESET.toml the "
+                    "preset's [train], experiment.seed and split.fold apply, exactly as in `run --config PRESET.toml`. "
+                    "The flags below and --set override either.")
     p.add_argument("dir")
     p.add_argument("--model", required=True, type=_checked(_model_name), help="e.g. efficientnet_b0 or v1_b0")
+    p.add_argument("--config", help="preset TOML (default: none, the study's recipe)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config key, repeatable (e.g. --set train.mixed_precision=auto)")
     p.add_argument("--epochs", type=setting("train.epochs"))
     p.add_argument("--batch-size", type=setting("train.batch_size"))
     p.add_argument("--image-size", type=setting("train.image_size"), help="0 (the model's study size) or 32-1024")
-    p.add_argument("--weights", type=setting("train.weights", str), help="imagenet | none | path to .h5")
+    p.add_argument("--weights", type=setting("train.weights", str), help="imagenet | none | path to .h5 / .weights.h5")
     p.add_argument("--stain", default="none", choices=["none", "vahadane", "macenko", "reinhard"])
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"])
     p.add_argument("--warmup-epochs", type=setting("train.warmup_epochs"))
     p.add_argument("--early-stopping-patience", type=setting("train.early_stopping_patience"))
-    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
-    p.add_argument("--fold", type=setting("split.fold"), default=0)
+    p.add_argument("--seed", type=setting("experiment.seed"), help="default: experiment.seed of the config (0)")
+    p.add_argument("--fold", type=setting("split.fold"), help="default: split.fold of the config (0)")
     p.add_argument("--force", action="store_true", help="retrain even if up to date")
     p.set_defaults(func=cmd_train)
 
@@ -289,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
     p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key, repeatable")
     p.add_argument("--only", nargs="+", choices=STAGES, metavar="STAGE", help=f"subset of stages: {' '.join(STAGES)}")
     p.add_argument("--force", nargs="+", metavar="STAGE", choices=list(STAGES),
                    help="redo these stages and every stage that depends on them, even if up to date")

@@ -14,10 +14,11 @@ import dataclasses
 import math
 import re
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pipeline.core.errors import PipelineError
 
@@ -52,22 +53,25 @@ class StainConfig:
 
 @dataclass
 class TrainConfig:
+    """One run's training recipe. The defaults are the study's recipe (``train`` without ``--config`` uses them)."""
+
     epochs: int = 40
     batch_size: int = 32
     image_size: int = 0  # 0: the model's study size
-    weights: str = "imagenet"  # imagenet | none | path to .h5/.weights.h5
+    weights: str = "imagenet"  # imagenet | none | path to .h5/.weights.h5 (V1: ImageNet convention, README "Pretrained weights")
     lr_backbone: float = 1e-4
     lr_head: float = 1e-3
     dropout: float = 0.3
     freeze_batchnorm: bool = True
+    unfreeze: str = "study"  # study: only the last 300 (V1) / 320 (V2) layers train, as the study's counts show | all
     bn_momentum: float = 0.0  # 0: Keras default (0.99 V1, 0.9 V2); from scratch, 0.9 lets moving stats catch up
     augment: bool = True
     resize: str = "square"  # square (the study) | pad (keep aspect ratio)
     warmup_epochs: int = 0  # head-only epochs before unfreezing (off in the study)
     early_stopping_patience: int = 0  # 0 = off (the study)
     class_weights: bool = False
-    mixed_precision: bool = False  # GPU only
-    jit_compile: bool = False  # XLA, GPU only
+    mixed_precision: bool | str = False  # false (the study: float32) | true (forced, also on CPU) | "auto" (on with a GPU)
+    jit_compile: bool = False  # XLA
     strategy: str = "default"  # default | mirrored | multiworker
     run_eagerly: bool = False  # no graph tracing: for debugging and tiny smoke runs on CPU (2x faster there), slow otherwise
     predict_batch_size: int = 64
@@ -100,7 +104,10 @@ class EnsembleConfig:
     threshold: float = 0.5
     hard_tie_break: str = "mean_prob"  # mean_prob | benign (the study's scipy.stats.mode rule)
     stacking: bool = True
-    stacking_epochs: int = 60
+    stacking_epochs: int = 40  # the study: 40
+    stacking_batch_size: int = 16  # the study: 16
+    stacking_reduce_lr: bool = True  # the study: ReduceLROnPlateau (here on the inner hold-out of val, never on test)
+    stacking_patience: int = 0  # 0: train every epoch, keep the best inner-hold-out epoch; N: stop after N without gain
     subset_search: bool = True
 
 
@@ -162,6 +169,8 @@ CHOICES = {
     "split.group_by": ("patient_id", "patient_num"),
     "train.resize": ("square", "pad"),
     "train.strategy": ("default", "mirrored", "multiworker"),
+    "train.unfreeze": ("study", "all"),
+    "train.mixed_precision": (False, True, "auto"),
     "ensemble.hard_tie_break": ("mean_prob", "benign"),
     "gradcam.split": ("val", "test"),
     "gradcam.target": ("predicted", "true"),
@@ -263,6 +272,12 @@ def _check_limits(obj: Any, prefix: str, rule_prefix: str) -> None:
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # e.g. bool | str: a value of any member type
+        members = typing.get_args(typ)
+        if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in members):
+            names = " or ".join(t.__name__ for t in members)
+            raise PipelineError(f"config key '{key}' must be {names}, got {value!r}")
+        return value
     if origin is list:
         (inner,) = typing.get_args(typ)
         if not isinstance(value, list):
@@ -296,8 +311,8 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         raise PipelineError(f"config section '{prefix}': {exc}") from None
 
 
-def config_from_dict(raw: dict) -> Config:
-    """Validate a parsed TOML document into a :class:`Config`."""
+def config_from_dict(raw: dict, require_data_root: bool = True) -> Config:
+    """Validate a parsed TOML document into a :class:`Config` (``train`` without a preset needs no data root)."""
     from pipeline.core.model_specs import MODEL_SPECS  # local: models imports keras lazily, this stays light
 
     sections = {f.name: f for f in dataclasses.fields(Config)}
@@ -327,7 +342,7 @@ def config_from_dict(raw: dict) -> Config:
     if cfg.split.fold >= cfg.split.folds:
         raise PipelineError(f"config key 'split.fold' must be below split.folds ({cfg.split.folds}), got {cfg.split.fold}")
     parse_ratios(cfg.split.ratios)
-    if not cfg.experiment.data_root:
+    if require_data_root and not cfg.experiment.data_root:
         raise PipelineError("config key 'experiment.data_root' is required")
     for m in cfg.gradcam.methods:
         if m not in ("gradcam", "gradcam++", "scorecam"):
@@ -335,8 +350,13 @@ def config_from_dict(raw: dict) -> Config:
     return cfg
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate a preset file."""
+def load_config(path: Path | str, overrides: Sequence[str] = ()) -> Config:
+    """Read and validate a preset file, with ``section.key=value`` overrides (``--set``) applied first."""
+    return resolve_config(path, overrides)
+
+
+def read_preset(path: Path | str) -> dict:
+    """The parsed TOML document of a preset file; every way it can be unreadable is one PipelineError."""
     path = Path(path)
     presets = ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "pipeline" / "configs").glob("*.toml")))
     if not path.exists():
@@ -344,9 +364,48 @@ def load_config(path: Path | str) -> Config:
     if not path.is_file():
         raise PipelineError(f"config {path} is a folder, not a TOML file (presets in pipeline/configs/: {presets})")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise PipelineError(f"cannot read config {path}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path} is not valid TOML: {exc}") from None
-    return config_from_dict(raw)
+
+
+def resolve_config(path: Path | str | None, overrides: Sequence[str] = (), require_data_root: bool = True) -> Config:
+    """The one configuration path of ``train`` and ``run``: preset (or the defaults) + ``--set`` overrides.
+
+    Overrides go into the parsed document before validation, so they pass the same checks as the file
+    (unknown key, wrong type, allowed values) and a CLI run resolves exactly what ``run`` resolves.
+    """
+    raw: dict = read_preset(path) if path is not None else {}
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw, require_data_root=require_data_root)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set ``section.key=value`` in a parsed TOML document. The value is read as TOML (``3``, ``1e-4``, ``true``,
+    ``[0.8, 0.1, 0.1]``); for a text key an unquoted value is taken as it is (``train.weights=/data/b0.h5``)."""
+    key, sep, text = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise PipelineError(f"--set expects section.key=value (e.g. train.epochs=3), got {item!r}")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if section == "runs":
+        raise PipelineError("--set cannot change [[runs]]; edit the preset or use train --model")
+    if section not in sections:
+        raise PipelineError(f"unknown config section '{section}' in --set {item!r} (known: {', '.join(sections)})")
+    hints = typing.get_type_hints(typing.get_type_hints(Config)[section])
+    if name not in hints:
+        raise PipelineError(f"unknown config key '{section}.{name}' (known: {', '.join(sorted(hints))})")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    if hints[name] is str and not isinstance(value, str):
+        value = text
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise PipelineError(f"config section '{section}' must be a table")
+    target[name] = value

@@ -65,7 +65,7 @@ def sample_patient_run(tmp_path_factory, sample_root) -> Path:
     exp = tmp_path_factory.mktemp("sample_patient") / "exp"
     run_index(sample_root, exp)
     write_parquet(make_split(load_manifest(exp), "patient", seed=0), exp / "split.parquet")
-    cfg = TrainConfig(epochs=2, batch_size=16, image_size=64, weights="none", freeze_batchnorm=False, lr_backbone=1e-3)
+    cfg = TrainConfig(epochs=2, batch_size=16, image_size=64, weights="none", freeze_batchnorm=False, lr_backbone=1e-3, lr_head=5e-3)
     train_run(exp, "efficientnet_b0", cfg)
     return exp
 

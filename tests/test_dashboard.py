@@ -143,6 +143,9 @@ def test_member_toggle_rescoring_matches_pure_functions(app, preds):
     assert metric() == expected(rest, "hard")
     assert at.query_params["rule"] == "hard" and set(at.query_params["members"]) == set(rest)
     assert at.session_state["ensemble_last_ms"] > 0
+    at.checkbox(key="member_v2_b1").uncheck().run()
+    at.checkbox(key="member_v1_b1").uncheck().run()
+    assert metric() == expected([m for m in rest if m not in ("v2_b1", "v1_b1")], "hard")
 
 
 def test_builder_url_state_and_readable_weights(app, preds):

@@ -14,9 +14,9 @@ from pipeline.core.neighbours import neighbour_table, with_neighbour_rate
 from pipeline.core.projection import project_2d
 
 # One epoch at 32 px from scratch; a low BN momentum lets the moving statistics catch up within the epoch, so the pooled
-# features differ between images (with the default 0.99 they are all but identical after one epoch).
+# features differ between images (with the default 0.99 they are all but identical after one epoch); every layer trains.
 TINY = TrainConfig(epochs=1, batch_size=16, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3,
-                   run_eagerly=True, bn_momentum=0.5)
+                   run_eagerly=True, bn_momentum=0.5, unfreeze="all")
 
 
 # -- pure functions, against hand computations ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pipeline.config import TrainConfig
 from pipeline.core.errors import PipelineError
 from pipeline.stages.train import train_run
 
-TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3)
+TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3, lr_head=5e-3)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,8 @@ def test_resume_after_sigkill_agrees_with_itself(trained, capsys):
     assert "resuming after epoch 1 of 3" in out and state()["fit_complete"]
     assert not (run_dir / "run.json").exists() and not (load_predictions(exp).run_id == "v2_b0").any()
 
-    cfg = TrainConfig(**{**TINY.__dict__, "epochs": 3, "checkpoint_seconds": 1e9, "run_eagerly": True})
+    cfg = TrainConfig(epochs=3, batch_size=8, image_size=32, weights="none", freeze_batchnorm=False, lr_backbone=1e-3,
+                      checkpoint_seconds=1e9, run_eagerly=True)  # exactly CHILD's settings: the same run, resumed
     info = train_run(exp, "efficientnet_v2_b0", cfg)
     assert "v2_b0: predicting" in capsys.readouterr().out  # nothing left to train
     history = pd.read_parquet(run_dir / "history.parquet")

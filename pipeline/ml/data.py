@@ -55,8 +55,12 @@ def cache_file(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, r
 
 
 def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, resize: str = "square",
-                stain: str = "none") -> np.ndarray:
-    """Return a (N, size, size, 3) uint8 array for ``frame`` (rows with ``image_id`` and ``path``), cached."""
+                stain: str = "none", write_cache: bool = True) -> np.ndarray:
+    """Return a (N, size, size, 3) uint8 array for ``frame`` (rows with ``image_id`` and ``path``), cached.
+
+    ``write_cache=False`` (a multi-worker non-chief, which must not write into the experiment) decodes
+    without storing; an existing cache is still read.
+    """
     exp_dir = Path(exp_dir)
     ids = frame["image_id"].tolist()
     root = image_source_root(exp_dir, Path(data_root), stain)
@@ -88,6 +92,8 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
         bad = _first_undecodable(paths[i : i + 64])
         raise PipelineError(f"{bad or 'an image under ' + str(root)} no longer decodes as a PNG "
                             f"({str(exc.message).splitlines()[0]}); re-run `index` to reject it") from None
+    if not write_cache:
+        return out
     with atomic_path(target, ".npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, out)
@@ -109,8 +115,12 @@ def _first_undecodable(paths: list[str]) -> str | None:
     return None
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0):
+def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 augment: list | None = None):
     """tf.data over cached uint8 images: shuffle indices, ``tf.gather`` a batch, cast to float [0, 255].
+
+    ``augment``: Keras augmentation layers applied to each training batch here, outside the model (used when
+    the training step is XLA-compiled, which cannot hold them; see ``pipeline.ml.models.augmentation_layers``).
 
     Pure TensorFlow ops: an earlier ``tf.numpy_function`` gather took the GIL once per batch and ran at
     0.72x of in-memory tensors (`make bench`). The images stay uint8 (4x smaller than float) until the
@@ -127,5 +137,13 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
         return indices.map(lambda i: tf.cast(tf.gather(images_t, i), tf.float32),
                            num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     labels_t = tf.convert_to_tensor(np.asarray(labels, dtype=np.int32))
-    return indices.map(lambda i: (tf.cast(tf.gather(images_t, i), tf.float32), tf.gather(labels_t, i)),
-                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = indices.map(lambda i: (tf.cast(tf.gather(images_t, i), tf.float32), tf.gather(labels_t, i)),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        def apply(x, y):
+            for layer in augment:
+                x = layer(x, training=True)
+            return x, y
+
+        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

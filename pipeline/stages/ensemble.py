@@ -123,13 +123,14 @@ def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, recor
     val_x = np.concatenate([features[n][0] for n in names], axis=1)
     test_x = np.concatenate([features[n][1] for n in names], axis=1)
     try:
-        out = fit_stacking(val_x, val_meta["label"].to_numpy(), test_x, cfg.stacking_epochs, seed)
+        out = fit_stacking(val_x, val_meta["label"].to_numpy(), test_x, cfg.stacking_epochs, seed, cfg.stacking_batch_size,
+                           cfg.stacking_reduce_lr, cfg.stacking_patience)
     except PipelineError as exc:
         print(f"stacking ({group}) skipped: {exc}")
         record["stacking"][group] = {"skipped": str(exc)}
         return []
     run_id = ensemble_run_id("stacking", names)
-    record["stacking"][group] = {"best_epoch": out["best_epoch"], "val_used_for_fit": True,
+    record["stacking"][group] = {"best_epoch": out["best_epoch"], "epochs_trained": out["epochs_trained"], "val_used_for_fit": True,
                                  "holdout_images": int(len(out["holdout_index"]))}
     hold_meta = val_meta.iloc[out["holdout_index"]].reset_index(drop=True)
     # Only the inner hold-out of val is out-of-sample for the meta-model: those are its "val" rows.

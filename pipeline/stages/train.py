@@ -26,6 +26,7 @@ The lifecycle of a run (every write atomic; ``state.json`` is the commit record 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import stable_hash
 from pipeline.core.model_specs import ModelSpec, get_spec
 from pipeline.ml.data import load_images, make_dataset
-from pipeline.ml.models import (FEATURE_LAYER, build_classifier, check_weights_available, compile_classifier, keras_file_problem,
-                                 load_classifier)
+from pipeline.ml.distribute import is_chief, is_multiworker, make_strategy, prepare_multiworker_fit, replicas
+from pipeline.ml.models import (FEATURE_LAYER, augmentation_layers, build_classifier, check_weights_available, compile_classifier,
+                                 keras_file_problem, load_classifier)
+from pipeline.ml.precision import MIXED_POLICY, dtype_policy, inner_optimizer, resolve_mixed_precision
 
 STATE_VERSION = 2  # state.json written by an older lifecycle is not resumed from (the run starts afresh)
 
@@ -129,16 +132,6 @@ def best_epoch_of(history: list[dict]) -> tuple[int | None, float | None]:
     return best_epoch, best
 
 
-def _strategy(name: str):
-    import tensorflow as tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":  # reads TF_CONFIG; see README "Several GPUs or machines"
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """P(malignant) and pooled backbone features in one pass (features feed the stacking ensemble)."""
     import keras
@@ -150,14 +143,26 @@ def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[n
 
 
 def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int, total_epochs: int,
-                     checkpoint_seconds: float = 60.0):
+                     checkpoint_seconds: float = 60.0, chief: bool = True, multiworker: bool = False):
+    """``chief``: this process writes the run. ``multiworker``: saving a model is a collective operation under
+    MultiWorkerMirroredStrategy, so every worker saves at the same epochs (others to a throwaway file outside
+    the experiment) and the resume checkpoint is written every epoch instead of by wall-clock time."""
     import os
     import sys
+    import tempfile
 
     import keras
     from tqdm.auto import tqdm
 
-    quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1"
+    quiet = os.environ.get("HISTOCOMPARE_QUIET") == "1" or not chief
+
+    def save(model, target):
+        if chief:
+            with atomic_path(target, ".keras") as tmp:
+                model.save(tmp)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save(Path(tmp) / target.name)
 
     class EpochCheckpoint(keras.callbacks.Callback):
         """Per-epoch commit: best model, history, resume point, then state.json (see the module docstring)."""
@@ -177,31 +182,33 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
             self.bar.close()
             done = epoch + 1
             seconds = time.perf_counter() - self.t0
-            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            optimizer = inner_optimizer(self.model.optimizer)  # under mixed_float16: inside the LossScaleOptimizer
+            lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
             row = {"epoch": done, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
                    "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
-                   "lr_backbone": lr, "lr_head": lr * self.model.optimizer.head_multiplier,
+                   "lr_backbone": lr, "lr_head": lr * optimizer.head_multiplier,
                    "seconds": seconds, "images_per_s": n_train / seconds}
             state["history"].append(row)
             if state["best_val_accuracy"] is None or row["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = row["val_accuracy"], done
                 self.best_weights = self.model.get_weights()  # predict from memory: no reload, no re-trace
-                with atomic_path(files.model, ".keras") as tmp:
-                    self.model.save(tmp)
+                save(self.model, files.model)
             state["epochs_done"] = done
-            write_parquet(pd.DataFrame(state["history"]), files.history)
             stale: list[Path] = []
             if done >= total_epochs:
                 state["fit_complete"] = True
-            elif time.time() - state.get("checkpoint_time", 0.0) >= checkpoint_seconds:
+            elif multiworker or time.time() - state.get("checkpoint_time", 0.0) >= checkpoint_seconds:
                 # The resume point: weights + Adam state (~3x the weights), so written at most every N seconds, and
                 # the best model as of now (a hard link), so a resume can put model.keras back to this point.
-                with atomic_path(files.resume(done), ".keras") as tmp:
-                    self.model.save(tmp)
-                atomic_link(files.model, files.resume_best(done))
-                if state["checkpoint_epoch"]:
-                    stale = [files.resume(state["checkpoint_epoch"]), files.resume_best(state["checkpoint_epoch"])]
+                save(self.model, files.resume(done))
+                if chief:
+                    atomic_link(files.model, files.resume_best(done))
+                    if state["checkpoint_epoch"]:
+                        stale = [files.resume(state["checkpoint_epoch"]), files.resume_best(state["checkpoint_epoch"])]
                 state["checkpoint_epoch"], state["checkpoint_time"] = done, time.time()
+            if not chief:  # a multi-worker non-chief trains the same steps but writes nothing into the experiment
+                return
+            write_parquet(pd.DataFrame(state["history"]), files.history)
             write_json(state, files.state)  # the commit: a resume trusts only what state.json names
             for path in stale:
                 path.unlink(missing_ok=True)
@@ -266,6 +273,18 @@ def _remove_leftovers(files: RunFiles) -> None:
         path.unlink(missing_ok=True)
 
 
+def _under_run_dtype_policy(train):
+    """Run ``train`` under the run's dtype policy (``mixed_precision``) and restore the global policy after."""
+
+    @functools.wraps(train)
+    def wrapper(exp_dir, model, cfg, *args, **kwargs):
+        with dtype_policy(resolve_mixed_precision(cfg.mixed_precision)):
+            return train(exp_dir, model, cfg, *args, **kwargs)
+
+    return wrapper
+
+
+@_under_run_dtype_policy
 def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0,
               epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, callbacks: list | None = None) -> dict:
     """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json."""
@@ -284,26 +303,26 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
 
     # -- validate: everything below can fail without touching the run folder ---------------------------
     check_weights_available([spec], cfg.weights)
+    # First TensorFlow work of the run: MultiWorkerMirroredStrategy must exist before any other op.
+    strategy = make_strategy(cfg.strategy)
+    chief = is_chief(strategy)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    images = load_images(exp_dir, data_root_of(exp_dir), frame, size, cfg.resize, stain)
+    images = load_images(exp_dir, data_root_of(exp_dir), frame, size, cfg.resize, stain, write_cache=chief)
     timings["load_images_s"] = time.perf_counter() - t0
     state = None if force else _resume_state(files, plan.config_hash)
     train_idx = np.flatnonzero(frame["split"].to_numpy() == "train")
     val_idx = np.flatnonzero(frame["split"].to_numpy() == "val")
     labels = frame["label"].to_numpy()
     x_train, y_train = np.asarray(images[train_idx]), labels[train_idx]
-    ds_train = make_dataset(x_train, y_train, cfg.batch_size, shuffle=True, seed=seed)
+    # XLA cannot compile the augmentation layers (Keras would silently train without XLA): with jit_compile they
+    # run in the input pipeline instead of inside the model.
+    augment_in_data = cfg.augment and cfg.jit_compile
+    ds_train = make_dataset(x_train, y_train, cfg.batch_size, shuffle=True, seed=seed,
+                            augment=augmentation_layers(seed) if augment_in_data else None)
     ds_val = make_dataset(np.asarray(images[val_idx]), labels[val_idx], cfg.predict_batch_size)
 
     keras.utils.set_random_seed(seed)
-    if cfg.mixed_precision:
-        import tensorflow as tf
-
-        if tf.config.list_physical_devices("GPU"):
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        else:
-            print("mixed_precision requested but no GPU found: training in float32")
     class_weight = None
     if cfg.class_weights:
         counts = np.bincount(y_train, minlength=2)
@@ -312,12 +331,12 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     t0 = time.perf_counter()
     fitted = False
     all_callbacks: list = []
-    with _strategy(cfg.strategy).scope():
+    with strategy.scope():
         net = None
         if state is None:
             try:
-                net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment, cfg.freeze_batchnorm, seed,
-                                       cfg.bn_momentum)
+                net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment and not augment_in_data,
+                                       cfg.freeze_batchnorm, seed, cfg.bn_momentum, cfg.unfreeze)
             except (ValueError, OSError) as exc:
                 if cfg.weights in ("imagenet", "none"):
                     raise
@@ -327,7 +346,8 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             net = load_classifier(files.resume(state["checkpoint_epoch"]))
         # -- act: from here on the run folder changes ------------------------------------------------------
         if state is None:
-            _reset_run_folder(files)
+            if chief:
+                _reset_run_folder(files)
             state = {"version": STATE_VERSION, "config_hash": plan.config_hash, "epochs_done": 0, "checkpoint_epoch": 0,
                      "checkpoint_time": 0.0, "best_val_accuracy": None, "best_epoch": None, "history": [],
                      "fit_complete": False}
@@ -335,26 +355,40 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
                 _warmup(net, ds_train, ds_val, cfg)
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
         else:
-            _restore_resume_point(files, state)
+            if chief:
+                _restore_resume_point(files, state)
             how = "predicting" if state.get("fit_complete") else f"resuming after epoch {state['epochs_done']} of {total_epochs}"
             print(f"{run_id}: {how} (last resume point)", flush=True)
         if net is not None:
             net.run_eagerly = cfg.run_eagerly
             all_callbacks = _epoch_callbacks(files, state, len(x_train), cfg.batch_size, total_epochs,
-                                             cfg.checkpoint_seconds) + list(callbacks or [])
+                                             cfg.checkpoint_seconds, chief, is_multiworker(strategy)) + list(callbacks or [])
             if cfg.early_stopping_patience:
                 all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
+            if is_multiworker(strategy):
+                prepare_multiworker_fit(net)
             fitted = True
             net.fit(ds_train, validation_data=ds_val, epochs=total_epochs, initial_epoch=state["epochs_done"],
                     verbose=0, callbacks=all_callbacks, class_weight=class_weight, shuffle=False)
             if not state.get("fit_complete"):  # early stopping ended it before the last epoch
                 state["fit_complete"] = True
-                write_json(state, files.state)
+                if chief:
+                    write_json(state, files.state)
     timings["train_s"] = time.perf_counter() - t0
 
+    if not chief:  # the chief predicts every image and writes the run; this worker is done
+        print(f"{run_id}: worker {strategy.cluster_resolver.task_type} {strategy.cluster_resolver.task_id} finished "
+              f"training; the chief writes the run", flush=True)
+        return {"run_id": run_id, "status": "worker", "config_hash": plan.config_hash}
     t0 = time.perf_counter()
     best_weights = getattr(all_callbacks[0], "best_weights", None) if fitted else None
-    if best_weights is not None:
+    if best_weights is not None and is_multiworker(strategy):
+        # A model built under MultiWorkerMirroredStrategy predicts only this worker's shard: predict with a
+        # local copy instead, so the chief scores every val/test image.
+        best = build_classifier(spec.name, size, "none", cfg.dropout, cfg.augment and not augment_in_data,
+                                cfg.freeze_batchnorm, seed, cfg.bn_momentum, cfg.unfreeze)
+        best.set_weights(best_weights)
+    elif best_weights is not None:
         net.set_weights(best_weights)
         best = net
     else:  # resumed after the best epoch, or nothing left to fit: the checkpoint on disk is the best model
@@ -393,6 +427,8 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         "predict_images_per_s": round(len(eval_frame) / max(timings["predict_s"], 1e-9), 2),
         "model_file": "model.keras", "model_sha256": content_digest(files.model), "family": spec.family,
         "model": spec.name, "stain": stain, "image_size": size,
+        "mixed_precision": keras.mixed_precision.global_policy().name == MIXED_POLICY, "replicas": replicas(strategy),
+        "strategy": cfg.strategy, "xla": bool(net.jit_compile) if net is not None else bool(cfg.jit_compile),
     }
     write_json(info, files.info)  # the commit of a finished run
     _remove_leftovers(files)
