@@ -130,6 +130,7 @@ class Experiment:
             "history": f"python -m pipeline train {d} --model {model} --force",
             "gradcam": f"python -m pipeline gradcam {d} --method gradcam",
             "stain": f"python -m pipeline stain {d} --method vahadane",
+            "neighbours": f"python -m pipeline neighbours {d}",
         }[artifact]
 
     def _frame(self, path: Path, artifact: str, **command_args) -> pd.DataFrame | None:
@@ -212,6 +213,12 @@ class Experiment:
 
     def subsets(self) -> pd.DataFrame | None:
         return self._frame(self.catalog.subsets, "subsets")
+
+    def neighbours(self) -> pd.DataFrame | None:
+        return self._frame(self.catalog.neighbours, "neighbours")
+
+    def embedding(self) -> pd.DataFrame | None:
+        return self._frame(self.catalog.embedding, "neighbours")
 
     def gradcam_scores(self, method: str) -> pd.DataFrame | None:
         return self._frame(self.catalog.gradcam_scores(method), "gradcam")

@@ -19,6 +19,7 @@ PAGE_TABLE = {
     "experiments": ("compare_experiments.py", "Compare experiments", ":material/compare_arrows:", "experiments"),
     "training": ("training_curves.py", "Training curves", ":material/show_chart:", "training"),
     "gradcam": ("gradcam.py", "Grad-CAM", ":material/local_fire_department:", "gradcam"),
+    "embedding": ("embedding.py", "Embedding map", ":material/scatter_plot:", "embedding"),
 }
 
 

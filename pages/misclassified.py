@@ -5,7 +5,7 @@ view (run, split, filters, sort, page, heatmap) is in the URL."""
 import numpy as np
 import streamlit as st
 
-from dashboard import image_card, state, ui
+from dashboard import image_card, neighbours_panel, state, ui
 from dashboard.runs import load_runs, notice_skipped, run_picker
 from pipeline.artifacts.catalog import GRADCAM_METHODS
 from pipeline.core.decision import certainty_from_members, certainty_from_score, refer_least_certain
@@ -146,7 +146,12 @@ page = ui.pager(len(rows), PAGE_SIZE, key="br_page", param="page")
 shown = rows.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
 member_probs = preds[(preds["split"] == split) & preds["run_id"].isin(members)].pivot_table(
     index="image_id", columns="run_id", values="prob_malignant", aggfunc="first")
+neighbours = exp.neighbours()
+if neighbours_panel.space_for(neighbours, members) is None and not exp.is_corrupt(exp.catalog.neighbours):
+    st.caption(f"Nearest training images of each card: compute them with `{exp.command('neighbours')}`.")
 cols = st.columns(3)
 for i, r in enumerate(shown.itertuples(index=False)):
     with cols[i % 3]:
         image_card.card(exp, r, run, runs, member_probs, maps, heat, alpha, method, key="br_card")
+        neighbours_panel.button(exp, neighbours, members, str(r.image_id), key=f"br_nb_{image_card.slug(str(r.image_id))}",
+                                preferred=heat)

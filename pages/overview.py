@@ -40,9 +40,12 @@ COLUMNS = {  # metrics column -> (readable name, tooltip, default shown)
     "aurc": ("AURC", "Area under the risk-coverage curve (referring the least certain first); lower is better", False),
     "threshold": ("Threshold", "Decision threshold used (0.5, or chosen on validation: [evaluate] threshold)", False),
     "score_type": ("Score", "probability, or vote_share for hard votes (their Brier/ECE are n/a)", False),
+    "same_patient_neighbour_rate": ("Same-patient neighbours", "Share of images whose nearest training image (the model's "
+                                    "feature space, cosine) is of the same patient: the patient leak, 0 under a patient split", True),
 }
 NUMBERS = ["accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc", "pr_auc", "brier", "ece",
-           "patient_recognition_rate", "majority_accuracy", "patient_accuracy", "patient_roc_auc", "aurc", "threshold"]
+           "patient_recognition_rate", "majority_accuracy", "patient_accuracy", "patient_roc_auc", "aurc", "threshold",
+           "same_patient_neighbour_rate"]
 
 exp = ui.page_start("Overview")
 manifest, split, metrics, preds = exp.manifest(), exp.split(), exp.metrics(), exp.predictions()

@@ -188,6 +188,56 @@ def bench_ensemble(quick: bool) -> dict:
     return out
 
 
+# Pooled feature widths of the ten backbones (Keras applications: B0-B4 1280/1280/1408/1536/1792, V2 B0-B3 and S).
+FEATURE_WIDTHS = {"v1_b0": 1280, "v1_b1": 1280, "v1_b2": 1408, "v1_b3": 1536, "v1_b4": 1792,
+                  "v2_b0": 1280, "v2_b1": 1280, "v2_b2": 1408, "v2_b3": 1536, "v2_s": 1280}
+
+
+def planted_features(n: int, width: int, patients: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """float16 features where each patient's images cluster (a leak to find), and the patient of every image."""
+    patient = rng.integers(0, patients, n)
+    centres = rng.normal(size=(patients, width)).astype(np.float32)
+    return (centres[patient] + 1.5 * rng.normal(size=(n, width)).astype(np.float32)).astype(np.float16), patient
+
+
+def bench_neighbours(quick: bool) -> dict:
+    """The neighbours stage's work at full scale: 7,909 images (70% train), 10 runs, planted features; exact cosine top-5
+    (ours: chunked numpy) against scikit-learn's brute-force NearestNeighbors; PCA maps; t-SNE of one run (full only)."""
+    import pandas as pd
+    from sklearn.neighbors import NearestNeighbors
+
+    from pipeline.core.neighbours import neighbour_table
+    from pipeline.core.projection import project_2d
+
+    rng = np.random.default_rng(0)
+    n, runs = 7909, list(FEATURE_WIDTHS)[: 2 if quick else 10]
+    out = {"name": f"Neighbours ({n:,} images, {len(runs)} runs, planted features)",
+           "baseline": "sklearn NearestNeighbors(metric='cosine', brute)", "target": "< 10 s per run (top-5 + PCA)"}
+    ours = sk = pca = 0.0
+    rates = []
+    for run in runs:
+        feats, patient = planted_features(n, FEATURE_WIDTHS[run], 82, rng)
+        split = rng.choice(["train", "val", "test"], n, p=[0.7, 0.15, 0.15])
+        frame = pd.DataFrame({"image_id": [f"img{i}" for i in range(n)], "split": split, "label": patient % 2, "patient_id": patient})
+        t = time.perf_counter()
+        _, summary = neighbour_table(run, frame, feats, k=5)
+        ours += time.perf_counter() - t
+        rates.append(float(summary.set_index("split").loc["test", "same_patient_neighbour_rate"]))
+        train = split == "train"
+        t = time.perf_counter()
+        NearestNeighbors(n_neighbors=5, metric="cosine", algorithm="brute").fit(feats[train].astype(np.float32)).kneighbors(
+            feats[~train].astype(np.float32))
+        sk += time.perf_counter() - t
+        t = time.perf_counter()
+        project_2d(feats, "pca")
+        pca += time.perf_counter() - t
+    out.update(neighbours_s=ours, sklearn_s=sk, pca_s=pca, ratio=sk / ours, planted_rate_min=min(rates))
+    if not quick:
+        out["tsne_one_run_s"] = _timed(lambda: project_2d(feats, "tsne"))
+    out["ok"] = (ours + pca) / len(runs) < 10 and min(rates) > 0.9
+    return out
+
+
 def bench_gradcam(exp: Path, quick: bool) -> dict:
     """Maps/s: tf-keras-vis batched (16) vs a per-image loop, B0 at 128 px."""
     import keras
@@ -350,6 +400,11 @@ def render_markdown(report: dict) -> str:
         elif name.startswith("Grad-CAM"):
             ours, ratio = f"{r['batched_maps_per_s']:.1f} maps/s", f"{r['ratio']:.2f}x"
             base = f"{r['loop_maps_per_s']:.1f} maps/s ({r['baseline']})"
+        elif name.startswith("Neighbours"):
+            ours = (f"top-5 {r['neighbours_s']:.1f} s, PCA {r['pca_s']:.1f} s"
+                    + (f", t-SNE {r['tsne_one_run_s']:.0f} s per run" if "tsne_one_run_s" in r else "")
+                    + f"; planted leak found (rate >= {r['planted_rate_min']:.2f})")
+            base, ratio = f"{r['sklearn_s']:.1f} s ({r['baseline']})", f"{r['ratio']:.2f}x"
         elif name.startswith("Vahadane"):
             ours = f"{r['ours_images_per_s']:.2f} img/s"
             base = (f"{r['staintools_images_per_s']:.2f} img/s, max |dW| {r['max_stain_matrix_difference']:.4f}"
@@ -368,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: minutes instead of ~15")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "artifacts" / "bench"))
-    parser.add_argument("--only", nargs="*", help="input prediction prediction-study ensemble gradcam vahadane dashboard browser")
+    parser.add_argument("--only", nargs="*",
+                        help="input prediction prediction-study ensemble neighbours gradcam vahadane dashboard browser")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -378,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         exp, data_label = _dataset(work, args.quick)
         benches = {"input": lambda: bench_input_pipeline(exp, args.quick), "prediction": lambda: bench_prediction(exp, args.quick),
                    "prediction-study": lambda: bench_prediction(exp, args.quick, study_sizes=True),
-                   "ensemble": lambda: bench_ensemble(args.quick), "gradcam": lambda: bench_gradcam(exp, args.quick),
+                   "ensemble": lambda: bench_ensemble(args.quick), "neighbours": lambda: bench_neighbours(args.quick),
+                   "gradcam": lambda: bench_gradcam(exp, args.quick),
                    "vahadane": lambda: bench_vahadane(exp, args.quick), "dashboard": lambda: bench_dashboard(args.quick),
                    "browser": lambda: bench_browser(args.quick)}
         results = []

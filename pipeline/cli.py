@@ -185,6 +185,13 @@ def cmd_evaluate(args) -> None:
     run_evaluate(args.dir, EvaluateConfig(bootstrap=args.bootstrap, threshold=args.threshold), seed=args.seed, force=args.force)
 
 
+def cmd_neighbours(args) -> None:
+    from pipeline.config import NeighboursConfig
+    from pipeline.stages.neighbours import run_neighbours
+
+    run_neighbours(args.dir, NeighboursConfig(k=args.k, tsne=not args.no_tsne), seed=args.seed, fold=args.fold, force=args.force)
+
+
 def cmd_gradcam(args) -> None:
     from pipeline.config import GradcamConfig
     from pipeline.stages.gradcam import run_gradcam, save_panel
@@ -323,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=setting("experiment.seed"), default=0)
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("neighbours", help="nearest training images of every val/test image, same-patient rate, 2-D maps")
+    p.add_argument("dir")
+    p.add_argument("--k", type=setting("neighbours.k"), default=5, help="nearest training images kept per image (default 5)")
+    p.add_argument("--no-tsne", action="store_true", help="only the PCA map (t-SNE takes the longest)")
+    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
+    p.add_argument("--fold", type=setting("split.fold"), default=0)
+    p.add_argument("--force", action="store_true", help="recompute even if up to date")
+    p.set_defaults(func=cmd_neighbours)
 
     p = sub.add_parser("gradcam", help="Grad-CAM heatmaps (tf-keras-vis) cached for the dashboard")
     p.add_argument("dir")

@@ -134,6 +134,13 @@ class GradcamConfig:
 
 
 @dataclass
+class NeighboursConfig:
+    enabled: bool = True
+    k: int = 5  # nearest training images kept per val/test image
+    tsne: bool = True  # the t-SNE map too (PCA is always made); the slow part: 576 s for one 7,909-image run on 2 busy cores
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -143,6 +150,7 @@ class Config:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gradcam: GradcamConfig = field(default_factory=GradcamConfig)
+    neighbours: NeighboursConfig = field(default_factory=NeighboursConfig)
 
     @property
     def out_dir(self) -> Path:
@@ -252,6 +260,7 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "gradcam.max_images": _at_least(0),
     "gradcam.batch_size": _at_least(1),
     "gradcam.deletion_steps": _at_least(1),
+    "neighbours.k": _at_least(1),
 }
 
 
@@ -337,7 +346,7 @@ def config_from_dict(raw: dict, require_data_root: bool = True) -> Config:
             raise PipelineError(f"config key 'runs[{i}].stain' must be one of {CHOICES['runs.stain']}, got {run.stain!r}")
     from pipeline.core.splits import parse_ratios
 
-    for name in ("experiment", "split", "train", "ensemble", "evaluate", "gradcam"):
+    for name in ("experiment", "split", "train", "ensemble", "evaluate", "gradcam", "neighbours"):
         _check_limits(getattr(cfg, name), name, name)
     for i, run in enumerate(cfg.runs):
         _check_limits(run, f"runs[{i}]", "runs")

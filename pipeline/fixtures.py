@@ -26,6 +26,8 @@ from pipeline.artifacts.predictions import make_rows, member_groups, member_runs
 from pipeline.config import EvaluateConfig
 from pipeline.core.breakhis import ParsedName
 from pipeline.core.ensemble import combine, fit_weights, subset_search
+from pipeline.core.neighbours import neighbour_table, with_neighbour_rate
+from pipeline.core.projection import project_2d
 from pipeline.stages.evaluate import evaluate_predictions
 from pipeline.stages.index import run_index
 
@@ -122,10 +124,36 @@ def build(root: Path, seed: int = 0) -> Path:
     preds = pd.concat(rows, ignore_index=True)
     write_parquet(preds, catalog.predictions)
     write_json(record, catalog.ensembles)
-    write_parquet(evaluate_predictions(preds, EvaluateConfig(bootstrap=50)), catalog.metrics)
+    summary = _write_neighbours(catalog, frame, members, rng)
+    write_parquet(with_neighbour_rate(evaluate_predictions(preds, EvaluateConfig(bootstrap=50)), summary), catalog.metrics)
     _write_gradcam(catalog, frame, members, rng)
     _write_stain_cache(catalog, manifest, data, rng)
     return exp
+
+
+def _write_neighbours(catalog: Catalog, frame: pd.DataFrame, runs: list[str], rng: np.random.Generator) -> pd.DataFrame:
+    """Neighbours and 2-D maps from planted features (each patient a cluster), through the stage's pure functions.
+
+    The fixture has no training split, so its val images stand in for the training images the test images are
+    searched among; PCA maps for every run, a t-SNE map for the first (t-SNE is the slow one)."""
+    codes, patients = np.unique(frame["patient_id"].astype(str), return_inverse=True)
+    centres = rng.normal(size=(len(codes), 16)) * 3
+    reference = frame[["image_id", "split", "label", "patient_id"]].replace({"split": {"val": "train"}})
+    tables, summaries, maps = [], [], []
+    for k, run in enumerate(runs):
+        feats = (centres[patients] + rng.normal(size=(len(frame), 16))).astype(np.float16)
+        rows, summary = neighbour_table(run, reference, feats, k=3)
+        tables.append(rows)
+        summaries.append(summary)
+        for method in ("pca", "tsne") if k == 0 else ("pca",):
+            xy = project_2d(feats, method, seed=0)
+            maps.append(pd.DataFrame({"run_id": run, "method": method, "image_id": frame["image_id"].to_numpy(),
+                                      "split": frame["split"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]}))
+    summary = pd.concat(summaries, ignore_index=True)
+    write_parquet(pd.concat(tables, ignore_index=True), catalog.neighbours)
+    write_parquet(summary, catalog.neighbour_summary)
+    write_parquet(pd.concat(maps, ignore_index=True), catalog.embedding)
+    return summary
 
 
 def _write_gradcam(catalog: Catalog, frame: pd.DataFrame, runs: list[str], rng: np.random.Generator) -> None:

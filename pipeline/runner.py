@@ -20,10 +20,10 @@ from pipeline.artifacts.provenance import library_versions
 from pipeline.config import PROJECT_ROOT, Config
 from pipeline.progress import Board, LineReporter, report, set_sink
 
-STAGES = ("data", "index", "split", "stain", "train", "ensemble", "evaluate", "gradcam")
+STAGES = ("data", "index", "split", "stain", "train", "ensemble", "neighbours", "evaluate", "gradcam")
 DEPENDS_ON = {  # stage -> the stages whose outputs it reads
     "data": (), "index": ("data",), "split": ("index",), "stain": ("split",), "train": ("split", "stain"),
-    "ensemble": ("train",), "evaluate": ("train", "ensemble"), "gradcam": ("train",),
+    "ensemble": ("train",), "neighbours": ("train",), "evaluate": ("train", "ensemble", "neighbours"), "gradcam": ("train",),
 }
 
 
@@ -143,6 +143,11 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
 
         run_ensembles(out, cfg.ensemble, seed=seed, force="ensemble" in forced)
 
+    def neighbours() -> None:
+        from pipeline.stages.neighbours import run_neighbours
+
+        run_neighbours(out, cfg.neighbours, seed=seed, fold=cfg.split.fold, force="neighbours" in forced)
+
     def evaluate() -> None:
         from pipeline.stages.evaluate import run_evaluate
 
@@ -160,6 +165,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
         ("stain", "stain", bool(stains), stain),
         ("train", f"train ({len(cfg.runs)} runs, {cfg.train.workers} at a time)", True, train),
         ("ensemble", "ensemble", cfg.ensemble.enabled, ensemble),
+        ("neighbours", "neighbours", cfg.neighbours.enabled and bool(cfg.runs), neighbours),
         ("evaluate", "evaluate", True, evaluate),
         ("gradcam", "gradcam", cfg.gradcam.enabled, gradcam),
     ]

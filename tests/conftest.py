@@ -51,6 +51,25 @@ def demo_experiment(tmp_path_factory, demo_root) -> Path:
     return exp
 
 
+@pytest.fixture(scope="session")
+def sample_patient_run(tmp_path_factory, sample_root) -> Path:
+    """The real sample indexed, patient-split (seed 0) and one B0 trained on it from scratch (2 epochs, 64 px): shared by
+    the training test and the neighbours stage's acceptance test; read-only for tests (copy before changing anything)."""
+    from pipeline.artifacts.experiment import load_manifest
+    from pipeline.artifacts.io import write_parquet
+    from pipeline.config import TrainConfig
+    from pipeline.core.splits import make_split
+    from pipeline.stages.index import run_index
+    from pipeline.stages.train import train_run
+
+    exp = tmp_path_factory.mktemp("sample_patient") / "exp"
+    run_index(sample_root, exp)
+    write_parquet(make_split(load_manifest(exp), "patient", seed=0), exp / "split.parquet")
+    cfg = TrainConfig(epochs=2, batch_size=16, image_size=64, weights="none", freeze_batchnorm=False, lr_backbone=1e-3, lr_head=5e-3)
+    train_run(exp, "efficientnet_b0", cfg)
+    return exp
+
+
 def copy_experiment(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -202,3 +202,28 @@ def test_compare_experiments_renders_its_dumbbell(live, dashboard_artifacts):
     expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
     expect(page.locator("[data-testid='stDataFrame']").first).to_be_visible()
     assert page.locator("img[src*='127.0.0.1:9'], a[href*='127.0.0.1:9']").count() == 0  # the hostile twin stays text
+
+
+def test_embedding_map_is_webgl_and_a_lasso_lists_the_images(live, dashboard_artifacts):
+    """The embedding map draws with WebGL (Scattergl); a lasso around the whole plot selects every point, and the page
+    lists that many images. The render time is printed (the 7,909-point figure is in `make bench`'s dashboard row)."""
+    from playwright.sync_api import expect
+
+    emb = pd.read_parquet(dashboard_artifacts / "fixture" / "embedding.parquet")
+    n = int(((emb.run_id == "v1_b0") & (emb.method == "tsne")).sum())
+    url, page = live
+    t0 = time.perf_counter()
+    start(page, url, "/embedding?exp=fixture&run=v1_b0")
+    drag = page.locator(".st-key-em_chart .nsewdrag").first
+    drag.wait_for(timeout=60_000)
+    print(f"embedding map: {n} points rendered in {time.perf_counter() - t0:.2f} s")
+    assert page.locator(".st-key-em_chart canvas").count() >= 1  # Scattergl draws on a WebGL canvas
+    box = drag.bounding_box()
+    x0, y0, x1, y1 = box["x"] + 2, box["y"] + 2, box["x"] + box["width"] - 2, box["y"] + box["height"] - 2
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for x, y in ((x1, y0), (x1, y1), (x0, y1), (x0, y0 + 1)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    wait_idle(page)
+    expect(page.get_by_role("heading", name=f"{n} selected images")).to_be_visible(timeout=30_000)

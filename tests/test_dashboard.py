@@ -19,7 +19,7 @@ from pipeline.core.ensemble import combine, fit_weights
 from pipeline.fixtures import MEMBERS, PATIENTS
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
-PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam"]
+PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam", "embedding"]
 
 
 def set_address(address):

@@ -12,10 +12,10 @@ import pytest
 from conftest import PROJECT_ROOT
 from streamlit.testing.v1 import AppTest
 
-from pipeline.fixtures import HOSTILE_IMAGE, HOSTILE_RUN
+from pipeline.fixtures import HOSTILE_IMAGE, HOSTILE_PATIENT, HOSTILE_RUN
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
-PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam"]
+PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam", "embedding"]
 OPENED: list[str] = []
 RECORDING = [False]
 
@@ -63,6 +63,7 @@ def hostile_pages(dashboard_artifacts):
         ("misclassified", {"run": "v1_b0", "errors": "0", "split": "val"}),
         ("gradcam", {"img": climbing}), ("gradcam", {"img": absolute}), ("gradcam", {"img": HOSTILE_IMAGE}),
         ("confusion", {"a": "v1_b0", "b": "v2_b0", "cell": "a:tp"}),
+        ("embedding", {"run": "v1_b0", "colour": "patient", "patient": [manifest["patient_id"].iloc[0], HOSTILE_PATIENT]}),
     ]
     OPENED.clear()
     RECORDING[0] = True

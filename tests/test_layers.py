@@ -65,7 +65,8 @@ def test_artifact_paths_are_built_only_by_the_catalog():
     """No module outside the catalog joins an artifact's file name onto a folder by hand."""
     names = ["manifest.parquet", "split.parquet", "predictions.parquet", "metrics.parquet", "subsets.parquet", "run.json",
              "history.parquet", "model.keras", "state.json", "features.npz", "target.json", "dataset.json",
-             "ensemble_predictions.parquet", "index.parquet", "stain_run.json", "rejects.parquet", "ensembles.json"]
+             "ensemble_predictions.parquet", "index.parquet", "stain_run.json", "rejects.parquet", "ensembles.json",
+             "neighbours.parquet", "neighbour_summary.parquet", "embedding.parquet"]
     bad = []
     for path in files("pipeline", "dashboard", "pages"):
         if path.name == "catalog.py":

@@ -50,9 +50,10 @@ def test_stamp_follows_content_not_mtime(tmp_path):
 def test_force_redoes_a_stage_and_its_dependents():
     from pipeline.runner import with_dependents
 
-    assert with_dependents(["train"]) == {"train", "ensemble", "evaluate", "gradcam"}
+    assert with_dependents(["train"]) == {"train", "ensemble", "neighbours", "evaluate", "gradcam"}
+    assert with_dependents(["neighbours"]) == {"neighbours", "evaluate"}
     assert with_dependents(["ensemble"]) == {"ensemble", "evaluate"}
-    assert with_dependents(["index"]) == {"index", "split", "stain", "train", "ensemble", "evaluate", "gradcam"}
+    assert with_dependents(["index"]) == {"index", "split", "stain", "train", "ensemble", "neighbours", "evaluate", "gradcam"}
     assert with_dependents([]) == set()
 
 

@@ -208,18 +208,11 @@ def test_clear_errors(tmp_path, trained):
         train_run(bad, "efficientnet_b0", TINY)
 
 
-def test_real_sample_b0_predicts_every_val_test_image(sample_root, tmp_path):
-    from pipeline.artifacts.experiment import load_manifest
-    from pipeline.artifacts.io import write_parquet
-    from pipeline.core.splits import make_split
-    from pipeline.stages.index import run_index
-
-    run_index(sample_root, tmp_path)
-    write_parquet(make_split(load_manifest(tmp_path), "patient", seed=0), tmp_path / "split.parquet")
-    cfg = TrainConfig(epochs=2, batch_size=16, image_size=64, weights="none", freeze_batchnorm=False, lr_backbone=1e-3, lr_head=5e-3)
-    info = train_run(tmp_path, "efficientnet_b0", cfg)
-    preds = load_predictions(tmp_path)
-    split = pd.read_parquet(tmp_path / "split.parquet")
+def test_real_sample_b0_predicts_every_val_test_image(sample_patient_run):
+    """The session's real-sample run (conftest: patient split, 2 epochs at 64 px, from scratch)."""
+    info = json.loads((sample_patient_run / "runs" / "v1_b0" / "run.json").read_text())
+    preds = load_predictions(sample_patient_run)
+    split = pd.read_parquet(sample_patient_run / "split.parquet")
     assert set(preds.image_id) == set(split.loc[split.split != "train", "image_id"])
     assert info["epochs_done"] == 2 and np.isfinite(preds.prob_malignant).all()
     assert "magnification" in preds and "patient_id" in preds

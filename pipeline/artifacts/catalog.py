@@ -213,6 +213,22 @@ class Catalog:
     def metrics_info(self) -> Path:
         return self.root / "metrics.json"
 
+    # -- nearest training images and 2-D maps (the neighbours stage) ----------------------------------
+    @property
+    def neighbours(self) -> Path:
+        """k nearest training images of every val/test image, per single-model run (cosine of pooled features)."""
+        return self.root / "neighbours.parquet"
+
+    @property
+    def neighbour_summary(self) -> Path:
+        """Per run and split: the same-patient neighbour rate (evaluate joins it into metrics.parquet)."""
+        return self.root / "neighbour_summary.parquet"
+
+    @property
+    def embedding(self) -> Path:
+        """2-D PCA/t-SNE maps of every run's train/val/test features (the dashboard's embedding map)."""
+        return self.root / "embedding.parquet"
+
     @property
     def pipeline_run(self) -> Path:
         return self.root / "pipeline_run.json"

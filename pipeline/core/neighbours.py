@@ -34,14 +34,29 @@ def cosine_neighbours(query: np.ndarray, reference: np.ndarray, k: int = 5, chun
     q, r = _unit_rows(query), _unit_rows(reference)
     idx = np.empty((len(q), k), dtype=np.int64)
     sim = np.empty((len(q), k), dtype=np.float32)
-    cols = np.arange(len(r))
     for start in range(0, len(q), chunk):
         s = q[start : start + chunk] @ r.T
-        # sort by similarity descending, then reference index ascending
-        order = np.lexsort((np.broadcast_to(cols, s.shape), -s), axis=1)[:, :k]
+        order = _top_k(s, k)
         idx[start : start + chunk] = order
         sim[start : start + chunk] = np.take_along_axis(s, order, axis=1)
     return idx, sim
+
+
+def _top_k(s: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest values, by value descending then index ascending.
+
+    A partial partition finds the candidates (a full sort of every row costs ~3x more at BreakHis scale); rows with a
+    tie across the k-th place are sorted in full, so the lower index always wins a tie."""
+    cand = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.broadcast_to(np.arange(s.shape[1]), s.shape)
+    vals = np.take_along_axis(s, cand, axis=1)
+    kth = vals.min(axis=1, keepdims=True)
+    order = np.lexsort((cand, -vals), axis=1)
+    out = np.take_along_axis(cand, order, axis=1)
+    tied = np.flatnonzero((s >= kth).sum(axis=1) > k)
+    if len(tied):
+        cols = np.broadcast_to(np.arange(s.shape[1]), (len(tied), s.shape[1]))
+        out[tied] = np.lexsort((cols, -s[tied]), axis=1)[:, :k]
+    return out
 
 
 def same_patient_rate(query_patients: np.ndarray, reference_patients: np.ndarray, neighbour_idx: np.ndarray) -> float:
@@ -50,3 +65,49 @@ def same_patient_rate(query_patients: np.ndarray, reference_patients: np.ndarray
         return float("nan")
     nearest = np.asarray(reference_patients)[np.asarray(neighbour_idx)[:, 0]]
     return float(np.mean(nearest == np.asarray(query_patients)))
+
+
+def neighbour_table(run_id: str, frame, features: np.ndarray, k: int = 5):
+    """The k nearest training images of every val/test image of one run, and its same-patient rate per split.
+
+    ``frame`` has one row per row of ``features`` with ``image_id``, ``split``, ``label`` and ``patient_id``.
+    Returns ``(rows, summary)``: rows (run_id, image_id, split, label, patient_id, rank, neighbour_id,
+    neighbour_label, neighbour_patient, similarity), rank 1 the nearest; summary (run_id, split, images,
+    same_patient_neighbour_rate).
+    """
+    import pandas as pd
+
+    split = frame["split"].to_numpy()
+    train, query = np.flatnonzero(split == "train"), np.flatnonzero(split != "train")
+    if len(train) == 0:
+        raise PipelineError(f"{run_id}: no training images among its features; re-run `train --force` for it")
+    idx, sim = cosine_neighbours(features[query], features[train], k)
+    k = idx.shape[1]
+    ref = frame.iloc[train]
+    q = frame.iloc[query]
+    nearest = idx.ravel()
+    rows = pd.DataFrame({
+        "run_id": run_id,
+        "image_id": np.repeat(q["image_id"].to_numpy(), k), "split": np.repeat(q["split"].to_numpy(), k),
+        "label": np.repeat(q["label"].to_numpy(), k), "patient_id": np.repeat(q["patient_id"].to_numpy(), k),
+        "rank": np.tile(np.arange(1, k + 1), len(query)),
+        "neighbour_id": ref["image_id"].to_numpy()[nearest], "neighbour_label": ref["label"].to_numpy()[nearest],
+        "neighbour_patient": ref["patient_id"].to_numpy()[nearest], "similarity": sim.ravel().astype(np.float32),
+    })
+    summary = []
+    for name in sorted(set(q["split"])):
+        part = np.flatnonzero(q["split"].to_numpy() == name)
+        summary.append({"run_id": run_id, "split": name, "images": int(len(part)),
+                        "same_patient_neighbour_rate": same_patient_rate(q["patient_id"].to_numpy()[part],
+                                                                         ref["patient_id"].to_numpy(), idx[part])})
+    return rows, pd.DataFrame(summary)
+
+
+def with_neighbour_rate(metrics, summary):
+    """``metrics`` with ``same_patient_neighbour_rate`` filled on the ``group_type == "all"`` rows of the runs in
+    ``summary`` (NaN elsewhere: ensembles have no feature space of their own, breakdown rows have no rate)."""
+    metrics = metrics.drop(columns=["same_patient_neighbour_rate"], errors="ignore")
+    if summary is None or summary.empty:
+        return metrics.assign(same_patient_neighbour_rate=np.nan)
+    rates = summary[["run_id", "split", "same_patient_neighbour_rate"]].assign(group_type="all")
+    return metrics.merge(rates, on=["run_id", "split", "group_type"], how="left")

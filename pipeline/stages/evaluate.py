@@ -30,6 +30,7 @@ from pipeline.core.decision import aurc, certainty_from_members, certainty_from_
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import CI_METRICS, METRIC_NAMES, binary_metrics, bootstrap_ci, fold_summary, patient_recognition_rate
 from pipeline.core.patients import PATIENT_METRICS, patient_metrics, patient_table
+from pipeline.core.neighbours import with_neighbour_rate
 
 EVALUATE_VERSION = 2
 VOTE_SHARE_METHODS = ("hard", "hard-best")  # ensembles whose score is the share of malignant member votes
@@ -141,7 +142,7 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
     start = time.perf_counter()
     merge_predictions(exp_dir)
     stamp = Stamp(catalog, "evaluate", {"version": EVALUATE_VERSION, "settings": dataclasses.asdict(cfg), "seed": seed},
-                  inputs=[catalog.predictions, catalog.manifest])
+                  inputs=[catalog.predictions, catalog.manifest, catalog.neighbour_summary])
     if not force and stamp.is_current():
         metrics = read_parquet(catalog.metrics)
         up_to_date("evaluate", f"{metrics['run_id'].nunique()} runs and ensembles")
@@ -153,6 +154,8 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
         preds = preds.merge(load_manifest(exp_dir)[["image_id", "patient_id", "patient_num", "magnification", "subtype"]],
                             on="image_id", how="left")
     metrics = evaluate_predictions(preds, cfg, seed)
+    summary = read_parquet(catalog.neighbour_summary) if catalog.neighbour_summary.exists() else None  # the neighbours stage
+    metrics = with_neighbour_rate(metrics, summary)
     write_parquet(metrics, catalog.metrics)
     write_json({"bootstrap": cfg.bootstrap, "ci": cfg.ci, "ece_bins": cfg.ece_bins, "threshold": cfg.threshold, "seed": seed,
                 "seconds": round(time.perf_counter() - start, 2)}, catalog.metrics_info)

@@ -19,8 +19,9 @@ The lifecycle of a run (every write atomic; ``state.json`` is the commit record 
    and history, best epoch and ``model.keras`` are put back to that point, so the three always agree (the epochs
    after it are trained again). When every epoch was done (``fit_complete``), only prediction is redone.
    (Shuffling/augmentation restart from the seed, so a resumed run is not bit-identical to an uninterrupted one.)
-6. **Finish**: predict val/test with the best model; write ``features.npz``, the run's ``predictions.parquet`` and
-   ``run.json``; remove ``state.json`` and the resume points; merge the experiment's ``predictions.parquet``.
+6. **Finish**: predict val/test with the best model; write ``features.npz`` (pooled features of train, val and test),
+   the run's ``predictions.parquet`` and ``run.json``; remove ``state.json`` and the resume points; merge the
+   experiment's ``predictions.parquet``.
 """
 
 from __future__ import annotations
@@ -398,9 +399,16 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     eval_frame = frame[eval_mask].reset_index(drop=True)
     probs, feats = predict_with_features(best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size)
     timings["predict_s"] = time.perf_counter() - t0
+    # Training images' features too: the neighbours stage searches them for each val/test image's nearest ones.
+    t0 = time.perf_counter()
+    _, train_feats = predict_with_features(best, x_train, cfg.predict_batch_size)
+    timings["train_features_s"] = time.perf_counter() - t0
     with atomic_path(files.features, ".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, image_id=eval_frame["image_id"].to_numpy().astype(str), features=feats)
+            ids = np.concatenate([frame["image_id"].to_numpy()[train_idx], eval_frame["image_id"].to_numpy()]).astype(str)
+            np.savez_compressed(fh, image_id=ids,
+                                split=np.concatenate([np.full(len(train_idx), "train"), eval_frame["split"].to_numpy()]).astype(str),
+                                features=np.concatenate([train_feats, feats]))
     rows = make_rows(run_id, "single", spec.name, spec.family, stain, eval_frame, probs)
     write_parquet(rows, files.predictions)
 

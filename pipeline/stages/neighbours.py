@@ -1,0 +1,104 @@
+"""Stage ``neighbours``: what each model sees. For every single-model run with pooled features (``features.npz``
+of train, val and test, written by ``train``):
+
+* the ``k`` nearest training images of every val/test image (cosine), with label, patient and similarity
+  (``neighbours.parquet``);
+* per run and split, the **same-patient neighbour rate**: the share of val/test images whose nearest training
+  image is of the same patient (``neighbour_summary.parquet``; ``evaluate`` joins it into ``metrics.parquet``).
+  Under the study's image-level split it measures the patient leak directly; under a patient split it is 0;
+* 2-D maps of every image (PCA, and t-SNE when ``[neighbours] tsne``), seeded from the experiment's seed
+  (``embedding.parquet``).
+
+Validate, then act: every run's features file is read and checked against the split before anything is written.
+Skipped (one line) when the features, the split and the settings are unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.experiment import load_split_frame
+from pipeline.artifacts.io import read_parquet, write_parquet
+from pipeline.artifacts.stamps import Stamp, up_to_date
+from pipeline.config import NeighboursConfig
+from pipeline.core.errors import PipelineError
+from pipeline.core.neighbours import neighbour_table
+from pipeline.core.projection import project_2d
+
+NEIGHBOURS_VERSION = 1
+
+
+def runs_with_features(catalog: Catalog) -> list[str]:
+    """Single-model runs whose folder holds ``features.npz`` (ensembles have no feature space of their own)."""
+    return [r for r in catalog.run_ids_on_disk() if catalog.run(r).features.is_file()]
+
+
+def read_run_features(path: Path, frame: pd.DataFrame) -> np.ndarray | None:
+    """The features of ``frame``'s images (in its order) from one run's ``features.npz``; a clear error when the file
+    is unreadable, None (with a one-line notice) when it lacks images: a run trained before ``train`` wrote the
+    training split's features, or for another split. Such a run is left out rather than stopping every other one."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, features = data["image_id"].astype(str), data["features"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise PipelineError(f"{path} is not a readable features file ({type(exc).__name__}); "
+                            f"re-run `python -m pipeline train DIR --model {path.parent.name} --force`") from None
+    if features.ndim != 2 or len(features) != len(ids):
+        raise PipelineError(f"{path} holds {features.shape} features for {len(ids)} images; re-run train --force for it")
+    index = pd.Index(ids)
+    pos = index.get_indexer(frame["image_id"].astype(str))
+    missing = frame["split"].to_numpy()[pos < 0]
+    if len(missing):
+        which = "training" if "train" in set(missing) else "val/test"
+        print(f"neighbours: {path.parent.name} left out: its features.npz lacks {len(missing)} {which} images (written by an "
+              f"older `train`, or for another split); re-run `python -m pipeline train DIR --model {path.parent.name} --force`",
+              flush=True)
+        return None
+    return features[pos]
+
+
+def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig(), seed: int = 0, fold: int = 0,
+                   force: bool = False) -> pd.DataFrame:
+    """Write neighbours, their summary and the 2-D maps of every run with features; returns the summary."""
+    exp_dir = Path(exp_dir)
+    catalog = Catalog(exp_dir)
+    start = time.perf_counter()
+    runs = runs_with_features(catalog)
+    if not runs:
+        raise PipelineError(f"no run in {exp_dir} has features.npz; run `python -m pipeline train {exp_dir} --model MODEL` first")
+    stamp = Stamp(catalog, "neighbours", {"version": NEIGHBOURS_VERSION, "k": cfg.k, "tsne": cfg.tsne, "seed": seed, "fold": fold},
+                  inputs=[catalog.manifest, catalog.split] + [catalog.run(r).features for r in runs])
+    outputs = [catalog.neighbours, catalog.neighbour_summary, catalog.embedding]
+    if not force and stamp.is_current():
+        summary = read_parquet(catalog.neighbour_summary)
+        up_to_date("neighbours", f"{len(runs)} runs")
+        return summary
+    frame = load_split_frame(exp_dir, fold)[["image_id", "split", "label", "patient_id"]]
+    features = {r: read_run_features(catalog.run(r).features, frame) for r in runs}  # validate every run first
+    runs = [r for r in runs if features[r] is not None]
+    if not runs:
+        raise PipelineError(f"no run in {exp_dir} has features of its training images; re-run `train --force` "
+                            "(or `run --force train`) to write them")
+    tables, summaries, maps = [], [], []
+    for run_id in runs:
+        rows, summary = neighbour_table(run_id, frame, features[run_id], cfg.k)
+        tables.append(rows)
+        summaries.append(summary)
+        for method in ("pca", "tsne") if cfg.tsne else ("pca",):
+            xy = project_2d(features[run_id], method, seed)
+            maps.append(pd.DataFrame({"run_id": run_id, "method": method, "image_id": frame["image_id"].to_numpy(),
+                                      "split": frame["split"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]}))
+    summary = pd.concat(summaries, ignore_index=True)
+    write_parquet(pd.concat(tables, ignore_index=True), catalog.neighbours)
+    write_parquet(pd.concat(maps, ignore_index=True), catalog.embedding)
+    write_parquet(summary, catalog.neighbour_summary)
+    stamp.record(outputs, seconds=round(time.perf_counter() - start, 2))
+    print(summary.round(3).to_string(index=False))
+    return summary
