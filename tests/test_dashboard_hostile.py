@@ -79,7 +79,10 @@ def test_no_page_opens_a_file_outside_the_experiment_and_its_data_root(hostile_p
     root = dashboard_artifacts.parent.resolve()
     allowed = [(root / "artifacts" / "hostile").resolve(), (root / "data").resolve()]
     inside_root = [Path(p).resolve() for p in opened if Path(p).is_absolute() and root in Path(p).resolve().parents]
-    outside = [p for p in inside_root if not any(a == p or a in p.parents for a in allowed)]
+    # The experiment picker reads each experiment's dataset.json (only that file; its paths are not followed) to list
+    # an external validation under its source: a sibling's dataset.json is the one file outside the two roots allowed.
+    picker = {p for p in inside_root if p.name == "dataset.json" and p.parent.parent == (root / "artifacts").resolve()}
+    outside = [p for p in inside_root if p not in picker and not any(a == p or a in p.parents for a in allowed)]
     assert not outside, outside
     assert any((root / "data") in p.parents and p.suffix == ".png" for p in inside_root)  # images were shown at all
     assert not any("secret" in str(p) or p.name == "outside.png" for p in inside_root)

@@ -105,7 +105,7 @@ def test_run_records_its_status_and_shows_the_workers_output(pipeline_twice):
     assert status["state"] == "finished" and status["error"] is None
     states = {s["name"]: s["state"] for s in status["stages"]}
     assert states == {"data": "done", "index": "done", "split": "done", "stain": "skipped", "train": "done",
-                      "ensemble": "done", "evaluate": "done", "gradcam": "done"}
+                      "ensemble": "done", "neighbours": "done", "evaluate": "done", "gradcam": "done"}
     assert status["runs"] == {"total": 2, "done": 2, "running": []}
     log = "\n".join(status["log"])
     assert "v1_b0 epoch 1: loss" in log and "v2_b0: val acc" in log  # printed inside the workers

@@ -140,8 +140,12 @@ def test_loaded_backbone_equals_keras_own_model(name, donors, fetch_from):
     fetch_from(donor["files"]["h5"])
     imagenet = build_classifier(name, SIZE, "imagenet")
     from_file = build_classifier(name, SIZE, str(donor["files"][PATH_FORMAT[name]]))
-    for model in (imagenet, from_file):
-        np.testing.assert_allclose(pooled(model, batch()), expected, rtol=0, atol=1e-4)
+    # 1e-4 of the features' scale (they reach ~8 here): alone these runs differ by 0 (imagenet, V2) or ~3e-6 (V1 files),
+    # but oneDNN's threaded reductions vary when another process shares the cores (seen: 2.4e-4 on B1 in CI with two
+    # test processes). A V1 backbone without the ImageNet rescaling is off by more than 0.1, far outside this.
+    tolerance = 1e-4 * max(1.0, float(np.abs(expected).max()))
+    for branch, model in (("imagenet", imagenet), ("file", from_file)):
+        np.testing.assert_allclose(pooled(model, batch()), expected, rtol=0, atol=tolerance, err_msg=branch)
         assert (model.count_params(), trainable_params(model)) == STUDY_PARAMETER_COUNTS[name]
 
     # The same graph as `weights = "none"` builds (Keras's application on the augmentation output, no weights):
