@@ -73,6 +73,16 @@ def printable(rel: str) -> str:
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def entry_reject(data_root: Path, path: Path, problem: str | None) -> tuple[str, dict | None]:
+    """(relative path, its rejects row or None) for one walked entry: a name that is not UTF-8, or the walk's problem."""
+    rel = path.relative_to(data_root).as_posix()
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return rel, {"path": printable(rel), "reason": "path is not valid UTF-8 (rename the file or folder)"}
+    return rel, ({"path": rel, "reason": problem} if problem else None)
+
+
 def walk_entries(breast: Path) -> Iterator[tuple[Path, str | None]]:
     """Every entry under ``breast`` that could hold an image: (path, None) for regular files (or symlinks
     to them), (path, reason) for what cannot be indexed. Folders are descended, symlinked folders are not
@@ -106,14 +116,9 @@ def index_dataset(data_root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
     rejects: list[dict] = []
     entries = sorted(walk_entries(breast))
     for path, problem in progress(entries, desc="index", unit="file"):
-        rel = path.relative_to(data_root).as_posix()
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            rejects.append({"path": printable(rel), "reason": "path is not valid UTF-8 (rename the file or folder)"})
-            continue
-        if problem:
-            rejects.append({"path": rel, "reason": problem})
+        rel, reject = entry_reject(data_root, path, problem)
+        if reject:
+            rejects.append(reject)
             continue
         parsed = parse_file_name(path.name)
         if parsed is None:

@@ -36,7 +36,7 @@ from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import file_sha256, listing_digest
 from pipeline.stages.index import (MANIFEST_COLUMNS, SYNTHETIC_MARKER, check_png, find_breast_root, find_synthetic_marker,
-                                   index_dataset, printable, walk_entries)
+                                   entry_reject, index_dataset, walk_entries)
 
 PREDICT_VERSION = 1
 EXTERNAL_SPLIT = "external"
@@ -57,14 +57,9 @@ def index_flat_folder(data_root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every PNG under ``data_root`` (any names, any depth) as manifest rows without labels; the rest as rejects."""
     rows, rejects = [], []
     for path, problem in sorted(walk_entries(data_root)):
-        rel = path.relative_to(data_root).as_posix()
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            rejects.append({"path": printable(rel), "reason": "path is not valid UTF-8 (rename the file or folder)"})
-            continue
-        if problem:
-            rejects.append({"path": rel, "reason": problem})
+        rel, reject = entry_reject(data_root, path, problem)
+        if reject:
+            rejects.append(reject)
             continue
         if path.suffix.lower() != ".png":
             rejects.append({"path": rel, "reason": "not a PNG file (extension); convert JPEG/TIFF images to PNG first"})
