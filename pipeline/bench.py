@@ -293,55 +293,15 @@ def bench_vahadane(exp: Path, quick: bool) -> dict:
     return out
 
 
-def bench_dashboard(quick: bool) -> dict:
-    """AppTest time to first render of each page and the ensemble builder's per-interaction latency.
-
-    Measured by ``python -m dashboard.bench`` in a fresh interpreter: the dashboard never imports TensorFlow,
-    and this process has (its thread pools slowed AppTest's script thread ~10x here). It reads the demo
-    artifacts when ``make demo`` has run, else a synthetic fixture built here.
-    """
+def _dashboard_bench(module: str, args: list[str], what: str) -> tuple[dict, str]:
+    """Run ``python -m <module> --artifacts A --experiment E <args>`` in a fresh interpreter and return its last JSON line
+    and a label for the artifacts it read: the demo artifacts when ``make demo`` has run, else a synthetic fixture
+    built here (and removed after). A fresh interpreter, because this process has TensorFlow's thread pools (they
+    slowed AppTest's script thread ~10x here) and the dashboard never imports TensorFlow."""
     import json
     import subprocess
     import sys
 
-    demo = PROJECT_ROOT / "artifacts" / "demo"
-    tmp = None
-    if Catalog(demo).predictions.exists():
-        artifacts, experiment, source = demo.parent, "demo", "demo artifacts"
-    else:
-        from pipeline.fixtures import build
-
-        tmp = Path(tempfile.mkdtemp())
-        build(tmp)
-        artifacts, experiment, source = tmp / "artifacts", "fixture", "test fixture (run `make demo` first for demo artifacts)"
-    try:
-        out = subprocess.run([sys.executable, "-m", "dashboard.bench", "--artifacts", str(artifacts), "--experiment", experiment]
-                             + (["--quick"] if quick else []), capture_output=True, text=True, cwd=PROJECT_ROOT,
-                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"dashboard benchmark failed: {out.stderr[-800:]}")
-    result = json.loads(lines[-1])
-    result["name"] = f"Dashboard ({source}, AppTest)"
-    return result
-
-
-def bench_browser(quick: bool) -> dict:
-    """Click-to-updated-metric in headless Chromium for 1 and 6 concurrent sessions (``python -m dashboard.browser_bench``).
-
-    Skipped (reported, not failed) without Debian's chromium. Absolute numbers against the issue's goals; for a ratio,
-    run ``python -m dashboard.browser_bench ... --baseline-root DIR`` with another checkout measured right after.
-    """
-    import json
-    import subprocess
-    import sys
-
-    if not Path("/usr/bin/chromium").exists():  # dashboard.live.CHROMIUM (pipeline/ may not import the dashboard)
-        return {"name": "Dashboard in a real browser", "skipped": "Debian's chromium is not installed (`make browser`)",
-                "target": "p50 < 250 ms alone, p90 < 1 s with 6", "ok": False, "baseline": "-"}
     demo = PROJECT_ROOT / "artifacts" / "demo"
     tmp = None
     if Catalog(demo).predictions.exists():
@@ -353,16 +313,37 @@ def bench_browser(quick: bool) -> dict:
         build(tmp)
         artifacts, experiment, source = tmp / "artifacts", "fixture", "test fixture"
     try:
-        out = subprocess.run([sys.executable, "-m", "dashboard.browser_bench", "--artifacts", str(artifacts), "--experiment",
-                              experiment, "--clicks", "4" if quick else "10"], capture_output=True, text=True,
-                             cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+        out = subprocess.run([sys.executable, "-m", module, "--artifacts", str(artifacts), "--experiment", experiment, *args],
+                             capture_output=True, text=True, cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
-        raise RuntimeError(f"browser benchmark failed: {out.stderr[-800:]}")
-    result = json.loads(lines[-1])
+        raise RuntimeError(f"{what} benchmark failed: {out.stderr[-800:]}")
+    return json.loads(lines[-1]), source
+
+
+def bench_dashboard(quick: bool) -> dict:
+    """AppTest time to first render of each page and the ensemble builder's per-interaction latency
+    (``python -m dashboard.bench``)."""
+    result, source = _dashboard_bench("dashboard.bench", ["--quick"] if quick else [], "dashboard")
+    if source == "test fixture":
+        source += " (run `make demo` first for demo artifacts)"
+    result["name"] = f"Dashboard ({source}, AppTest)"
+    return result
+
+
+def bench_browser(quick: bool) -> dict:
+    """Click-to-updated-metric in headless Chromium for 1 and 6 concurrent sessions (``python -m dashboard.browser_bench``).
+
+    Skipped (reported, not failed) without Debian's chromium. Absolute numbers against the issue's goals; for a ratio,
+    run ``python -m dashboard.browser_bench ... --baseline-root DIR`` with another checkout measured right after.
+    """
+    if not Path("/usr/bin/chromium").exists():  # dashboard.live.CHROMIUM (pipeline/ may not import the dashboard)
+        return {"name": "Dashboard in a real browser", "skipped": "Debian's chromium is not installed (`make browser`)",
+                "target": "p50 < 250 ms alone, p90 < 1 s with 6", "ok": False, "baseline": "-"}
+    result, source = _dashboard_bench("dashboard.browser_bench", ["--clicks", "4" if quick else "10"], "browser")
     result["name"] = f"Dashboard in Chromium ({source}): member click to updated metric"
     return result
 
