@@ -88,3 +88,15 @@ def dashboard_artifacts(tmp_path_factory) -> Path:
 
 # TensorFlow's C++/absl start-up lines (oneDNN notice, cuda/cuInit on CPU machines): never in the CLI's normal output.
 TF_NOISE = re.compile(r"oneDNN|cuInit|cuda drivers|cpu_feature_guard|absl::|^[IWE]\d{4} ", re.M)
+
+
+@pytest.fixture
+def loopback():
+    """AppTest has no server: tell the app it listens on 127.0.0.1, as dashboard/.streamlit/config.toml makes it (the
+    dashboard tests use it for every test; a page warns when the server listens elsewhere)."""
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    yield
+    config.set_option("server.address", before)

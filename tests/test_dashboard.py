@@ -28,15 +28,7 @@ def set_address(address):
     config.set_option("server.address", address)
 
 
-@pytest.fixture(autouse=True)
-def loopback():
-    """AppTest has no server: tell the app it listens on 127.0.0.1, as dashboard/.streamlit/config.toml makes it."""
-    from streamlit import config
-
-    before = config.get_option("server.address")
-    set_address("127.0.0.1")
-    yield
-    set_address(before)
+pytestmark = pytest.mark.usefixtures("loopback")  # conftest: AppTest has no server, the app is told it listens on 127.0.0.1
 
 
 @pytest.fixture

@@ -27,14 +27,7 @@ def artifacts(tmp_path_factory, dashboard_artifacts):
     return root / "artifacts"
 
 
-@pytest.fixture(autouse=True)
-def loopback():
-    from streamlit import config
-
-    before = config.get_option("server.address")
-    config.set_option("server.address", "127.0.0.1")
-    yield
-    config.set_option("server.address", before)
+pytestmark = pytest.mark.usefixtures("loopback")  # conftest: AppTest has no server, the app is told it listens on 127.0.0.1
 
 
 def open_page(monkeypatch, artifacts, name, experiment):

@@ -29,14 +29,7 @@ def _audit(event, args):
 sys.addaudithook(_audit)
 
 
-@pytest.fixture(autouse=True)
-def loopback():
-    from streamlit import config
-
-    before = config.get_option("server.address")
-    config.set_option("server.address", "127.0.0.1")
-    yield
-    config.set_option("server.address", before)
+pytestmark = pytest.mark.usefixtures("loopback")  # conftest: AppTest has no server, the app is told it listens on 127.0.0.1
 
 
 def render(page: str, artifacts: Path, experiment: str = "hostile", **query) -> AppTest:

@@ -14,14 +14,7 @@ from streamlit.testing.v1 import AppTest
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def loopback():
-    from streamlit import config
-
-    before = config.get_option("server.address")
-    config.set_option("server.address", "127.0.0.1")
-    yield
-    config.set_option("server.address", before)
+pytestmark = pytest.mark.usefixtures("loopback")  # conftest: AppTest has no server, the app is told it listens on 127.0.0.1
 
 
 def planted_status(updated: float) -> dict:
