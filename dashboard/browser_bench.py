@@ -26,13 +26,17 @@ SUMMARY = "[data-testid='stMarkdownContainer'] p:has-text('member(s),')"
 
 async def _session(browser, url: str, clicks: int, ready: asyncio.Barrier, out: list[float]) -> None:
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = await context.new_page()
-    await page.goto(f"{url}/ensemble", timeout=120_000)
-    await page.wait_for_selector(SUMMARY, timeout=120_000)
-    await page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=120_000)
-    boxes = page.locator(".st-key-ens_members [data-testid='stCheckbox'] label")
-    await boxes.first.wait_for(timeout=120_000)
-    count = await boxes.count()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{url}/ensemble", timeout=120_000)
+        await page.wait_for_selector(SUMMARY, timeout=120_000)
+        await page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=120_000)
+        boxes = page.locator(".st-key-ens_members [data-testid='stCheckbox'] label")
+        await boxes.first.wait_for(timeout=120_000)
+        count = await boxes.count()
+    except BaseException:
+        await ready.abort()  # the other sessions would wait for this one at the barrier forever
+        raise
     await ready.wait()  # every session has loaded the page: now they click at the same time
     for i in range(clicks):
         try:
@@ -63,8 +67,12 @@ async def _measure(url: str, sessions: int, clicks: int) -> list[float]:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         ready, latencies = asyncio.Barrier(sessions), []
-        await asyncio.gather(*(_session(browser, url, clicks, ready, latencies) for _ in range(sessions)))
+        results = await asyncio.gather(*(_session(browser, url, clicks, ready, latencies) for _ in range(sessions)),
+                                       return_exceptions=True)
         await browser.close()
+    failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.BrokenBarrierError)]
+    if failures:
+        raise failures[0]
     return latencies
 
 

@@ -34,6 +34,8 @@ from pipeline.core.metrics import binary_metrics, confusion_counts, reliability_
 from pipeline.core.reference import load_reference
 
 RULES = ["soft", "hard", "weighted", "stacking"]
+PANELS = {"cm": "Confusion matrix", "roc": "ROC", "refer": "Refer the uncertain", "calibration": "Calibration",
+          "members": "Members"}  # URL value -> tab label
 COLLAPSE = 0.9  # a weighted vote with this share on one member is that member in disguise
 
 exp = ui.page_start("Ensemble builder")
@@ -122,23 +124,22 @@ def referral(y: np.ndarray, score: np.ndarray, pred: np.ndarray, member_rows: np
 
 def calibration(y: np.ndarray, score: np.ndarray, method: str) -> None:
     """The reliability diagram of the built ensemble (n/a for a hard vote: its score is a vote share)."""
-    with st.expander("Calibration (reliability diagram)"):
-        if method == "hard":
-            st.info("n/a: a hard vote's score is the share of members voting malignant, not a probability, so its "
-                    "calibration (reliability, Brier, ECE) is not defined.")
-            return
-        curve = reliability_curve(y, score)
-        fig = go.Figure(go.Scatter(x=curve["mean_prob"], y=curve["observed"], mode="lines+markers", name="observed",
-                                   marker=dict(size=6 + 20 * curve["images"] / max(curve["images"].max(), 1)),
-                                   customdata=curve["images"], hovertemplate="predicted %{x:.2f}, observed %{y:.2f} "
-                                                                             "(%{customdata} images)<extra></extra>"))
-        fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), name="perfectly calibrated")
-        fig.update_layout(title="Reliability", xaxis_title="mean predicted P(malignant) in the bin",
-                          yaxis_title="observed malignant share", height=340, margin=dict(t=40, b=10),
-                          xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
-        st.plotly_chart(fig, width="stretch", key="ens_reliability")
-        st.caption(f"10 equal-width bins (marker size: images). ECE {ui.fmt(binary_metrics(y, score)['ece'])}: the image-weighted "
-                   "mean gap between a bin's predicted and observed malignant share.")
+    if method == "hard":
+        st.info("n/a: a hard vote's score is the share of members voting malignant, not a probability, so its "
+                "calibration (reliability, Brier, ECE) is not defined.")
+        return
+    curve = reliability_curve(y, score)
+    fig = go.Figure(go.Scatter(x=curve["mean_prob"], y=curve["observed"], mode="lines+markers", name="observed",
+                               marker=dict(size=6 + 20 * curve["images"] / max(curve["images"].max(), 1)),
+                               customdata=curve["images"], hovertemplate="predicted %{x:.2f}, observed %{y:.2f} "
+                                                                         "(%{customdata} images)<extra></extra>"))
+    fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), name="perfectly calibrated")
+    fig.update_layout(title="Reliability", xaxis_title="mean predicted P(malignant) in the bin",
+                      yaxis_title="observed malignant share", height=340, margin=dict(t=40, b=10),
+                      xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
+    st.plotly_chart(fig, width="stretch", key="ens_reliability")
+    st.caption(f"10 equal-width bins (marker size: images). ECE {ui.fmt(binary_metrics(y, score)['ece'])}: the image-weighted "
+               "mean gap between a bin's predicted and observed malignant share.")
 
 
 @st.fragment
@@ -161,15 +162,18 @@ def builder() -> None:
     st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)"
                + ("; stacking ensembles have the members they were fitted on" if method == "stacking" else ""))
     chosen = []
+    # Horizontal containers, not st.columns: every column is one more message per rerun before the metrics reach
+    # the browser (measured: ~45 messages and ~150 ms between the server writing the accuracy and the browser showing it).
     with st.container(key="ens_members"):
         for family in ("v1", "v2"):
             row = [m for m in members if parse_run_id(m).family == family]
             if not row:
                 continue
-            cols = st.columns(max(len(row), 5))
-            for col, name in zip(cols, row):
-                if col.checkbox(plain(runs.label(name)), key=f"member_{name}", help=runs.tip[name], disabled=method == "stacking"):
-                    chosen.append(name)
+            with st.container(horizontal=True, gap="medium"):
+                for name in row:
+                    if st.checkbox(plain(runs.label(name)), key=f"member_{name}", help=runs.tip[name],
+                                   disabled=method == "stacking", width="content"):
+                        chosen.append(name)
     state.publish("members", chosen, members)
 
 
@@ -234,19 +238,18 @@ def builder() -> None:
     st.session_state["ensemble_last_ms"] = elapsed_ms
 
     baseline = majority_accuracy(y)
-    with st.container(key="ensemble_metrics"):
-        cols = st.columns(7)
+    with st.container(key="ensemble_metrics", horizontal=True):
         best_acc = singles[best_single]["accuracy"] if best_single else float("nan")
         gain = scores["accuracy"] - best_acc
-        cols[0].metric("Accuracy", f"{scores['accuracy']:.4f}", None if best_single is None else f"{gain:+.4f} vs best",
-                       delta_color="off" if abs(gain) < 5e-5 else "normal")
-        cols[1].metric("Precision", ui.fmt(scores["precision"]))
-        cols[2].metric("Sensitivity", ui.fmt(scores["recall"]))
-        cols[3].metric("Specificity", ui.fmt(scores["specificity"]))
-        cols[4].metric("F1", ui.fmt(scores["f1"]))
-        cols[5].metric("ROC AUC", ui.fmt(scores["roc_auc"]), help="Baseline: 0.5 (a random ranking)")
-        cols[6].metric("Majority baseline", ui.fmt(baseline), help="Accuracy of always predicting the larger class of these "
-                       f"{len(y)} images: the accuracy any model must beat")
+        st.metric("Accuracy", f"{scores['accuracy']:.4f}", None if best_single is None else f"{gain:+.4f} vs best",
+                  delta_color="off" if abs(gain) < 5e-5 else "normal")
+        st.metric("Precision", ui.fmt(scores["precision"]))
+        st.metric("Sensitivity", ui.fmt(scores["recall"]))
+        st.metric("Specificity", ui.fmt(scores["specificity"]))
+        st.metric("F1", ui.fmt(scores["f1"]))
+        st.metric("ROC AUC", ui.fmt(scores["roc_auc"]), help="Baseline: 0.5 (a random ranking)")
+        st.metric("Majority baseline", ui.fmt(baseline), help="Accuracy of always predicting the larger class of these "
+                  f"{len(y)} images: the accuracy any model must beat")
     if scores["accuracy"] <= baseline:
         st.warning(f"This ensemble does not beat the majority baseline ({baseline:.4f}): always answering the larger class "
                    "would score as well." + (" Its ROC AUC is high, so the ranking is good and the threshold is wrong: try "
@@ -278,105 +281,151 @@ def builder() -> None:
                          help="Offer it in every run picker (confusion matrices, image browser) for this session"):
                 save_token(exp, token)
                 st.toast(f"Saved {name}: every run picker now offers it.", icon=":material/bookmark:")
-        csv = pd.DataFrame({"image_id": meta["image_id"].to_numpy(), "label": y, "score": score, "pred": pred})
-        st.download_button("Download its predictions (CSV)", csv.to_csv(index=False).encode(), file_name=f"{exp.name}_built_{split}.csv",
+        def csv() -> bytes:  # made on click, not on every toggle (thousands of rows at full scale)
+            return pd.DataFrame({"image_id": meta["image_id"].to_numpy(), "label": y, "score": score,
+                                 "pred": pred}).to_csv(index=False).encode()
+
+        st.download_button("Download its predictions (CSV)", csv, file_name=f"{exp.name}_built_{split}.csv",
                            mime="text/csv", key="ens_csv", icon=":material/download:")
 
-    referral(y, score, pred, member_rows, threshold if method != "stacking" else 0.5, len(chosen) > 1)
+    # The diagnostics below the metrics are lazy tabs: only the open one runs and is sent, so a member toggle
+    # re-renders one panel's charts instead of five (measured in the browser: the charts' messages and rendering,
+    # not the scoring, made a toggle slow). The open tab is in the URL (?panel=...).
+    panel_default = "refer" if float(st.query_params.get("refer", 0) or 0) > 0 else "cm"
+    wanted = st.query_params.get("panel", panel_default)
+    wanted = wanted if wanted in PANELS else panel_default
+    tabs = st.tabs(list(PANELS.values()), key="ens_panel", on_change="rerun", default=PANELS[wanted])
+    open_panel = next((k for k, tab in zip(PANELS, tabs) if tab.open), wanted)
+    state.publish("panel", open_panel, panel_default)
+    used = threshold if method != "stacking" else 0.5
+    with tabs[list(PANELS).index(open_panel)]:
+        if open_panel == "cm":
+            cm_panel(y, pred, meta)
+        elif open_panel == "roc":
+            roc_panel(y, score, pred, chosen, member_rows, used, token)
+        elif open_panel == "refer":
+            referral(y, score, pred, member_rows, used, len(chosen) > 1)
+        elif open_panel == "calibration":
+            calibration(y, score, method)
+        else:
+            if method != "stacking":
+                def subset_accuracy(subset: list[str]) -> float:
+                    """Accuracy of the current rule on ``subset`` (weights re-fitted on val for the weighted rule)."""
+                    sub_idx = [members.index(x) for x in subset]
+                    w = cached_weights(val_probs[sub_idx], val_meta["label"].to_numpy(), tuple(subset)) if method == "weighted" else None
+                    return float((combine(probs[sub_idx], method, threshold, tie_break, w).pred == y).mean())
 
-    left, mid, right = st.columns([2, 3, 2])
-    counts = confusion_counts(y, pred)
-    left.plotly_chart(ui.confusion_figure(counts, "Confusion matrix"), width="stretch", key="ens_cm", config={"displayModeBar": False})
-    fig = go.Figure()
-    if len(np.unique(y)) == 2:
-        fpr, tpr, _ = roc_curve(y, score)
-        colour = runs.colour.get(token, "#1b6e3a")
-        fig.add_scatter(x=fpr, y=tpr, name="this ensemble", line=dict(color=colour, width=3))
-        for row_i, m in enumerate(c for c in chosen if c in members):
-            f, t = member_roc(y, member_rows[row_i])
-            fig.add_scatter(x=f, y=t, name=runs.label(m), line=dict(color=runs.colour[m], width=1), opacity=0.6)
-        op_fpr = counts["fp"] / max(counts["fp"] + counts["tn"], 1)
-        op_tpr = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
-        used = threshold if method != "stacking" else 0.5
-        fig.add_scatter(x=[op_fpr], y=[op_tpr], mode="markers", name=f"operating point (threshold {used:g})",
-                        marker=dict(symbol="star", size=16, color="black"))
-    fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), showlegend=False)
-    fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=440, margin=dict(t=40, b=10),
-                      legend=dict(font=dict(size=10), orientation="h", y=-0.22), xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
-    mid.plotly_chart(fig, width="stretch", key="ens_roc")
+                contributions(chosen, singles, scores["accuracy"], subset_accuracy)
+            agreement(chosen, member_rows, used)
+
+
+def cm_panel(y: np.ndarray, pred: np.ndarray, meta: pd.DataFrame) -> None:
+    """Confusion matrix and accuracy per magnification."""
+    left, right = st.columns([3, 2])
+    c = confusion_counts(y, pred)
+    left.caption("Confusion matrix (rows: true class; columns: predicted)")
+    left.table(pd.DataFrame({"predicted benign": [c["tn"], c["fn"]], "predicted malignant": [c["fp"], c["tp"]]},
+                            index=["benign", "malignant"]))
     if "magnification" in meta:
         by_mag = pd.DataFrame({"magnification": np.asarray(meta["magnification"]), "correct": pred == y})
         right.caption("Accuracy by magnification")
         per_mag = by_mag.groupby("magnification")["correct"].agg(["mean", "size"])
         right.dataframe(per_mag.rename(columns={"mean": "accuracy", "size": "images"}),
                         column_config={"accuracy": st.column_config.NumberColumn(format="%.4f")})
-    calibration(y, score, method)
 
-    if method != "stacking":
-        st.subheader("What each member contributes")
 
-        def subset_accuracy(subset: list[str]) -> float:
-            """Accuracy of the current rule on ``subset`` (weights re-fitted on val for the weighted rule)."""
-            sub_idx = [members.index(x) for x in subset]
-            w = cached_weights(val_probs[sub_idx], val_meta["label"].to_numpy(), tuple(subset)) if method == "weighted" else None
-            return float((combine(probs[sub_idx], method, threshold, tie_break, w).pred == y).mean())
+def roc_panel(y: np.ndarray, score: np.ndarray, pred: np.ndarray, chosen: list[str], member_rows: np.ndarray,
+              threshold: float, token: str) -> None:
+    """ROC of the built ensemble with every member's curve and the operating point."""
+    counts = confusion_counts(y, pred)
+    fig = go.Figure()
+    if len(np.unique(y)) == 2:
+        fpr, tpr, _ = roc_curve(y, score)
+        fig.add_scatter(x=fpr, y=tpr, name="this ensemble", line=dict(color=runs.colour.get(token, "#1b6e3a"), width=3))
+        for row_i, m in enumerate(c for c in chosen if c in members):
+            f, t = member_roc(y, member_rows[row_i])
+            fig.add_scatter(x=f, y=t, name=runs.label(m), line=dict(color=runs.colour[m], width=1), opacity=0.6)
+        op_fpr = counts["fp"] / max(counts["fp"] + counts["tn"], 1)
+        op_tpr = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
+        fig.add_scatter(x=[op_fpr], y=[op_tpr], mode="markers", name=f"operating point (threshold {threshold:g})",
+                        marker=dict(symbol="star", size=16, color="black"))
+    fig.add_scatter(x=[0, 1], y=[0, 1], line=dict(dash="dash", color="grey"), showlegend=False)
+    fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=440,
+                      margin=dict(t=40, b=10), legend=dict(font=dict(size=10), orientation="v"),
+                      xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
+    st.plotly_chart(fig, width="stretch", key="ens_roc")
 
-        rows = []
-        for m in chosen:
-            rest = [x for x in chosen if x != m]
-            without = subset_accuracy(rest) if rest else float("nan")
-            rows.append({"member": runs.label(m), "alone": singles[m]["accuracy"], "ensemble without it": without,
-                         "change if removed": without - scores["accuracy"]})
-        st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
-            "alone": st.column_config.NumberColumn(format="%.4f"), "ensemble without it": st.column_config.NumberColumn(format="%.4f"),
-            "change if removed": st.column_config.NumberColumn(format="%+.4f", help="Negative: the ensemble needs this member")})
 
-    a, b = st.columns(2)
-    with a:
-        st.caption("Member agreement (share of images with the same predicted class); the colour scale spans the observed range")
-        names = [runs.label(m) for m in chosen if m in members]
-        agree = agreement_matrix((member_rows >= (threshold if method != "stacking" else 0.5)).astype(int), names)
-        low = float(agree.values.min())
-        st.plotly_chart(go.Figure(go.Heatmap(z=agree.values, x=names, y=names, zmin=low if low < 1 else 0.0, zmax=1, colorscale="Viridis",
-                                             text=agree.round(2).values, texttemplate="%{text}", colorbar=dict(title="agree"))
-                                  ).update_layout(height=380, margin=dict(t=10, b=10), yaxis=dict(autorange="reversed")),
-                        width="stretch", key="ens_agree")
-    with b:
-        st.caption("The study's ensembles (test, image-level split, full BreakHis)")
-        ref = load_reference()
-        st.dataframe(ref[ref.method.isin(["soft", "hard", "stacking"])][["run_id", "accuracy", "precision", "recall", "f1"]].rename(
-            columns={"run_id": "ensemble", "recall": "sensitivity"}), hide_index=True,
-            column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("accuracy", "precision", "sensitivity", "f1")})
+def contributions(chosen: list[str], singles: dict, accuracy: float, subset_accuracy) -> None:
+    """Each member alone, and the ensemble without it (leave-one-out under the current rule)."""
+    st.subheader("What each member contributes")
+    rows = []
+    for m in chosen:
+        rest = [x for x in chosen if x != m]
+        without = subset_accuracy(rest) if rest else float("nan")
+        rows.append({"member": runs.label(m), "alone": singles[m]["accuracy"], "ensemble without it": without,
+                     "change if removed": without - accuracy})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        "alone": st.column_config.NumberColumn(format="%.4f"),
+        "ensemble without it": st.column_config.NumberColumn(format="%.4f"),
+        "change if removed": st.column_config.NumberColumn(format="%+.4f", help="Negative: the ensemble needs this member")})
 
+
+def agreement(chosen: list[str], member_rows: np.ndarray, threshold: float) -> None:
+    """Pairwise share of images on which two members predict the same class."""
+    st.caption("Member agreement (share of images with the same predicted class); the colour scale spans the observed range")
+    names = [runs.label(m) for m in chosen if m in members]
+    agree = agreement_matrix((member_rows >= threshold).astype(int), names)
+    low = float(agree.values.min())
+    heatmap = go.Heatmap(z=agree.values, x=names, y=names, zmin=low if low < 1 else 0.0, zmax=1, colorscale="Viridis",
+                         text=agree.round(2).values, texttemplate="%{text}", colorbar=dict(title="agree"))
+    st.plotly_chart(go.Figure(heatmap).update_layout(height=max(220, 60 * len(names) + 80), margin=dict(t=10, b=10),
+                                                     yaxis=dict(autorange="reversed")), width="stretch", key="ens_agree")
+
+def study_reference() -> None:
+    """The published ensembles (static: outside the fragment, so a toggle does not resend them)."""
+    st.caption("The study's ensembles (test, image-level split, full BreakHis)")
+    ref = load_reference()
+    st.dataframe(ref[ref.method.isin(["soft", "hard", "stacking"])][["run_id", "accuracy", "precision", "recall", "f1"]].rename(
+        columns={"run_id": "ensemble", "recall": "sensitivity"}), hide_index=True,
+        column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("accuracy", "precision", "sensitivity", "f1")})
+
+
+def best_subsets() -> None:
+    """The pipeline's exhaustive subset search, ranked on validation. Outside the fragment (it does not depend on
+    the member toggles); selecting a row loads that subset and its rule into the builder."""
     st.subheader("Best subsets (ranked on validation; test shown alongside)")
     subsets = exp.subsets()
     if subsets is None:
         if not exp.is_corrupt(exp.catalog.subsets):
             st.info(f"Run {code(exp.command('subsets'))} for the exhaustive subset search.")
-    else:
-        sub_method = "hard" if method == "hard" else "soft"
-        top = subsets[subsets["method"] == sub_method].head(15).reset_index(drop=True)
-        shown = top.assign(members=[" + ".join(runs.label(m) for m in s.split("+") if m) for s in top["members"]])
+        return
+    sub_method = state.radio("Subsets of the rule", ["soft", "hard"], key="ens_sub_rule", param="subrule", horizontal=True,
+                             default="hard" if st.session_state.get("ens_method") == "hard" else "soft",
+                             help="The search ranks subsets for soft and for hard voting separately")
+    top = subsets[subsets["method"] == sub_method].head(15).reset_index(drop=True)
+    shown = top.assign(members=[" + ".join(runs.label(m) for m in s.split("+") if m) for s in top["members"]])
 
-        def load_subset() -> None:
-            rows_sel = st.session_state["ens_subsets"].selection.rows
-            if rows_sel:
-                load_members(top["members"].iloc[rows_sel[0]].split("+"), sub_method)
+    def load_subset() -> None:
+        rows_sel = st.session_state["ens_subsets"].selection.rows
+        if rows_sel:
+            load_members(top["members"].iloc[rows_sel[0]].split("+"), sub_method)
 
-        st.dataframe(shown[["val_rank", "members", "n_members", "val_accuracy", "test_accuracy", "val_log_loss"]], hide_index=True,
-                     on_select=load_subset, selection_mode="single-row", key="ens_subsets",
-                     column_config={"val_rank": st.column_config.NumberColumn("Rank (val)", pinned=True),
-                                    "members": st.column_config.TextColumn("Members"),
-                                    "n_members": st.column_config.NumberColumn("Size"),
-                                    "val_accuracy": st.column_config.NumberColumn("Val accuracy", format="%.4f",
-                                                                                  help="The ranking uses validation only"),
-                                    "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="%.4f",
-                                                                                   help="Shown alongside; never used to rank"),
-                                    "val_log_loss": st.column_config.NumberColumn("Val log-loss", format="%.4f",
-                                                                                  help="Tie-breaker: log-loss of the soft mean")})
-        st.caption("Select a row to load that subset (and its rule) into the builder above.")
-        st.download_button("Download all subsets (CSV)", subsets.to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
-                           mime="text/csv", key="ens_subsets_csv", icon=":material/download:")
-
+    st.dataframe(shown[["val_rank", "members", "n_members", "val_accuracy", "test_accuracy", "val_log_loss"]], hide_index=True,
+                 on_select=load_subset, selection_mode="single-row", key="ens_subsets",
+                 column_config={"val_rank": st.column_config.NumberColumn("Rank (val)", pinned=True),
+                                "members": st.column_config.TextColumn("Members"),
+                                "n_members": st.column_config.NumberColumn("Size"),
+                                "val_accuracy": st.column_config.NumberColumn("Val accuracy", format="%.4f",
+                                                                              help="The ranking uses validation only"),
+                                "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="%.4f",
+                                                                               help="Shown alongside; never used to rank"),
+                                "val_log_loss": st.column_config.NumberColumn("Val log-loss", format="%.4f",
+                                                                              help="Tie-breaker: log-loss of the soft mean")})
+    st.caption("Select a row to load that subset (and its rule) into the builder above.")
+    st.download_button("Download all subsets (CSV)", subsets.to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
+                       mime="text/csv", key="ens_subsets_csv", icon=":material/download:")
 
 builder()
+best_subsets()
+study_reference()

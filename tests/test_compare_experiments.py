@@ -2,61 +2,21 @@
 the fixture's + 0.05 and whose split shares three patients between train and test, three fold experiments of one
 protocol with planted accuracies, and an experiment without metrics. Expected numbers are written out here."""
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import PROJECT_ROOT
+from planted_experiments import FOLD_ACC, build_compare_artifacts, fold_config
 from streamlit.testing.v1 import AppTest
 
 from dashboard.experiments import Protocol, collapse, protocols, shared_train_test_patients
-from pipeline.artifacts.io import write_json
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
-FILES = ("manifest.parquet", "dataset.json", "split.parquet", "metrics.parquet")
-FOLD_ACC = (0.60, 0.70, 0.80)  # v1_b0's planted test accuracy on folds 0, 1, 2: mean 0.70, sd 0.10
-
-
-def _copy(src, dst, files=FILES):
-    dst.mkdir(parents=True)
-    for f in files:
-        shutil.copy(src / f, dst / f)
-    return dst
-
-
-def _config(name, fold, folds=3):
-    return {"config": {"experiment": {"name": name, "out_dir": "", "seed": 0}, "split": {"mode": "patient", "folds": folds,
-                                                                                         "fold": fold},
-                       "train": {"epochs": 3}}}
 
 
 @pytest.fixture(scope="module")
 def artifacts(dashboard_artifacts, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compare") / "artifacts"
-    src = dashboard_artifacts / "fixture"
-    _copy(src, root / "patient")
-    image = _copy(src, root / "imagelevel")
-    metrics = pd.read_parquet(image / "metrics.parquet")
-    metrics["accuracy"] = metrics["accuracy"] + 0.05
-    below = (metrics.run_id == "v2_s") & (metrics.group_type == "all")
-    metrics.loc[below, "accuracy"] = metrics.loc[below, "majority_accuracy"] - 0.01  # planted: does not beat the baseline
-    metrics.to_parquet(image / "metrics.parquet")
-    manifest = pd.read_parquet(image / "manifest.parquet")
-    split = pd.read_parquet(image / "split.parquet")
-    for num in sorted(manifest.patient_num.unique())[:3]:  # three patients get one image moved to train
-        first = manifest[manifest.patient_num == num].image_id.iloc[0]
-        split.loc[split.image_id == first, "split"] = "train"
-        split.loc[split.image_id.isin(manifest[manifest.patient_num == num].image_id) & (split.image_id != first), "split"] = "test"
-    split.to_parquet(image / "split.parquet")
-    for fold, acc in enumerate(FOLD_ACC):
-        d = _copy(src, root / f"pfold{fold}")
-        m = pd.read_parquet(d / "metrics.parquet")
-        m.loc[m.run_id == "v1_b0", "accuracy"] = acc
-        m.to_parquet(d / "metrics.parquet")
-        write_json(_config(f"pfold{fold}", fold), d / "pipeline_run.json")
-    _copy(src, root / "empty", FILES[:3])
-    return root
+    return build_compare_artifacts(dashboard_artifacts / "fixture", tmp_path_factory.mktemp("compare") / "artifacts")
 
 
 @pytest.fixture
@@ -109,9 +69,9 @@ def test_missing_metrics_is_said_clearly(page):
 
 
 def test_protocols_group_folds_but_not_reruns_of_one_fold():
-    configs = {f"f{k}": _config(f"f{k}", k)["config"] for k in range(3)}
-    configs["again"] = _config("again", 1)["config"]  # same protocol, same fold as f1: a rerun, not a fold
-    configs["other"] = {**_config("other", 0)["config"], "train": {"epochs": 9}}
+    configs = {f"f{k}": fold_config(f"f{k}", k)["config"] for k in range(3)}
+    configs["again"] = fold_config("again", 1)["config"]  # same protocol, same fold as f1: a rerun, not a fold
+    configs["other"] = {**fold_config("other", 0)["config"], "train": {"epochs": 9}}
     groups = protocols(["f2", "f0", "f1", "other"], configs)
     assert [(p.experiments, p.folds) for p in groups] == [(["f0", "f1", "f2"], [0, 1, 2]), (["other"], [0])]
     groups = protocols(["f1", "again"], configs)

@@ -166,7 +166,7 @@ def test_builder_stacking_is_read_only_from_the_pipeline_rows(app, preds):
 
 
 def test_builder_operating_point_and_agreement_scale(app, preds):
-    at = app("ensemble_builder")
+    at = app("ensemble_builder", panel="roc")  # the diagnostics are lazy tabs, opened from the URL
     specs = {s["layout"].get("title", {}).get("text"): s for s in plotly_specs(at)}
     roc = specs["ROC"]
     point = next(t for t in roc["data"] if t.get("name", "").startswith("operating point"))
@@ -175,7 +175,7 @@ def test_builder_operating_point_and_agreement_scale(app, preds):
     pred, y = combine(probs, "soft").pred, meta["label"].to_numpy()
     assert point["x"][0] == pytest.approx(((pred == 1) & (y == 0)).sum() / (y == 0).sum())
     assert point["y"][0] == pytest.approx(((pred == 1) & (y == 1)).sum() / (y == 1).sum())
-    heat = next(s for s in plotly_specs(at) if s["data"][0]["type"] == "heatmap")["data"][0]
+    heat = next(s for s in plotly_specs(app("ensemble_builder", panel="members")) if s["data"][0]["type"] == "heatmap")["data"][0]
     votes = probs >= 0.5
     lowest = min((votes[i] == votes[j]).mean() for i in range(len(members)) for j in range(len(members)))
     assert heat["zmin"] == pytest.approx(lowest) and heat["zmin"] > 0.3

@@ -38,6 +38,11 @@ def quiet_tensorflow() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    import logging
+
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR)
+    # TensorFlow's Python warnings (e.g. "N out of the last N calls ... triggered tf.function retracing" when a
+    # worker traces one model after another) are advice for TF developers, not for our users' logs.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)

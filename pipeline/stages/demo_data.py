@@ -35,7 +35,7 @@ from pipeline.artifacts.io import atomic_path, write_text_if_changed
 from pipeline.core.breakhis import MAGNIFICATIONS, SUBTYPES, ParsedName
 from pipeline.core.errors import PipelineError
 from pipeline.progress import progress
-from pipeline.workers import WorkerPool
+from pipeline.workers import WorkerPool, one_blas_thread
 
 WIDTH, HEIGHT = 700, 460
 # Reference optical-density stain vectors (Ruifrok & Johnston), rows normalised.
@@ -267,7 +267,7 @@ def generate_demo_data(out_dir: Path | str, seed: int = 0, patients: int = 24, i
             todo.append((patient, mag, seq, seed, str(target)))
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(todo) > 8:
-        with WorkerPool(min(workers, len(todo))) as pool:
+        with WorkerPool(min(workers, len(todo)), one_blas_thread) as pool:
             for _ in progress(pool.imap_unordered(_write_image, todo), desc="demo-data", total=len(todo)):
                 pass
     else:

@@ -33,7 +33,7 @@ from pipeline.core.hashing import file_sha256, stable_hash
 from pipeline.core.images import read_rgb
 from pipeline.core.stain import StainError, StainTarget, fit_target, normalize, stain_matrix
 from pipeline.progress import progress
-from pipeline.workers import WorkerPool
+from pipeline.workers import WorkerPool, one_blas_thread
 
 STAIN_VERSION = 1
 
@@ -182,7 +182,7 @@ def _normalize_all(todo: list[tuple], workers: int):
         for n, job in enumerate(jobs):
             yield n, _normalize_one(job)
         return
-    with WorkerPool(min(workers, len(jobs))) as pool:
+    with WorkerPool(min(workers, len(jobs)), one_blas_thread) as pool:
         yield from pool.imap_unordered(_normalize_one, jobs)
 
 

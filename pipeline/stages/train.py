@@ -132,14 +132,22 @@ def best_epoch_of(history: list[dict]) -> tuple[int | None, float | None]:
     return best_epoch, best
 
 
-def predict_with_features(model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """P(malignant) and pooled backbone features in one pass (features feed the stacking ensemble)."""
+def predict_with_features(model, images: np.ndarray, batch_size: int,
+                          *more: np.ndarray) -> tuple[np.ndarray, np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
+    """P(malignant) and pooled backbone features in one pass (features feed the stacking ensemble).
+
+    With ``more`` arrays, every array goes through the same two-output model, so its predict graph is traced
+    once per run (tracing an EfficientNet costs seconds on a CPU; a second model would trace it again), and a
+    list of (probs, features) comes back, one per array."""
     import keras
 
     both = keras.Model(model.input, [model.output, model.get_layer(FEATURE_LAYER).output])
     both.run_eagerly = bool(getattr(model, "run_eagerly", False))
-    probs, feats = both.predict(make_dataset(images, None, batch_size), verbose=0)
-    return probs[:, 1].astype(np.float32), feats.astype(np.float16)
+    results = []
+    for array in (images, *more):
+        probs, feats = both.predict(make_dataset(array, None, batch_size), verbose=0)
+        results.append((probs[:, 1].astype(np.float32), feats.astype(np.float16)))
+    return results if more else results[0]
 
 
 def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int, total_epochs: int,
@@ -397,12 +405,10 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         best.run_eagerly = cfg.run_eagerly
     eval_mask = frame["split"].isin(["val", "test"]).to_numpy()
     eval_frame = frame[eval_mask].reset_index(drop=True)
-    probs, feats = predict_with_features(best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size)
-    timings["predict_s"] = time.perf_counter() - t0
     # Training images' features too: the neighbours stage searches them for each val/test image's nearest ones.
-    t0 = time.perf_counter()
-    _, train_feats = predict_with_features(best, x_train, cfg.predict_batch_size)
-    timings["train_features_s"] = time.perf_counter() - t0
+    (probs, feats), (_, train_feats) = predict_with_features(
+        best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size, x_train)
+    timings["predict_s"] = time.perf_counter() - t0  # val/test scores and every image's features
     with atomic_path(files.features, ".npz") as tmp:
         with open(tmp, "wb") as fh:
             ids = np.concatenate([frame["image_id"].to_numpy()[train_idx], eval_frame["image_id"].to_numpy()]).astype(str)
