@@ -19,6 +19,8 @@ VIEWS = {
     "image_browser": "/images",
     "stain_comparison": "/stain",
     "ensemble_builder": "/ensemble",
+    "compare_experiments": "/experiments?exps=demo_image_level&exps=demo",  # the demo's image-level twin beside it
+    "embedding": "/embedding",
     "training_curves": "/training",
     "gradcam": "/gradcam",
 }
