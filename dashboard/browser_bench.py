@@ -25,8 +25,8 @@ SUMMARY = "[data-testid='stMarkdownContainer'] p:has-text('member(s),')"
 
 
 async def _session(browser, url: str, clicks: int, ready: asyncio.Barrier, out: list[float]) -> None:
-    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
+        context = await browser.new_context(viewport={"width": 1400, "height": 1000})
         page = await context.new_page()
         await page.goto(f"{url}/ensemble", timeout=120_000)
         await page.wait_for_selector(SUMMARY, timeout=120_000)

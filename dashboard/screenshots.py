@@ -19,7 +19,7 @@ VIEWS = {
     "image_browser": "/images",
     "stain_comparison": "/stain",
     "ensemble_builder": "/ensemble",
-    "compare_experiments": "/experiments?exps=demo_image_level&exps=demo",  # the demo's image-level twin beside it
+    "compare_experiments": "/experiments?exps={experiment}_image_level&exps={experiment}",  # the image-level twin beside it
     "embedding": "/embedding",
     "training_curves": "/training",
     "gradcam": "/gradcam",
@@ -31,6 +31,7 @@ def take(artifacts: Path, experiment: str, out: Path, views: dict[str, str] = VI
     shots = []
     with serve(artifacts, experiment) as (url, _), chromium(1440, 1000) as page:
         for name, path in views.items():
+            path = path.format(experiment=experiment)
             sep = "&" if "?" in path else "?"
             page.goto(f"{url}{path}{sep}exp={experiment}")
             page.wait_for_selector("h1", timeout=60_000)

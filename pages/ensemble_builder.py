@@ -142,6 +142,14 @@ def calibration(y: np.ndarray, score: np.ndarray, method: str) -> None:
                "mean gap between a bin's predicted and observed malignant share.")
 
 
+def _positive(text: str | None) -> bool:
+    """A URL value that reads as a number above 0 (anything else: no)."""
+    try:
+        return float(text or 0) > 0
+    except ValueError:
+        return False
+
+
 @st.fragment
 def builder() -> None:
     """Everything a member toggle, rule, threshold or referral change affects: rerun alone (``st.fragment``), so a
@@ -190,7 +198,7 @@ def builder() -> None:
             skipped = {g: v.get("skipped") for g, v in (record.get("stacking") or {}).items() if isinstance(v, dict) and v.get("skipped")}
             st.warning("This experiment has no stacking ensemble" + (": " + "; ".join(f"{plain(g)}: {plain(r)}" for g, r in skipped.items())
                                                                      if skipped else f". Fit them with {code(exp.command('ensembles'))}"))
-            st.stop()
+            return  # not st.stop(): that would also hide the sections below the fragment
         url_stack = st.query_params.get("stack")
         stack = state.selectbox("Stacking ensemble", stack_runs, key="ens_stack", param="stack", format_func=runs.label,
                                 default=url_stack if url_stack in stack_runs else stack_runs[0])
@@ -209,14 +217,14 @@ def builder() -> None:
     else:
         if not chosen:
             st.warning("Select at least one member.")
-            st.stop()
+            return  # not st.stop(): that would also hide the sections below the fragment
         idx = [members.index(m) for m in chosen]
         probs, meta = arrays[split]
         validation = validation_arrays(exp, members)  # an external validation fits on its source's val split
         if validation is None and (method == "weighted" or from_val):
             st.info("Weighted voting and the validation threshold are fitted on the validation split of the experiment these "
                     "models come from; it is not under the artifacts folder, so choose soft or hard voting at a fixed threshold.")
-            st.stop()
+            return  # not st.stop(): that would also hide the sections below the fragment
         val_probs, val_meta = validation if validation is not None else (None, None)
         weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen)) if method == "weighted" else None
         if from_val:
@@ -291,12 +299,13 @@ def builder() -> None:
     # The diagnostics below the metrics are lazy tabs: only the open one runs and is sent, so a member toggle
     # re-renders one panel's charts instead of five (measured in the browser: the charts' messages and rendering,
     # not the scoring, made a toggle slow). The open tab is in the URL (?panel=...).
-    panel_default = "refer" if float(st.query_params.get("refer", 0) or 0) > 0 else "cm"
-    wanted = st.query_params.get("panel", panel_default)
-    wanted = wanted if wanted in PANELS else panel_default
-    tabs = st.tabs(list(PANELS.values()), key="ens_panel", on_change="rerun", default=PANELS[wanted])
-    open_panel = next((k for k, tab in zip(PANELS, tabs) if tab.open), wanted)
-    state.publish("panel", open_panel, panel_default)
+    if "ens_panel" not in st.session_state:  # first render: the tab from the URL (a referral link opens its tab)
+        wanted = st.query_params.get("panel") or ("refer" if _positive(st.query_params.get("refer")) else "cm")
+        st.session_state["ens_panel"] = PANELS.get(wanted, PANELS["cm"])
+    # No default= here: it is part of the tabs' identity, and an identity that changes resets the open tab.
+    tabs = st.tabs(list(PANELS.values()), key="ens_panel", on_change="rerun")
+    open_panel = next((k for k, tab in zip(PANELS, tabs) if tab.open), "cm")
+    state.publish("panel", open_panel, "cm")
     used = threshold if method != "stacking" else 0.5
     with tabs[list(PANELS).index(open_panel)]:
         if open_panel == "cm":
@@ -330,8 +339,8 @@ def cm_panel(y: np.ndarray, pred: np.ndarray, meta: pd.DataFrame) -> None:
         by_mag = pd.DataFrame({"magnification": np.asarray(meta["magnification"]), "correct": pred == y})
         right.caption("Accuracy by magnification")
         per_mag = by_mag.groupby("magnification")["correct"].agg(["mean", "size"])
-        right.dataframe(per_mag.rename(columns={"mean": "accuracy", "size": "images"}),
-                        column_config={"accuracy": st.column_config.NumberColumn(format="%.4f")})
+        # st.table, not st.dataframe: a static table is far cheaper for the browser to redraw on every toggle
+        right.table(per_mag.rename(columns={"mean": "accuracy", "size": "images"}).style.format({"accuracy": "{:.4f}"}))
 
 
 def roc_panel(y: np.ndarray, score: np.ndarray, pred: np.ndarray, chosen: list[str], member_rows: np.ndarray,

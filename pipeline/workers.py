@@ -53,6 +53,8 @@ def one_blas_thread() -> None:
     worker. With two workers on two cores, each worker's default two BLAS threads fight over the cores on small
     matrices; measured on Vahadane: 0.73 s per image per worker with the default, 0.52 s with one thread."""
     global _BLAS_LIMIT
+    import scipy.linalg  # noqa: F401  threadpoolctl limits only the pools already loaded: load scipy's and
+    import sklearn.linear_model  # noqa: F401  scikit-learn's (OpenMP) before limiting, not just numpy's
     from threadpoolctl import threadpool_limits
 
     _BLAS_LIMIT = threadpool_limits(limits=1)  # kept for the worker's lifetime (the limit holds until restored)

@@ -140,3 +140,21 @@ def test_image_browser_hides_what_a_referral_would_catch(dashboard_artifacts, mo
     page_texts = [m.value for m in at.markdown]
     assert any(f"of {kept_errors}**" in t for t in page_texts), page_texts[:5]
     assert any(f"{n_refer} of {len(rows)} images" in c.value for c in at.caption)
+
+
+def test_referral_tab_stays_open_when_its_slider_returns_to_zero(builder):
+    """The tab a referral link opened stays open while the user moves its slider, even to 0 (which drops ?refer=)."""
+    at = builder(refer="20")
+    assert at.query_params.get("refer") and any(m.label == "Images referred" for m in at.metric)
+    at.slider(key="ens_refer").set_value(0.0).run()
+    assert not at.exception
+    assert metric(at, "Images referred").startswith("0 of ")  # still the referral tab, now referring nothing
+    at.slider(key="ens_refer").set_value(10.0).run()
+    assert not metric(at, "Images referred").startswith("0 of ")
+
+
+def test_no_member_chosen_still_offers_the_subsets_to_load(builder):
+    """With every member unticked the builder says so, and the validation-ranked subsets (the way back) stay on the page."""
+    at = builder(members=[""], refer="abc")  # a nonsense referral share is ignored, not a crash
+    assert any("Select at least one member" in w.value for w in at.warning)
+    assert any(s.value.startswith("Best subsets") for s in at.subheader)

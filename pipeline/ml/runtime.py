@@ -8,6 +8,7 @@ and enumerates its devices, and shown only if that fails (or with ``--verbose``)
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -18,6 +19,10 @@ VERBOSE_ENV = "HISTOCOMPARE_VERBOSE"
 def quiet_tensorflow() -> None:
     """Import TensorFlow and initialise its devices with fd 2 captured (a no-op once imported or when verbose)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get(VERBOSE_ENV) != "1":
+        # TensorFlow's Python warnings (e.g. "N out of the last N calls ... triggered tf.function retracing" when a
+        # worker traces one model after another) are advice for TF developers, not for our users' logs.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if "tensorflow" in sys.modules or os.environ.get(VERBOSE_ENV) == "1":
         import tensorflow  # noqa: F401
 
@@ -38,11 +43,6 @@ def quiet_tensorflow() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-    import logging
-
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR)
-    # TensorFlow's Python warnings (e.g. "N out of the last N calls ... triggered tf.function retracing" when a
-    # worker traces one model after another) are advice for TF developers, not for our users' logs.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)

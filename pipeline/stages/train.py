@@ -431,7 +431,8 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         "train_images": int(len(x_train)), "timings_s": {k: round(v, 2) for k, v in timings.items()},
         # the first epoch includes graph tracing: the rate is the mean of the others when there are any
         "train_images_per_s": round(float(rates.iloc[1:].mean() if len(rates) > 1 else rates.mean()), 2),
-        "predict_images_per_s": round(len(eval_frame) / max(timings["predict_s"], 1e-9), 2),
+        # predict_s covers the val/test scores and the training images' features (one pass each, one model)
+        "predict_images_per_s": round((len(eval_frame) + len(x_train)) / max(timings["predict_s"], 1e-9), 2),
         "model_file": "model.keras", "model_sha256": content_digest(files.model), "family": spec.family,
         "model": spec.name, "stain": stain, "image_size": size,
         "mixed_precision": keras.mixed_precision.global_policy().name == MIXED_POLICY, "replicas": replicas(strategy),
