@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*",
                         help="input prediction prediction-study ensemble neighbours gradcam vahadane dashboard browser")
     args = parser.parse_args(argv)
+    from pipeline.ml.runtime import quiet_tensorflow
+
+    quiet_tensorflow()  # the benchmark's output is its rows, not TensorFlow's start-up lines (as the CLI)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="histocompare-bench-"))
