@@ -90,6 +90,31 @@ def dashboard_artifacts(tmp_path_factory) -> Path:
 TF_NOISE = re.compile(r"oneDNN|cuInit|cuda drivers|cpu_feature_guard|absl::|^[IWE]\d{4} ", re.M)
 
 
+DASHBOARD_APP = str(PROJECT_ROOT / "dashboard" / "app.py")
+
+
+def render_page(artifacts: Path, experiment: str, page: str = "overview", monkeypatch=None, **query):
+    """One dashboard page of one experiment under AppTest, as a URL with ``query`` opens it; it must not raise.
+
+    AppTest always starts on the default page (the Overview), so another page is reached by a first run and a switch,
+    then the query is applied and the page runs. The environment is set through ``monkeypatch`` when given (undone
+    after the test), else in ``os.environ`` (for module-scoped fixtures)."""
+    from streamlit.testing.v1 import AppTest
+
+    for name, value in (("HISTOCOMPARE_ARTIFACTS", str(artifacts)), ("HISTOCOMPARE_EXPERIMENT", experiment)):
+        if monkeypatch is not None:
+            monkeypatch.setenv(name, value)
+        else:
+            os.environ[name] = value
+    at = AppTest.from_file(DASHBOARD_APP, default_timeout=90)
+    if page != "overview":
+        at.run()
+        at.switch_page(f"../pages/{page}.py")
+    at.query_params.update(query)
+    at.run()
+    assert not at.exception, (page, [e.value for e in at.exception])
+    return at
+
 @pytest.fixture
 def loopback():
     """AppTest has no server: tell the app it listens on 127.0.0.1, as dashboard/.streamlit/config.toml makes it (the

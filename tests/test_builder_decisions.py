@@ -9,14 +9,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import render_page
 from sklearn.metrics import roc_curve
-from streamlit.testing.v1 import AppTest
 
 from pipeline.artifacts.predictions import member_runs, probability_matrix
 from pipeline.core.ensemble import combine
 
-APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +25,7 @@ def preds(dashboard_artifacts):
 @pytest.fixture
 def builder(dashboard_artifacts, monkeypatch):
     def open_page(artifacts=None, experiment="fixture", **query):
-        monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(artifacts or dashboard_artifacts))
-        monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", experiment)
-        at = AppTest.from_file(APP, default_timeout=90)
-        at.run()
-        at.switch_page("../pages/ensemble_builder.py")
-        at.query_params.update(query)
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        return at
+        return render_page(artifacts or dashboard_artifacts, experiment, "ensemble_builder", monkeypatch, **query)
 
     return open_page
 
@@ -121,14 +111,7 @@ def test_reliability_diagram_for_probabilities(builder, preds):
 
 
 def test_image_browser_hides_what_a_referral_would_catch(dashboard_artifacts, monkeypatch, preds):
-    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(dashboard_artifacts))
-    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "fixture")
-    at = AppTest.from_file(APP, default_timeout=90)
-    at.run()
-    at.switch_page("../pages/misclassified.py")
-    at.query_params.update(run="v1_b2", split="test", refer="30")
-    at.run()
-    assert not at.exception
+    at = render_page(dashboard_artifacts, "fixture", "misclassified", monkeypatch, run="v1_b2", split="test", refer="30")
     rows = preds[(preds.run_id == "v1_b2") & (preds.split == "test")]
     distance = (rows.prob_malignant - 0.5).abs().to_numpy()
     n_refer = round(0.3 * len(rows))

@@ -5,13 +5,11 @@ protocol with planted accuracies, and an experiment without metrics. Expected nu
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import render_page
 from planted_experiments import FOLD_ACC, build_compare_artifacts, fold_config
-from streamlit.testing.v1 import AppTest
 
 from dashboard.experiments import Protocol, collapse, protocols, shared_train_test_patients
 
-APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +20,7 @@ def artifacts(dashboard_artifacts, tmp_path_factory):
 @pytest.fixture
 def page(artifacts, monkeypatch):
     def open_page(**query):
-        monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(artifacts))
-        monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "patient")
-        at = AppTest.from_file(APP, default_timeout=90)
-        at.run()
-        at.switch_page("../pages/compare_experiments.py")
-        at.query_params.update(query)
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        return at
+        return render_page(artifacts, "patient", "compare_experiments", monkeypatch, **query)
 
     return open_page
 
@@ -91,11 +81,7 @@ def test_collapse_and_leakage_by_hand():
 def test_overview_flags_runs_that_do_not_beat_the_baseline(dashboard_artifacts, monkeypatch):
     from sklearn.metrics import roc_auc_score
 
-    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(dashboard_artifacts))
-    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "fixture")
-    at = AppTest.from_file(APP, default_timeout=90)
-    at.run()
-    assert not at.exception
+    at = render_page(dashboard_artifacts, "fixture", monkeypatch=monkeypatch)
     table = next(d.value for d in at.dataframe if "baseline" in d.value).set_index("run_id")
     preds = pd.read_parquet(dashboard_artifacts / "fixture" / "predictions.parquet")
     test = preds[preds.split == "test"]

@@ -9,8 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT
-from streamlit.testing.v1 import AppTest
+from conftest import PROJECT_ROOT, render_page
 
 from pipeline.artifacts.catalog import ensemble_run_id, parse_run_id
 from pipeline.artifacts.predictions import member_runs, probability_matrix
@@ -35,16 +34,7 @@ pytestmark = pytest.mark.usefixtures("loopback")  # conftest: AppTest has no ser
 def app(dashboard_artifacts, monkeypatch):
     """open_page(name, **query) renders one page of one experiment, as a URL with that query would."""
     def open_page(name, experiment="fixture", artifacts=None, **query):
-        monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(artifacts or dashboard_artifacts))
-        monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", experiment)
-        at = AppTest.from_file(APP, default_timeout=90)
-        if name != "overview":  # AppTest always starts on the default page: go there first, then to ours with the query
-            at.run()
-            at.switch_page(f"../pages/{name}.py")
-        at.query_params.update(query)
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        return at
+        return render_page(artifacts or dashboard_artifacts, experiment, name, monkeypatch, **query)
 
     return open_page
 

@@ -5,10 +5,8 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT
-from streamlit.testing.v1 import AppTest
+from conftest import render_page
 
-APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam"]
 NEEDS_LABELS = {"confusion", "misclassified", "stain_comparison", "ensemble_builder"}
 
@@ -31,15 +29,7 @@ pytestmark = pytest.mark.usefixtures("loopback")  # conftest: AppTest has no ser
 
 
 def open_page(monkeypatch, artifacts, name, experiment):
-    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(artifacts))
-    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", experiment)
-    at = AppTest.from_file(APP, default_timeout=90)
-    if name != "overview":
-        at.run()
-        at.switch_page(f"../pages/{name}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return render_page(artifacts, experiment, name, monkeypatch)
 
 
 def test_the_picker_lists_each_external_validation_after_its_source(artifacts):

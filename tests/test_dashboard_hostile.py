@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import render_page
 from streamlit.testing.v1 import AppTest
 
 from pipeline.fixtures import HOSTILE_IMAGE, HOSTILE_PATIENT, HOSTILE_RUN
 
-APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam", "embedding"]
 OPENED: list[str] = []
 RECORDING = [False]
@@ -33,17 +32,7 @@ pytestmark = pytest.mark.usefixtures("loopback")  # conftest: AppTest has no ser
 
 
 def render(page: str, artifacts: Path, experiment: str = "hostile", **query) -> AppTest:
-    import os
-
-    os.environ["HISTOCOMPARE_ARTIFACTS"], os.environ["HISTOCOMPARE_EXPERIMENT"] = str(artifacts), experiment
-    at = AppTest.from_file(APP, default_timeout=90)
-    if page != "overview":
-        at.run()
-        at.switch_page(f"../pages/{page}.py")
-    at.query_params.update(query)
-    at.run()
-    assert not at.exception, (page, [e.value for e in at.exception])
-    return at
+    return render_page(artifacts, experiment, page, **query)  # os.environ: also called from a module-scoped fixture
 
 
 @pytest.fixture(scope="module")

@@ -7,35 +7,18 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT
-from streamlit.testing.v1 import AppTest
+from conftest import render_page
 
 from pipeline.artifacts.catalog import Catalog
 
-APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 
 
 @pytest.fixture
-def open_page(dashboard_artifacts, monkeypatch):
-    from streamlit import config
-
-    before = config.get_option("server.address")
-    config.set_option("server.address", "127.0.0.1")  # AppTest has no server: as dashboard/.streamlit/config.toml binds it
-
+def open_page(dashboard_artifacts, monkeypatch, loopback):  # loopback: AppTest has no server (conftest)
     def run(name, artifacts=None, **query):
-        monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(artifacts or dashboard_artifacts))
-        monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "fixture")
-        at = AppTest.from_file(APP, default_timeout=90)
-        at.run()
-        if name != "overview":
-            at.switch_page(f"../pages/{name}.py")
-        at.query_params.update(query)
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        return at
+        return render_page(artifacts or dashboard_artifacts, "fixture", name, monkeypatch, **query)
 
-    yield run
-    config.set_option("server.address", before)
+    return run
 
 
 def test_embedding_map_lists_a_patients_images(open_page, dashboard_artifacts):

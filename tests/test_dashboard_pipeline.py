@@ -8,10 +8,8 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT
-from streamlit.testing.v1 import AppTest
+from conftest import render_page
 
-APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 
 
 pytestmark = pytest.mark.usefixtures("loopback")  # conftest: AppTest has no server, the app is told it listens on 127.0.0.1
@@ -31,14 +29,7 @@ def planted_status(updated: float) -> dict:
 
 
 def open_pipeline_page(monkeypatch, artifacts, experiment="live"):
-    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(artifacts))
-    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", experiment)
-    at = AppTest.from_file(APP, default_timeout=90)
-    at.run()
-    at.switch_page("../pages/pipeline_status.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return render_page(artifacts, experiment, "pipeline_status", monkeypatch)
 
 
 def unescaped(text: str) -> str:
@@ -96,11 +87,7 @@ def test_overview_lists_finished_runs_before_the_metrics_exist(dashboard_artifac
     test = preds[preds["split"] == "test"]
     expected = {run: sum(int(p == l) for p, l in zip(g["pred"], g["label"])) / len(g) for run, g in test.groupby("run_id")}
 
-    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(root))
-    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "fixture")
-    at = AppTest.from_file(APP, default_timeout=90)
-    at.run()
-    assert not at.exception
+    at = render_page(root, "fixture", monkeypatch=monkeypatch)
     table = next(d.value for d in at.dataframe if "accuracy" in d.value.columns and "images" in d.value.columns)
     assert dict(zip(table["run_id"], table["accuracy"])) == pytest.approx(expected)
     assert any(s.value.startswith("Runs finished so far") for s in at.subheader)
@@ -109,13 +96,7 @@ def test_overview_lists_finished_runs_before_the_metrics_exist(dashboard_artifac
 def test_training_curves_one_colour_per_run_and_a_log_scale(dashboard_artifacts, monkeypatch):
     from pipeline.fixtures import MEMBERS
 
-    monkeypatch.setenv("HISTOCOMPARE_ARTIFACTS", str(dashboard_artifacts))
-    monkeypatch.setenv("HISTOCOMPARE_EXPERIMENT", "fixture")
-    at = AppTest.from_file(APP, default_timeout=90)
-    at.run()
-    at.switch_page("../pages/training_curves.py")
-    at.query_params.update(runs=list(MEMBERS)[:4])
-    at.run()
+    at = render_page(dashboard_artifacts, "fixture", "training_curves", monkeypatch, runs=list(MEMBERS)[:4])
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     lines = [t for t in spec["data"] if t.get("mode") != "markers"]
     by_run = {}
