@@ -238,7 +238,8 @@ def builder() -> None:
         y, score, pred = meta["label"].to_numpy(), result.score, result.pred
         token = chosen[0] if len(chosen) == 1 else BuiltEnsemble(method, tuple(chosen), threshold).token
         member_rows = probs[idx]
-    scores = binary_metrics(y, score, pred, threshold if method != "stacking" else 0.5)
+    used = threshold if method != "stacking" else 0.5  # the threshold the decisions used (stacking: its own 0.5)
+    scores = binary_metrics(y, score, pred, used)
     member_metrics = all_member_metrics((str(path), stamp(path), tuple(members)), split, threshold)
     singles = {m: member_metrics[m] for m in chosen if m in member_metrics}
     best_single = max(singles, key=lambda m: singles[m]["accuracy"]) if singles else None
@@ -306,7 +307,6 @@ def builder() -> None:
     tabs = st.tabs(list(PANELS.values()), key="ens_panel", on_change="rerun")
     open_panel = next((k for k, tab in zip(PANELS, tabs) if tab.open), "cm")
     state.publish("panel", open_panel, "cm")
-    used = threshold if method != "stacking" else 0.5
     with tabs[list(PANELS).index(open_panel)]:
         if open_panel == "cm":
             cm_panel(y, pred, meta)

@@ -19,11 +19,12 @@ VERBOSE_ENV = "HISTOCOMPARE_VERBOSE"
 def quiet_tensorflow() -> None:
     """Import TensorFlow and initialise its devices with fd 2 captured (a no-op once imported or when verbose)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if os.environ.get(VERBOSE_ENV) != "1":
+    verbose = os.environ.get(VERBOSE_ENV) == "1"
+    if not verbose:
         # TensorFlow's Python warnings (e.g. "N out of the last N calls ... triggered tf.function retracing" when a
         # worker traces one model after another) are advice for TF developers, not for our users' logs.
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    if "tensorflow" in sys.modules or os.environ.get(VERBOSE_ENV) == "1":
+    if verbose or "tensorflow" in sys.modules:
         import tensorflow  # noqa: F401
 
         return
