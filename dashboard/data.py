@@ -14,7 +14,6 @@ Three promises:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import streamlit as st
 from PIL import Image
 
 from pipeline.artifacts.catalog import Catalog, check_stain_method
+from pipeline.artifacts.home import artifacts_root as home_artifacts_root
 from pipeline.artifacts.io import UnreadableArtifact, read_parquet_file
 from pipeline.artifacts.predictions import probability_matrix
 from pipeline.core.ensemble import fit_weights
@@ -50,7 +50,8 @@ def report_problem(message: str, command: str | None = None) -> None:
 
 
 def artifacts_root() -> Path:
-    return Path(os.environ.get("HISTOCOMPARE_ARTIFACTS", PROJECT_ROOT / "artifacts")).resolve()
+    """``$HISTOCOMPARE_ARTIFACTS``, else ``artifacts/`` of the checkout (or of the directory ``histocompare`` ran in)."""
+    return home_artifacts_root()
 
 
 def list_experiments(root: Path | None = None) -> list[str]:

@@ -251,7 +251,7 @@ def cmd_run(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.runner import STAGES
 
-    parser = OneLineParser(prog="python -m pipeline", description="histocompare batch pipeline")
+    parser = OneLineParser(prog=os.environ.get("HISTOCOMPARE_PROG", "python -m pipeline"), description="histocompare batch pipeline")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines")
     sub = parser.add_subparsers(dest="command", required=True)
 

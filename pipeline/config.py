@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pipeline.artifacts.home import work_root
 from pipeline.core.errors import PipelineError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the code's folder: the shipped presets live under it
+PRESETS = PROJECT_ROOT / "pipeline" / "configs"
 
 
 @dataclass
@@ -156,12 +158,12 @@ class Config:
     def out_dir(self) -> Path:
         out = self.experiment.out_dir or f"artifacts/{self.experiment.name}"
         path = Path(out)
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        return path if path.is_absolute() else work_root() / path
 
     @property
     def data_root(self) -> Path:
         path = Path(self.experiment.data_root)
-        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+        return path if path.is_absolute() else (work_root() / path).resolve()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -366,10 +368,22 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> Config:
     return resolve_config(path, overrides)
 
 
+def preset_path(path: Path | str) -> Path:
+    """``path`` as given when it exists; else the shipped preset it names (``pipeline/configs/demo.toml`` from any
+    directory, or just ``demo``), so an installed ``histocompare run --config demo`` finds the presets it ships."""
+    path = Path(path)
+    if path.exists():
+        return path
+    for candidate in (PROJECT_ROOT / path, PRESETS / path.name, PRESETS / f"{path.name}.toml"):
+        if not path.is_absolute() and candidate.is_file() and candidate.suffix == ".toml":
+            return candidate
+    return path
+
+
 def read_preset(path: Path | str) -> dict:
     """The parsed TOML document of a preset file; every way it can be unreadable is one PipelineError."""
-    path = Path(path)
-    presets = ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "pipeline" / "configs").glob("*.toml")))
+    path = preset_path(path)
+    presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.toml")))
     if not path.exists():
         raise PipelineError(f"config file {path} does not exist (presets: {presets})")
     if not path.is_file():

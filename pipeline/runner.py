@@ -17,7 +17,8 @@ from pathlib import Path
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import ensure_dir, write_json
 from pipeline.artifacts.provenance import library_versions
-from pipeline.config import PROJECT_ROOT, Config
+from pipeline.artifacts.home import work_root
+from pipeline.config import Config
 from pipeline.progress import Board, LineReporter, report, set_sink
 
 STAGES = ("data", "index", "split", "stain", "train", "ensemble", "neighbours", "evaluate", "gradcam")
@@ -123,7 +124,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
         from pipeline.stages.split import run_split, split_from_csv
 
         if cfg.split.from_csv:  # relative paths are relative to the project, like data_root
-            source = cfg.split.from_csv if Path(cfg.split.from_csv).is_absolute() else PROJECT_ROOT / cfg.split.from_csv
+            source = cfg.split.from_csv if Path(cfg.split.from_csv).is_absolute() else work_root() / cfg.split.from_csv
             split_from_csv(out, source, cfg.split.allow_leakage, force="split" in forced)
         else:
             run_split(out, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds,
