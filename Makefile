@@ -32,7 +32,7 @@ dashboard: install
 
 ## Screenshots of every page (docs/screenshots/*.png) from the demo artifacts (`make demo` first); needs chromium.
 screenshots: install
-	$(PY) -m dashboard.screenshots --experiment $(EXPERIMENT) --out docs/screenshots
+	$(PY) -m tools.screenshots --experiment $(EXPERIMENT) --out docs/screenshots
 
 ## Command 2: install and run the test suite (the browser test needs Debian's chromium: `make browser`).
 test: install
@@ -52,14 +52,14 @@ bench-baselines: install
 		fonttools==4.68.0 kiwisolver==1.5.1 pyparsing==3.3.3
 
 bench: install
-	PYTHONPATH=$(CURDIR):$(CURDIR)/$(BENCH_EXTRA) $(PY) -m pipeline.bench
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(BENCH_EXTRA) $(PY) -m tools.bench
 
 bench-quick: install
-	PYTHONPATH=$(CURDIR):$(CURDIR)/$(BENCH_EXTRA) $(PY) -m pipeline.bench --quick
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(BENCH_EXTRA) $(PY) -m tools.bench --quick
 
 ## On a GPU machine: the paper recipe for V1-B0 and V2-B0, float32 vs mixed precision vs mixed + XLA (says so without a GPU).
 gpu-check: install
-	$(PY) -m pipeline.gpu_check
+	$(PY) -m tools.gpu_check
 
 lint: install
 	$(VENV)/bin/ruff check pipeline dashboard pages tests

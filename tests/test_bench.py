@@ -2,7 +2,7 @@
 
 import json
 
-from pipeline.bench import main
+from tools.bench import main
 
 
 def test_quick_bench_writes_report(tmp_path, sample_root):

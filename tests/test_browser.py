@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard.live import CHROMIUM, chromium, serve, wait_idle
+from tools.live import CHROMIUM, chromium, serve, wait_idle
 from pipeline.artifacts.predictions import member_runs, probability_matrix
 from pipeline.artifacts.run_names import run_aliases
 from pipeline.core.ensemble import combine
@@ -181,7 +181,7 @@ def test_stain_verdict_in_one_click(live):
 def test_hostile_text_creates_no_image_or_link(live, dashboard_artifacts):
     from playwright.sync_api import expect
 
-    from pipeline.fixtures import HOSTILE_RUN
+    from fixtures import HOSTILE_RUN
 
     url, page = live
     for path in ("/images?exp=hostile&run=v1_b0&errors=0&split=test", "/?exp=hostile"):  # cards with hostile ids; the run notice

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from conftest import PROJECT_ROOT
 
-from dashboard.live import CHROMIUM, chromium, free_port
+from tools.live import CHROMIUM, chromium, free_port
 
 try:
     import playwright  # noqa: F401

@@ -94,7 +94,7 @@ def test_overview_lists_finished_runs_before_the_metrics_exist(dashboard_artifac
 
 
 def test_training_curves_one_colour_per_run_and_a_log_scale(dashboard_artifacts, monkeypatch):
-    from pipeline.fixtures import MEMBERS
+    from fixtures import MEMBERS
 
     at = render_page(dashboard_artifacts, "fixture", "training_curves", monkeypatch, runs=list(MEMBERS)[:4])
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)

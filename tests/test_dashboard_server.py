@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import PROJECT_ROOT
 
-from dashboard.live import free_port, serve
+from tools.live import free_port, serve
 
 APP = PROJECT_ROOT / "dashboard" / "app.py"
 

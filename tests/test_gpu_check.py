@@ -1,6 +1,6 @@
 """`make gpu-check` says plainly when there is no GPU (the measurement itself needs one; README "GPU check")."""
 
-from pipeline import gpu_check
+from tools import gpu_check
 from pipeline.ml import precision
 
 

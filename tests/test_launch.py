@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from conftest import PROJECT_ROOT
 
-from dashboard.live import CHROMIUM, free_port
+from tools.live import CHROMIUM, free_port
 
 # tests/test_browser_pipeline.py runs the launcher with training, in a browser; this is its stand-in without chromium
 pytestmark = pytest.mark.skipif(CHROMIUM.exists(), reason="covered by tests/test_browser_pipeline.py (chromium is installed)")

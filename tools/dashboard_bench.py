@@ -1,6 +1,6 @@
-"""``python -m dashboard.bench --artifacts DIR --experiment NAME``: the dashboard's own latency, with AppTest.
+"""``python -m tools.dashboard_bench --artifacts DIR --experiment NAME``: the dashboard's own latency, with AppTest.
 
-Run by ``make bench`` (``pipeline/bench.py``) in a fresh interpreter; prints one JSON line. Time to first
+Run by ``make bench`` (``tools/bench.py``) in a fresh interpreter; prints one JSON line. Time to first
 render of each page, and the ensemble builder's latency per member toggle (the < 200 ms budget). Speed is
 measured here, never asserted in tests.
 """

@@ -7,7 +7,7 @@ epoch's (the first one includes graph tracing / XLA compilation); prediction ima
 timed pass over the val+test images after a warm-up pass. On a machine without a GPU it says so and
 exits with status 1 (``--allow-cpu`` runs it anyway, slowly, e.g. to check the script itself).
 
-    python -m pipeline.gpu_check [--epochs 2] [--image-size 224] [--allow-cpu]
+    python -m tools.gpu_check [--epochs 2] [--image-size 224] [--allow-cpu]
 """
 
 from __future__ import annotations

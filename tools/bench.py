@@ -4,8 +4,8 @@ Every figure is a ratio of two measurements taken in the same process on the sam
 machines are noisy (absolute numbers vary up to ~1.7x run to run); absolute times are context only.
 Writes ``artifacts/bench/report.json`` and ``report.md`` and prints the table.
 
-    python -m pipeline.bench           # full (<= 15 min on 2 cores)
-    python -m pipeline.bench --quick   # minutes
+    python -m tools.bench           # full (<= 15 min on 2 cores)
+    python -m tools.bench --quick   # minutes
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def _dashboard_bench(module: str, args: list[str], what: str) -> tuple[dict, str
     if Catalog(demo).predictions.exists():
         artifacts, experiment, source = demo.parent, "demo", "demo artifacts"
     else:
-        from pipeline.fixtures import build
+        from tests.fixtures import build
 
         tmp = Path(tempfile.mkdtemp())
         build(tmp)
@@ -326,8 +326,8 @@ def _dashboard_bench(module: str, args: list[str], what: str) -> tuple[dict, str
 
 def bench_dashboard(quick: bool) -> dict:
     """AppTest time to first render of each page and the ensemble builder's per-interaction latency
-    (``python -m dashboard.bench``)."""
-    result, source = _dashboard_bench("dashboard.bench", ["--quick"] if quick else [], "dashboard")
+    (``python -m tools.dashboard_bench``)."""
+    result, source = _dashboard_bench("tools.dashboard_bench", ["--quick"] if quick else [], "dashboard")
     if source == "test fixture":
         source += " (run `make demo` first for demo artifacts)"
     result["name"] = f"Dashboard ({source}, AppTest)"
@@ -335,15 +335,17 @@ def bench_dashboard(quick: bool) -> dict:
 
 
 def bench_browser(quick: bool) -> dict:
-    """Click-to-updated-metric in headless Chromium for 1 and 6 concurrent sessions (``python -m dashboard.browser_bench``).
+    """Click-to-updated-metric in headless Chromium for 1 and 6 concurrent sessions (``python -m tools.browser_bench``).
 
     Skipped (reported, not failed) without Debian's chromium. Absolute numbers against the issue's goals; for a ratio,
-    run ``python -m dashboard.browser_bench ... --baseline-root DIR`` with another checkout measured right after.
+    run ``python -m tools.browser_bench ... --baseline-root DIR`` with another checkout measured right after.
     """
-    if not Path("/usr/bin/chromium").exists():  # dashboard.live.CHROMIUM (pipeline/ may not import the dashboard)
+    from tools.live import CHROMIUM
+
+    if not CHROMIUM.exists():
         return {"name": "Dashboard in a real browser", "skipped": "Debian's chromium is not installed (`make browser`)",
                 "target": "p50 < 250 ms alone, p90 < 1 s with 6", "ok": False, "baseline": "-"}
-    result, source = _dashboard_bench("dashboard.browser_bench", ["--clicks", "4" if quick else "10"], "browser")
+    result, source = _dashboard_bench("tools.browser_bench", ["--clicks", "4" if quick else "10"], "browser")
     result["name"] = f"Dashboard in Chromium ({source}): member click to updated metric"
     return result
 

@@ -1,4 +1,4 @@
-"""``python -m dashboard.browser_bench --artifacts DIR --experiment NAME``: click-to-updated-metric in a real browser.
+"""``python -m tools.browser_bench --artifacts DIR --experiment NAME``: click-to-updated-metric in a real browser.
 
 What a user feels when toggling an ensemble member: from the click on a member checkbox until the builder's summary line
 (members, rule, images) shows the new member count, in headless Chromium against a ``streamlit run`` server. Measured
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dashboard.live import CHROMIUM, CHROMIUM_ARGS, PROJECT_ROOT, free_port, serve
+from tools.live import CHROMIUM, CHROMIUM_ARGS, PROJECT_ROOT, free_port, serve
 
 SUMMARY = "[data-testid='stMarkdownContainer'] p:has-text('member(s),')"
 

@@ -1,4 +1,4 @@
-"""``python -m dashboard.screenshots [--experiment demo] [--out docs/screenshots]`` (``make screenshots``): one PNG per
+"""``python -m tools.screenshots [--experiment demo] [--out docs/screenshots]`` (``make screenshots``): one PNG per
 page, taken in Chromium from a live dashboard on the experiment's artifacts, for the README."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dashboard.live import PROJECT_ROOT, chromium, serve, wait_idle
+from tools.live import PROJECT_ROOT, chromium, serve, wait_idle
 
 # file name -> URL path and query (each page in a state worth seeing)
 VIEWS = {
