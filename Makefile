@@ -2,19 +2,21 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-12)
+HC := $(VENV)/bin/histocompare
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 PRESET ?= demo
 EXPERIMENT ?= demo
 PORT ?= 8501
-export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo pipeline dashboard screenshots test bench bench-quick bench-baselines gpu-check lint browser clean
 
-$(STAMP): requirements.txt
+# The pinned set first (the tested versions), then this checkout as an editable package: the `histocompare` command.
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)
@@ -22,13 +24,13 @@ install: $(STAMP)
 ## Command 1: install, then the dashboard at once and the whole pipeline on SYNTHETIC demo data behind it
 ## (the Pipeline page follows it; Ctrl-C stops both; run it again to resume).
 demo: install
-	$(PY) -m pipeline.launch --config pipeline/configs/demo.toml --config pipeline/configs/demo_image_level.toml --port $(PORT)
+	$(HC) demo --config pipeline/configs/demo.toml --config pipeline/configs/demo_image_level.toml --port $(PORT)
 
 pipeline: install
-	$(PY) -m pipeline run --config pipeline/configs/$(PRESET).toml
+	$(HC) run --config $(PRESET)
 
 dashboard: install
-	$(PY) -m dashboard --experiment $(EXPERIMENT) --port $(PORT)
+	$(HC) dashboard --experiment $(EXPERIMENT) --port $(PORT)
 
 ## Screenshots of every page (docs/screenshots/*.png) from the demo artifacts (`make demo` first); needs chromium.
 screenshots: install
@@ -37,7 +39,7 @@ screenshots: install
 ## Command 2: install and run the test suite (the browser test needs Debian's chromium: `make browser`).
 test: install
 	-@$(MAKE) --no-print-directory browser
-	$(PY) -m pytest -n 2 --dist loadfile  # two processes, one per core; a file's module fixtures stay in one
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -n 2 --dist loadfile  # the tests exercise the checkout itself; two processes, one per core; a file's module fixtures stay in one
 
 browser:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
@@ -62,7 +64,7 @@ gpu-check: install
 	$(PY) -m tools.gpu_check
 
 lint: install
-	$(VENV)/bin/ruff check pipeline dashboard pages tests
+	$(VENV)/bin/ruff check pipeline dashboard pages tests tools histocompare
 
 clean:
 	rm -rf artifacts/demo artifacts/demo_image_level artifacts/sample artifacts/bench data/demo

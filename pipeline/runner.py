@@ -98,6 +98,8 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
     out = cfg.out_dir
     ensure_dir(out, "experiment folder")  # a file in the way is a one-line error
     todo = [s for s in STAGES if not only or s in only]
+    if cfg.experiment.synthetic and "index" in todo and "data" not in todo and not cfg.data_root.exists():
+        todo.insert(0, "data")  # a synthetic preset's images are the index's input, made from the preset alone
     forced = with_dependents(force)
     timings: dict[str, float] = {}
     seed = cfg.experiment.seed
