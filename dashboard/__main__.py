@@ -23,7 +23,8 @@ def streamlit_argv(port: int = 8501, address: str = "127.0.0.1") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
+    prog = "histocompare dashboard" if os.environ.get("HISTOCOMPARE_PROG") else "python -m dashboard"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", help="experiment to open first (default: $HISTOCOMPARE_EXPERIMENT or demo)")
     parser.add_argument("--artifacts", help="artifacts folder holding the experiments (default: ./artifacts of the project)")
     parser.add_argument("--port", type=int, default=8501)

@@ -14,6 +14,7 @@ Only subprocesses: nothing here imports TensorFlow or Streamlit.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -130,7 +131,8 @@ def launch(configs: list[Path], port: int = 8501, run_args: list[str] | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.launch", description=__doc__.splitlines()[0])
+    prog = "histocompare demo" if os.environ.get("HISTOCOMPARE_PROG") else "python -m pipeline.launch"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, action="append",
                         help="a preset to run (pipeline/configs/*.toml); repeat it to run several one after the other")
     parser.add_argument("--port", type=int, default=8501, help="the dashboard's port on 127.0.0.1")
