@@ -40,6 +40,7 @@ def test_run_writes_every_artifact(trained):
     assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr_backbone", "lr_head", "seconds"} <= set(history.columns)
     assert history["lr_backbone"].iloc[0] == pytest.approx(TINY.lr_backbone)
     assert history["lr_head"].iloc[0] == pytest.approx(TINY.lr_head)
+    assert history["phase"].eq("fine-tune").all() and history["epoch"].tolist() == [1]  # no warm-up in TINY (nor the study)
     run = json.loads((run_dir / "run.json").read_text())
     for key in ("resolved_config", "versions", "data_fingerprint", "best_epoch", "timings_s", "config_hash"):
         assert key in run
@@ -216,3 +217,29 @@ def test_real_sample_b0_predicts_every_val_test_image(sample_patient_run):
     assert set(preds.image_id) == set(split.loc[split.split != "train", "image_id"])
     assert info["epochs_done"] == 2 and np.isfinite(preds.prob_malignant).all()
     assert "magnification" in preds and "patient_id" in preds
+
+
+def test_warmup_epochs_are_history_rows_before_epoch_1():
+    """Head-only warm-up epochs come back as history rows (phase "warmup", epochs 1-W..0) and never as the best epoch."""
+    import keras
+
+    from pipeline.ml.data import make_dataset
+    from pipeline.stages.train import _warmup, best_epoch_of
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="body_conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    net = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head_dense")(x))
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), np.arange(16) % 2
+    body, head = net.get_layer("body_conv").get_weights(), net.get_layer("head_dense").get_weights()
+    rows = _warmup(net, make_dataset(images, labels, 8, shuffle=True), make_dataset(images, labels, 8),
+                   TrainConfig(warmup_epochs=2, lr_head=1e-2), n_train=16)
+    assert [r["epoch"] for r in rows] == [-1, 0] and {r["phase"] for r in rows} == {"warmup"}
+    assert all(r["lr_backbone"] == 0.0 and r["lr_head"] == 1e-2 and r["seconds"] > 0 for r in rows)
+    assert all(np.array_equal(a, b) for a, b in zip(body, net.get_layer("body_conv").get_weights()))  # frozen body
+    assert not all(np.array_equal(a, b) for a, b in zip(head, net.get_layer("head_dense").get_weights()))  # head trained
+    assert all(layer.trainable for layer in net.layers)  # trainable flags put back for fine-tuning
+    tuned = [{"epoch": 1, "val_accuracy": 0.4, "phase": "fine-tune"}, {"epoch": 2, "val_accuracy": 0.6, "phase": "fine-tune"}]
+    assert best_epoch_of([{**rows[0], "val_accuracy": 0.9}, *tuned]) == (2, 0.6)

@@ -124,9 +124,12 @@ def completed_info(plan: RunPlan) -> dict | None:
 
 
 def best_epoch_of(history: list[dict]) -> tuple[int | None, float | None]:
-    """(epoch, val_accuracy) of the first epoch with the highest validation accuracy: the callback's own rule."""
+    """(epoch, val_accuracy) of the first epoch with the highest validation accuracy: the callback's own rule
+    (warm-up epochs, if any, are not candidates: the kept model is a fine-tuned one)."""
     best_epoch, best = None, None
     for row in history:
+        if row.get("phase") == "warmup":
+            continue
         if best is None or row["val_accuracy"] > best:
             best_epoch, best = int(row["epoch"]), row["val_accuracy"]
     return best_epoch, best
@@ -196,7 +199,7 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
             row = {"epoch": done, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
                    "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
                    "lr_backbone": lr, "lr_head": lr * optimizer.head_multiplier,
-                   "seconds": seconds, "images_per_s": n_train / seconds}
+                   "seconds": seconds, "images_per_s": n_train / seconds, "phase": "fine-tune"}
             state["history"].append(row)
             if state["best_val_accuracy"] is None or row["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = row["val_accuracy"], done
@@ -361,7 +364,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
                      "checkpoint_time": 0.0, "best_val_accuracy": None, "best_epoch": None, "history": [],
                      "fit_complete": False}
             if cfg.warmup_epochs:
-                _warmup(net, ds_train, ds_val, cfg)
+                state["history"] = _warmup(net, ds_train, ds_val, cfg, len(x_train))
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
         else:
             if chief:
@@ -422,7 +425,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     history = pd.DataFrame(state["history"])
     if state["best_epoch"] not in set(history["epoch"]):  # the lifecycle guarantees it; never write a run that disagrees
         raise PipelineError(f"{run_id}: best epoch {state['best_epoch']} is not in the history; re-run with --force")
-    rates = history["images_per_s"]
+    rates = history.loc[history["phase"].ne("warmup"), "images_per_s"] if "phase" in history else history["images_per_s"]
     info = {
         "run_id": run_id, "status": "complete", "config_hash": plan.config_hash, "resolved_config": plan.resolved,
         "data_fingerprint": plan.fingerprint, "versions": library_versions(), "best_epoch": state["best_epoch"],
@@ -458,14 +461,24 @@ def resume_point_is_whole(files: RunFiles, point: int, run_id: str) -> bool:
     return True
 
 
-def _warmup(net, ds_train, ds_val, cfg: TrainConfig) -> None:
-    """Optional head-only epochs before fine-tuning (off in the study's recipe; not part of history.parquet)."""
+def _warmup(net, ds_train, ds_val, cfg: TrainConfig, n_train: int) -> list[dict]:
+    """Optional head-only epochs before fine-tuning (off in the study's recipe). Returns their history rows, with
+    ``phase = "warmup"`` and epochs numbered ``1 - warmup_epochs ... 0``, so that fine-tuning keeps epochs 1..N
+    (best epoch, resume points, TensorBoard) and a plot by epoch shows the warm-up to their left."""
     import keras
 
     trainable = {l.name: l.trainable for l in net.layers}
     for layer in net.layers:
         layer.trainable = layer.name.startswith("head_")
     net.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    net.fit(ds_train, validation_data=ds_val, epochs=cfg.warmup_epochs, verbose=0)
+    starts: list[float] = []
+    seconds: list[float] = []
+    timer = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: starts.append(time.perf_counter()),
+                                           on_epoch_end=lambda e, logs: seconds.append(time.perf_counter() - starts[-1]))
+    fitted = net.fit(ds_train, validation_data=ds_val, epochs=cfg.warmup_epochs, verbose=0, callbacks=[timer]).history
     for layer in net.layers:
         layer.trainable = trainable[layer.name]
+    return [{"epoch": i + 1 - cfg.warmup_epochs, "loss": fitted["loss"][i], "accuracy": fitted["accuracy"][i],
+             "val_loss": fitted["val_loss"][i], "val_accuracy": fitted["val_accuracy"][i], "lr_backbone": 0.0,
+             "lr_head": cfg.lr_head, "seconds": seconds[i], "images_per_s": n_train / seconds[i], "phase": "warmup"}
+            for i in range(cfg.warmup_epochs)]
