@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import state, ui
 from dashboard.text import code, plain
 from dashboard.data import Experiment, cached_weights, member_matrices, report_problem, stamp, validation_arrays
 from pipeline.artifacts.catalog import ensemble_run_id, is_run_id, parse_run_id
@@ -201,3 +201,20 @@ def best_runs(metrics_all: pd.DataFrame, run_ids: list[str], metric: str = "accu
         return []
     best = part[metric].max()
     return part.loc[np.isclose(part[metric], best, rtol=0, atol=1e-12), "run_id"].tolist()
+
+
+def page_runs(exp: Experiment, what: str, url_tokens: tuple[str, ...] | None = None,
+              need_runs: bool = True) -> tuple[pd.DataFrame, Runs]:
+    """The preamble of the pages that show runs' predictions: the page stops with its message when the experiment has
+    no labels (``what`` needs them) or no predictions; the runs are identified (with the saved and linked built
+    ensembles when ``url_tokens`` is given), run ids the pipeline would not write are named once, and, when
+    ``need_runs``, a page with no run left says so and stops. Returns (predictions of the shown runs, their identity)."""
+    ui.require_labels(exp, what)
+    raw = exp.predictions()
+    ui.require(exp, raw, "predictions", "predictions.parquet", exp.catalog.predictions)
+    preds, runs = (raw, identify(raw)) if url_tokens is None else load_runs(exp, raw, url_tokens)
+    notice_skipped(runs)
+    if need_runs and not runs.ids:
+        st.info("No run ids the pipeline writes are in predictions.parquet.")
+        st.stop()
+    return preds, runs

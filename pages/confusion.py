@@ -6,21 +6,14 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import compare, image_card, nav, state, ui
-from dashboard.runs import best_runs, load_runs, notice_skipped
+from dashboard.runs import best_runs, page_runs
 from pipeline.artifacts.catalog import parse_run_id
 from pipeline.core.metrics import confusion_counts
 
 PAGE_SIZE = 12
 
 exp = ui.page_start("Confusion matrices")
-ui.require_labels(exp, "A confusion matrix")
-raw = exp.predictions()
-ui.require(exp, raw, "predictions", "predictions.parquet", exp.catalog.predictions)
-preds, runs = load_runs(exp, raw, (st.query_params.get("a", ""), st.query_params.get("b", "")))
-notice_skipped(runs)
-if not runs.ids:
-    st.info("No run ids the pipeline writes are in predictions.parquet.")
-    st.stop()
+preds, runs = page_runs(exp, "A confusion matrix", (st.query_params.get("a", ""), st.query_params.get("b", "")))
 
 
 def close_cell() -> None:

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_curve
 
 from dashboard import nav, state, ui
 from dashboard.data import cached_weights, member_matrices, stamp, validation_arrays
-from dashboard.runs import BuiltEnsemble, identify, notice_skipped, save_token, token_label
+from dashboard.runs import BuiltEnsemble, page_runs, save_token, token_label
 from dashboard.text import code, plain
 from pipeline.artifacts.catalog import parse_run_id
 from pipeline.core.decision import (
@@ -39,11 +39,7 @@ PANELS = {"cm": "Confusion matrix", "roc": "ROC", "refer": "Refer the uncertain"
 COLLAPSE = 0.9  # a weighted vote with this share on one member is that member in disguise
 
 exp = ui.page_start("Ensemble builder")
-ui.require_labels(exp, "Building and scoring ensembles")
-preds = exp.predictions()
-ui.require(exp, preds, "predictions", "predictions.parquet", exp.catalog.predictions)
-runs = identify(preds)
-notice_skipped(runs)
+preds, runs = page_runs(exp, "Building and scoring ensembles", need_runs=False)
 members = runs.members
 if not members:
     st.info("No single-model runs without stain normalization yet: train some with "

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard import image_card, neighbours_panel, state, ui
-from dashboard.runs import load_runs, notice_skipped, run_picker
+from dashboard.runs import page_runs, run_picker
 from pipeline.artifacts.catalog import GRADCAM_METHODS
 from pipeline.core.decision import certainty_from_members, certainty_from_score, refer_least_certain
 
@@ -16,14 +16,7 @@ LIST_FILTERS = {"br_true": ("true", "true"), "br_pred": ("pred", "predicted"), "
                 "br_mag": ("mag", "magnification"), "br_patient": ("patient", "patient")}  # key -> (param, chip name)
 
 exp = ui.page_start("Image browser")
-ui.require_labels(exp, "Browsing errors")
-raw = exp.predictions()
-ui.require(exp, raw, "predictions", "predictions.parquet", exp.catalog.predictions)
-preds, runs = load_runs(exp, raw, (st.query_params.get("run", ""),))
-notice_skipped(runs)
-if not runs.ids:
-    st.info("No run ids the pipeline writes are in predictions.parquet.")
-    st.stop()
+preds, runs = page_runs(exp, "Browsing errors", (st.query_params.get("run", ""),))
 
 
 def reset_filters() -> None:

@@ -14,8 +14,6 @@ from pipeline.artifacts.status import format_seconds, is_stale, read_status, sec
 from pipeline.core.errors import PipelineError
 
 REFRESH_SECONDS = 2
-STATE_BADGES = {"waiting": ":gray-badge[waiting]", "running": ":blue-badge[running]", "done": ":green-badge[done]",
-                "failed": ":red-badge[failed]", "skipped": ":gray-badge[skipped]"}
 STATE_ICONS = {"waiting": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "skipped": "➖"}
 
 exp = ui.page_start("Pipeline")

@@ -6,16 +6,12 @@ import streamlit as st
 
 from dashboard import compare, state, ui
 from dashboard.data import image_for
-from dashboard.runs import identify, notice_skipped
+from dashboard.runs import page_runs
 from dashboard.text import code, plain
 from pipeline.artifacts.catalog import parse_run_id
 
 exp = ui.page_start("Stain comparison")
-ui.require_labels(exp, "Comparing stain normalizations")
-preds = exp.predictions()
-ui.require(exp, preds, "predictions", "predictions.parquet", exp.catalog.predictions)
-runs = identify(preds)
-notice_skipped(runs)
+preds, runs = page_runs(exp, "Comparing stain normalizations", need_runs=False)
 singles = set(runs.singles())
 pairs = {r: parse_run_id(r).base_run for r in runs.singles() if parse_run_id(r).stain != "none" and parse_run_id(r).base_run in singles}
 if not pairs:

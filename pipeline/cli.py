@@ -232,7 +232,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from pipeline.stages.predict import run_export
+    from pipeline.stages.export import run_export
 
     run_export(args.exp, args.ensemble, args.out)
 

@@ -181,7 +181,7 @@ def test_exported_ensemble_equals_the_pipelines_rows_on_the_test_images(method, 
 
     import pipeline.ml.export  # noqa: F401  (registers the export's layers: all that loading needs)
     from pipeline.core.images import read_rgb
-    from pipeline.stages.predict import run_export
+    from pipeline.stages.export import run_export
 
     record = json.loads(Catalog(trained_sample).ensembles.read_text())
     run_id = f"ensemble:{method}:{'+'.join(record['groups']['all'])}"

@@ -26,7 +26,6 @@ from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import read_json
 
 STATUS_VERSION = 1
-STAGE_STATES = ("waiting", "running", "done", "failed", "skipped")
 HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = 30.0  # a "running" status not rewritten for this long: the process probably died
 

@@ -178,23 +178,6 @@ def fold_summary(metrics: pd.DataFrame, by=("run_id", "split"), value_cols=None)
     return mean.join(sd).join(grouped.size().rename("folds")).reset_index()
 
 
-def paired_bootstrap_delta(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
-                           seed: int = 0, ci: float = 0.95) -> tuple[float, float]:
-    """CI of accuracy(b) - accuracy(a) on the same images, resampling patients (paired)."""
-    y, pred_a, pred_b, groups = map(np.asarray, (y, pred_a, pred_b, groups))
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    diff = (pred_b == y).astype(float) - (pred_a == y).astype(float)
-    codes, uniques = pd.factorize(groups)
-    per_group_sum = np.bincount(codes, weights=diff, minlength=len(uniques))
-    per_group_n = np.bincount(codes, minlength=len(uniques)).astype(float)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(uniques), size=(n_boot, len(uniques)))
-    deltas = per_group_sum[draws].sum(1) / per_group_n[draws].sum(1)
-    alpha = (1 - ci) / 2
-    return float(np.quantile(deltas, alpha)), float(np.quantile(deltas, 1 - alpha))
-
-
 def reliability_curve(y: np.ndarray, prob: np.ndarray, bins: int = 10) -> pd.DataFrame:
     """The reliability diagram behind :func:`expected_calibration_error`: per equal-width bin of predicted
     P(malignant), the mean prediction, the observed malignant rate and the image count (empty bins omitted).
