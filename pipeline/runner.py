@@ -20,12 +20,11 @@ from pipeline.artifacts.provenance import library_versions
 from pipeline.artifacts.home import work_root
 from pipeline.config import Config
 from pipeline.progress import Board, LineReporter, report, set_sink
+from pipeline.stages.declarations import DECLARATIONS, depends_on, stage_order
 
-STAGES = ("data", "index", "split", "stain", "train", "ensemble", "neighbours", "evaluate", "gradcam")
-DEPENDS_ON = {  # stage -> the stages whose outputs it reads
-    "data": (), "index": ("data",), "split": ("index",), "stain": ("split",), "train": ("split", "stain"),
-    "ensemble": ("train",), "neighbours": ("train",), "evaluate": ("train", "ensemble", "neighbours"), "gradcam": ("train",),
-}
+# Derived from what each stage declares it reads and writes (pipeline/stages/declarations.py), not written by hand.
+STAGES = stage_order(DECLARATIONS)
+DEPENDS_ON = depends_on(DECLARATIONS)  # stage -> the stages whose outputs it reads
 
 
 def with_dependents(stages: list[str] | tuple[str, ...]) -> set[str]:
