@@ -64,7 +64,7 @@ gpu-check: install
 	$(PY) -m tools.gpu_check
 
 lint: install
-	$(VENV)/bin/ruff check pipeline dashboard pages tests tools histocompare
+	$(VENV)/bin/ruff check pipeline dashboard pages tests tools histocompare docs
 
 clean:
 	rm -rf artifacts/demo artifacts/demo_image_level artifacts/sample artifacts/bench data/demo
