@@ -147,6 +147,20 @@ def require(exp: Experiment, frame, artifact: str, what: str, path=None) -> None
     st.stop()
 
 
+# Headline numbers wrap instead of being cut to "0..." in narrow columns, and shrink a little on narrow windows.
+# A constant stylesheet (no artifact text in it), so st.html is safe here.
+WIDTH_CSS = """<style>
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] > div {
+  overflow: visible !important; text-overflow: clip !important; white-space: normal !important; overflow-wrap: anywhere; }
+@media (max-width: 1000px) { [data-testid="stMetricValue"] { font-size: 1.6rem !important; } }
+</style>"""
+
+
+def readable_at_any_width() -> None:
+    """Once per run, from app.py: the stylesheet above."""
+    st.html(WIDTH_CSS)
+
+
 def fmt(value, digits: int = 4) -> str:
     """A number with a fixed number of decimals ('n/a' for NaN/None): tables never mix 0.9882 with 1."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
