@@ -156,9 +156,31 @@ WIDTH_CSS = """<style>
 </style>"""
 
 
+NARROW_PX = 1000  # below this window width the sidebar starts collapsed (Streamlit's own "auto" stops at 768 px)
+# Runs in the component's iframe (same origin as the app): once per page load, on a narrow window, click the sidebar's
+# collapse button; the reader can open it again. A constant script: no artifact text in it.
+COLLAPSE_JS = """<script>
+const top_ = window.parent;
+if (!top_.__histocompareSidebar && top_.innerWidth < NARROW_PX) {
+  top_.__histocompareSidebar = true;
+  const tryCollapse = (left) => {
+    const bar = top_.document.querySelector('[data-testid="stSidebar"]');
+    const button = top_.document.querySelector('[data-testid="stSidebarCollapseButton"] button');
+    if (bar && bar.getAttribute('data-collapsed') === 'false' && button) { button.click(); return; }
+    if (left > 0) setTimeout(() => tryCollapse(left - 1), 150);
+  };
+  tryCollapse(40);
+}
+</script>""".replace("NARROW_PX", str(NARROW_PX))
+
+
 def readable_at_any_width() -> None:
-    """Once per run, from app.py: the stylesheet above."""
+    """Once per run, from app.py: the stylesheet above, and the sidebar collapsed on narrow windows."""
+    import streamlit.components.v1 as components
+
     st.html(WIDTH_CSS)
+    with st.sidebar:
+        components.html(COLLAPSE_JS, height=0)
 
 
 def fmt(value, digits: int = 4) -> str:
