@@ -9,6 +9,8 @@ import math
 import pandas as pd
 import streamlit as st
 
+from dashboard.text import plain
+
 from pipeline.artifacts.catalog import is_run_id
 from pipeline.core.leak import LEAK_METRICS, LeakDifference, leak_difference, neighbour_rate
 
@@ -50,14 +52,15 @@ def render(exps: dict, leaks: dict[str, int | None], metrics: dict[str, pd.DataF
                     "ones: pick such a pair to see the inflation as one number.")
             return
         img, pat = pair
+        img_t, pat_t = plain(img), plain(pat)  # folder names: shown as text
         a, b = _split_rows(exps[img].predictions(), split), _split_rows(exps[pat].predictions(), split)
         if a is None or b is None:
-            st.info(f"No {split} predictions in {'both experiments' if a is None and b is None else (img if a is None else pat)}: "
+            st.info(f"No {split} predictions in {'both experiments' if a is None and b is None else (img_t if a is None else pat_t)}: "
                     "the paired difference needs predictions.parquet.")
             return
         result = cached_difference(a, b)
         if not result.pairs:
-            st.warning(f"{img} and {pat} share no run (no model, and no ensemble with the same rule and members): "
+            st.warning(f"{img_t} and {pat_t} share no run (no model, and no ensemble with the same rule and members): "
                        "nothing to pair.")
             return
         cols = st.columns(len(LEAK_METRICS) + 2)
@@ -66,12 +69,13 @@ def render(exps: dict, leaks: dict[str, int | None], metrics: dict[str, pd.DataF
                 if result.comparable:
                     lo, hi = result.ci[m]
                     col_value = signed(result.estimate[m])
-                    st.metric(f"{NAMES[m]}: image-level − patient-level", col_value,
+                    st.metric(f"{NAMES[m]} Δ", col_value,
                               help="Mean over the paired runs of (image-level − patient-level), on the test images both "
                                    "experiments share; the CI resamples those images' patients")
                     st.markdown(f"95% CI {signed(lo)} to {signed(hi)}")
+                    st.caption("image-level − patient-level")
                 else:
-                    st.metric(f"{NAMES[m]}: image-level − patient-level", "not comparable",
+                    st.metric(f"{NAMES[m]} Δ", "not comparable",
                               help="Too few test images in common to measure both experiments on the same images")
                     st.caption(f"on different test sets: {signed(result.full_estimate[m])} (no CI; test-set difficulty "
                                "is mixed in)")
@@ -79,18 +83,18 @@ def render(exps: dict, leaks: dict[str, int | None], metrics: dict[str, pd.DataF
         for col, name in zip(cols[len(LEAK_METRICS):], (img, pat)):
             rate = neighbour_rate(metrics.get(name), split)
             with col.container(border=True, key=f"cx_leak_nn_{'img' if name == img else 'pat'}"):
-                st.metric(f"Same-patient neighbours: {name}", "n/a" if math.isnan(rate) else f"{rate:.0%}",
+                st.metric("Same-patient neighbour", "n/a" if math.isnan(rate) else f"{rate:.0%}",
                           help="Share of test images whose nearest training image (the model's feature space) is of the "
                                "same patient, mean over the runs: the leak measured directly; 0% under a patient split")
-                st.caption("leaky: image-level" if leaks.get(name) else "leak-free: patient-level")
-        names = ", ".join(alias(r) for r in paired_runs[:8]) + (f" and {len(paired_runs) - 8} more" if len(paired_runs) > 8 else "")
+                st.caption(f"{plain(name)}: " + ("leaky, image-level" if leaks.get(name) else "leak-free, patient-level"))
+        names = ", ".join(plain(alias(r)) for r in paired_runs[:8]) + (f" and {len(paired_runs) - 8} more" if len(paired_runs) > 8 else "")
         if result.comparable:
             st.caption(f"{len(result.pairs)} runs paired (ensembles by rule and members): {names}. The test sets differ "
-                       f"({result.images[0]} images in {img}, {result.images[1]} in {pat}); the difference is measured on the "
+                       f"({result.images[0]} images in {img_t}, {result.images[1]} in {pat_t}); the difference is measured on the "
                        f"{result.common_images} images of {result.common_patients} patients that both tested. On the full "
                        "test sets it would be " + ", ".join(f"{LOWER[m]} {signed(result.full_estimate[m])}"
                                                             for m in LEAK_METRICS) + ".")
         else:
             st.caption(f"{len(result.pairs)} runs paired: {names}. The test sets share only {result.common_images} images "
-                       f"({result.images[0]} in {img}, {result.images[1]} in {pat}): too few to compare on the same images, "
+                       f"({result.images[0]} in {img_t}, {result.images[1]} in {pat_t}): too few to compare on the same images, "
                        "so the difference is marked not comparable.")

@@ -1,7 +1,7 @@
 """``python -m dashboard.screenshots [--experiment demo] [--out docs/screenshots] [--widths 1440,1280,800]``
 (``make screenshots``): every page at three window widths, taken in Chromium from a live dashboard on the experiment's
-artifacts, for the README. The widest is the whole page (``overview.png``); narrower ones are the first screen, as a
-reader on a laptop or a half-width window sees it (``overview-800.png``), which keeps them small."""
+artifacts, for the README. At 1440 px the whole page (``overview.png``); at other widths the first screen, as a reader
+on a laptop or a half-width window sees it (``overview-800.png``), which keeps them small."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ VIEWS = {
 
 
 WIDTHS = (1440, 1280, 800)
+FULL_WIDTH = 1440  # whole pages (``overview.png``); every other width is the first screen (``overview-800.png``)
 
 
 def take(artifacts: Path, experiment: str, out: Path, views: dict[str, str] = VIEWS, widths: tuple[int, ...] = WIDTHS,
@@ -37,7 +38,7 @@ def take(artifacts: Path, experiment: str, out: Path, views: dict[str, str] = VI
     shots = []
     with serve(artifacts, experiment) as (url, _), chromium(1440, 1000) as page:
         for width in widths:
-            if width != max(widths):
+            if width != FULL_WIDTH:
                 shots += _first_screens(page, url, experiment, out, views, width, twin)
                 continue
             shots += _full_pages(page, url, experiment, out, views, twin, width)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", default=os.environ.get("HISTOCOMPARE_ARTIFACTS", str(PROJECT_ROOT / "artifacts")))
     parser.add_argument("--out", default=str(PROJECT_ROOT / "docs" / "screenshots"))
     parser.add_argument("--widths", default=",".join(map(str, WIDTHS)),
-                        help="window widths in px, comma-separated; the widest is shot as whole pages")
+                        help="window widths in px, comma-separated; 1440 is shot as whole pages")
     parser.add_argument("--twin", default=None, help="the experiment the compare view puts beside it "
                                                       "(default: EXPERIMENT_image_level)")
     args = parser.parse_args(argv)

@@ -176,11 +176,9 @@ if (!top_.__histocompareSidebar && top_.innerWidth < NARROW_PX) {
 
 def readable_at_any_width() -> None:
     """Once per run, from app.py: the stylesheet above, and the sidebar collapsed on narrow windows."""
-    import streamlit.components.v1 as components
-
     st.html(WIDTH_CSS)
     with st.sidebar:
-        components.html(COLLAPSE_JS, height=0)
+        st.iframe(COLLAPSE_JS, height=1)
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -298,11 +298,14 @@ else:
     cols[3].metric("Subtypes", manifest.subtype.nunique())
     left, right = st.columns(2)
     left.caption("Images per class and magnification")
-    left.dataframe(pd.crosstab(manifest.class_name, manifest.magnification.astype(str) + "X", margins=True, margins_name="total"))
+    mags = sorted(manifest.magnification.dropna().unique(), key=lambda m: int(m))  # 40X, 100X, 200X, 400X: by number
+    by_mag = pd.Categorical(manifest.magnification.astype(str) + "X", categories=[f"{m}X" for m in mags], ordered=True)
+    left.dataframe(pd.crosstab(manifest.class_name, by_mag, margins=True, margins_name="total"))
     right.caption("Images and patient folders per subtype")
     per_subtype = manifest.groupby(["class_name", "subtype_name"]).agg(images=("image_id", "size"),
                                                                        patient_folders=("patient_id", "nunique"))
-    right.dataframe(per_subtype.reset_index(), hide_index=True)
+    right.dataframe(per_subtype.reset_index(), hide_index=True, column_config={
+        "class_name": "Class", "subtype_name": "Subtype", "images": "Images", "patient_folders": "Patient folders"})
 
 st.subheader("Split and leakage")
 if split is None or manifest is None:

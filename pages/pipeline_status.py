@@ -16,7 +16,8 @@ from pipeline.core.errors import PipelineError
 REFRESH_SECONDS = 2
 STATE_BADGES = {"waiting": ":gray-badge[waiting]", "running": ":blue-badge[running]", "done": ":green-badge[done]",
                 "failed": ":red-badge[failed]", "skipped": ":gray-badge[skipped]"}
-STATE_ICONS = {"waiting": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "skipped": "➖"}
+# Plain glyphs every system font has (the tables are drawn on a canvas: an emoji without an emoji font is a box)
+STATE_ICONS = {"waiting": "○", "running": "▶", "done": "✓", "failed": "✗", "skipped": "–"}
 
 exp = ui.page_start("Pipeline")
 

@@ -49,7 +49,7 @@ def test_compare_page_states_the_leak_as_one_number_with_its_ci(story):
     headline = page.locator(".st-key-cx_leak")
     expect(headline).to_contain_text(f"measured on the {len(common)} images")
     expect(headline).to_contain_text(f"{patient['run_id'].nunique()} runs paired")  # soft-best pairs with its soft twin
-    expect(page.locator(".st-key-cx_leak_nn_img")).to_contain_text("Same-patient neighbours")
+    expect(page.locator(".st-key-cx_leak_nn_img")).to_contain_text("Same-patient neighbour")
 
 
 def test_overview_states_the_paired_verdict(story):
