@@ -274,11 +274,14 @@ if table is not None and not table.empty:
         row["our F1"] = test_all.loc[ours, "f1"] if ours in test_all.index else None
         rows.append(row)
     beside = pd.DataFrame(rows)
+    # numbers as text: a run this experiment did not train reads "not trained here", never "None"
+    for c, form in (("study accuracy", "{:.4f}"), ("our accuracy", "{:.4f}"), ("Δ (ours − study)", "{:+.4f}"),
+                    ("study F1", "{:.4f}"), ("our F1", "{:.4f}")):
+        beside[c] = [form.format(v) if v is not None and pd.notna(v) else "not trained here" for v in beside[c]]
     st.dataframe(beside, hide_index=True, column_config={
         "run": st.column_config.TextColumn("Run", pinned=True),
-        **{c: st.column_config.NumberColumn(c, format="%.4f") for c in ("study accuracy", "our accuracy", "study F1", "our F1")},
-        "Δ (ours − study)": st.column_config.NumberColumn("Δ (ours − study)", format="%+.4f",
-                                                          help="Negative: below the study (which used an image-level split)")})
+        "Δ (ours − study)": st.column_config.TextColumn("Δ (ours − study)",
+                                                        help="Negative: below the study (which used an image-level split)")})
     st.caption("Study: Azmoodeh-Kalati et al., Sci. Rep. 15:21541 (2025), image-level 70/15/15 split of full BreakHis with "
                "ImageNet weights. Ours: this experiment's test split" + (" on SYNTHETIC data." if exp.synthetic else "."))
 
