@@ -10,7 +10,6 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.text import plain
-
 from pipeline.artifacts.catalog import is_run_id
 from pipeline.core.leak import LEAK_METRICS, LeakDifference, leak_difference, neighbour_rate
 

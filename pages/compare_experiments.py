@@ -12,9 +12,9 @@ import streamlit as st
 from dashboard import leak_headline, state, ui
 from dashboard.data import get_experiment, list_experiments
 from dashboard.experiments import COMPARED, baseline_of, collapse, comparison_table, overall_rows, protocols, shared_train_test_patients
+from dashboard.runs import display_names
 from dashboard.text import code, plain
 from pipeline.artifacts.catalog import is_run_id, parse_run_id
-from dashboard.runs import display_names
 from pipeline.artifacts.run_names import run_colour, run_sort_key
 
 NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "roc_auc": "ROC AUC",
