@@ -21,7 +21,9 @@ from dashboard import nav, ui  # noqa: E402
 from dashboard.runs import forget_token, saved_tokens  # noqa: E402
 from dashboard.text import plain  # noqa: E402
 
-st.set_page_config(page_title="histocompare", page_icon=":material/biotech:", layout="wide")
+# "auto": the sidebar starts collapsed on narrow windows (Streamlit's breakpoint), open on wide ones.
+st.set_page_config(page_title="histocompare", page_icon=":material/biotech:", layout="wide", initial_sidebar_state="auto")
+ui.readable_at_any_width()
 ui.loopback_warning()
 exp = ui.experiment_picker()
 ui.follow_pipeline(exp)

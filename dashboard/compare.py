@@ -177,10 +177,12 @@ def disagreements(frame: pd.DataFrame, runs: Runs, a: str, b: str, *, key: str, 
     page = ui.pager(len(diff), page_size, key=f"{key}_page", param="dpage")
     for _, row in diff.iloc[(page - 1) * page_size: page * page_size].iterrows():
         with st.container(border=True):
-            cols = st.columns([2, 2, 3]) if images else st.columns([3, 4])
-            if images:
+            if images:  # the two images, then the text; without images the text takes the whole row
+                cols = st.columns([2, 2, 3])
                 images(row, cols[:2])
-            text = cols[-1]
+                text = cols[-1]
+            else:
+                text = st.container()
             text.markdown(code(row["image_id"]) + f" · true **{ui.CLASS_NAMES[int(row['label'])]}**")
             for side, run in (("a", a), ("b", b)):
                 right = int(row[f"pred_{side}"]) == int(row["label"])

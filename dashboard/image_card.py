@@ -59,8 +59,8 @@ def maps_notice(exp: Experiment, method: str, members: list[str], maps: dict, ru
         return
     names = ", ".join(runs.label(m) for m in missing)
     none = len(missing) == len(members)
-    what = "no member has" if none else f"{names} {'has' if len(missing) == 1 else 'have'}"
-    st.info(f"Grad-CAM ({method}): {what} no cached maps, so cards show {'the image alone' if none else 'the other members'}. "
+    what = "none of the members has cached maps" if none else f"{names} {'has' if len(missing) == 1 else 'have'} no cached maps"
+    st.info(f"Grad-CAM ({method}): {what}, so cards show {'the image alone' if none else 'the other members'}. "
             f"Compute them with {code(f'python -m pipeline gradcam {exp.cli_dir} --method {method}')}", icon=":material/info:")
 
 

@@ -132,6 +132,41 @@ def identify(preds: pd.DataFrame, extra_tokens: tuple[str, ...] | list[str] = ()
     return Runs(ids, members, built, skipped, alias, colour, tip)
 
 
+def experiment_runs(exp: Experiment) -> Runs | None:
+    """The runs of one experiment as every page of it names them (from its predictions, else its metrics)."""
+    source = exp.predictions()
+    if source is None or source.empty:
+        source = exp.metrics()
+    if source is None or source.empty or not {"run_id", "kind", "stain"} <= set(source.columns):
+        return None
+    return identify(source)
+
+
+def display_names(current: Experiment, others: list[Experiment], run_ids: list[str]) -> dict[str, str]:
+    """One display name per run across several experiments (the compare page): a run of the current experiment keeps
+    the name every other page gives it; a run found only in another experiment gets that experiment's name, with its
+    members appended if the name is already taken by a different run."""
+    names: dict[str, str] = {}
+    for i, exp in enumerate([current, *others]):
+        runs = experiment_runs(exp)
+        if runs is None:
+            continue
+        for run, name in runs.alias.items():
+            if run in names:
+                continue
+            taken = name in names.values()
+            ref = parse_run_id(run)
+            names[run] = f"{name} ({_members_text(ref.members)})" if taken and i and ref.kind == "ensemble" else name
+    rest = [r for r in run_ids if r not in names]
+    if rest:
+        names.update(run_aliases(rest))
+    return names
+
+
+def _members_text(members: tuple[str, ...]) -> str:
+    return "+".join(run_aliases(list(members)).values())
+
+
 def token_label(token: str, runs: Runs) -> str:
     """The alias of a run or of a built ensemble that is not (yet) among ``runs``."""
     if token in runs.alias:

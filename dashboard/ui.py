@@ -147,6 +147,40 @@ def require(exp: Experiment, frame, artifact: str, what: str, path=None) -> None
     st.stop()
 
 
+# Headline numbers wrap instead of being cut to "0..." in narrow columns, and shrink a little on narrow windows.
+# A constant stylesheet (no artifact text in it), so st.html is safe here.
+WIDTH_CSS = """<style>
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] > div {
+  overflow: visible !important; text-overflow: clip !important; white-space: normal !important; overflow-wrap: anywhere; }
+@media (max-width: 1000px) { [data-testid="stMetricValue"] { font-size: 1.6rem !important; } }
+</style>"""
+
+
+NARROW_PX = 1000  # below this window width the sidebar starts collapsed (Streamlit's own "auto" stops at 768 px)
+# Runs in the component's iframe (same origin as the app): once per page load, on a narrow window, click the sidebar's
+# collapse button; the reader can open it again. A constant script: no artifact text in it.
+COLLAPSE_JS = """<script>
+const top_ = window.parent;
+if (!top_.__histocompareSidebar && top_.innerWidth < NARROW_PX) {
+  top_.__histocompareSidebar = true;
+  const tryCollapse = (left) => {
+    const bar = top_.document.querySelector('[data-testid="stSidebar"]');
+    const button = top_.document.querySelector('[data-testid="stSidebarCollapseButton"] button');
+    if (bar && bar.getAttribute('data-collapsed') === 'false' && button) { button.click(); return; }
+    if (left > 0) setTimeout(() => tryCollapse(left - 1), 150);
+  };
+  tryCollapse(40);
+}
+</script>""".replace("NARROW_PX", str(NARROW_PX))
+
+
+def readable_at_any_width() -> None:
+    """Once per run, from app.py: the stylesheet above, and the sidebar collapsed on narrow windows."""
+    st.html(WIDTH_CSS)
+    with st.sidebar:
+        st.iframe(COLLAPSE_JS, height=1)
+
+
 def fmt(value, digits: int = 4) -> str:
     """A number with a fixed number of decimals ('n/a' for NaN/None): tables never mix 0.9882 with 1."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -9,12 +9,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import state, ui
+from dashboard import leak_headline, state, ui
 from dashboard.data import get_experiment, list_experiments
 from dashboard.experiments import COMPARED, baseline_of, collapse, comparison_table, overall_rows, protocols, shared_train_test_patients
+from dashboard.runs import display_names
 from dashboard.text import code, plain
 from pipeline.artifacts.catalog import is_run_id, parse_run_id
-from pipeline.artifacts.run_names import run_aliases, run_colour, run_sort_key
+from pipeline.artifacts.run_names import run_colour, run_sort_key
 
 NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "roc_auc": "ROC AUC",
          "patient_accuracy": "Patient-level accuracy", "patient_roc_auc": "Patient-level ROC AUC"}
@@ -52,6 +53,15 @@ for name, exp in exps.items():
         continue
     tables[name] = rows
 protos = protocols([n for n in chosen if n in tables], configs)
+leaks = {name: shared_train_test_patients(exps[name].manifest(), exps[name].split(),
+                                          int(((configs[name] or {}).get("split") or {}).get("fold", 0) or 0)) for name in chosen}
+
+# -- one name per run: the current experiment's names (as on every other page), then the others' --------------------
+runs = sorted({r for t in tables.values() for r in t.index}, key=run_sort_key)
+alias = display_names(current, [exps[n] for n in chosen if n != current.name], runs)
+
+# -- the headline: the leak as one number -------------------------------------------------------------------
+leak_headline.render(exps, leaks, {n: exps[n].metrics() for n in chosen}, split, lambda r: alias.get(r, r))
 
 # -- one header per experiment: what split it is and how many patients leak --------------------------------
 st.subheader("The experiments")
@@ -61,7 +71,7 @@ for col, name in zip(columns, chosen):
     with col.container(border=True, key=f"cx_head_{chosen.index(name)}"):
         st.markdown(f"**{plain(name)}**" + (" · SYNTHETIC" if exp.synthetic else ""))
         fold = int((config.get("split") or {}).get("fold", 0) or 0)
-        shared = shared_train_test_patients(exp.manifest(), exp.split(), fold)
+        shared = leaks[name]
         if shared is None:
             st.metric("Patients in train and test", "n/a", help="No split.parquet (or no rows for this fold)")
         else:
@@ -87,9 +97,7 @@ if len(protos) < 2:
     if len(tables) < 2:
         st.stop()
 
-runs = sorted({r for t in tables.values() for r in t.index}, key=run_sort_key)
 members = sorted({r for r in runs if parse_run_id(r).kind == "single" and parse_run_id(r).stain == "none"})
-alias = run_aliases(runs, members)
 present = [m for m in COMPARED if any(m in t for t in tables.values())]
 
 # -- dumbbell chart ------------------------------------------------------------------------------------------

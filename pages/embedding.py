@@ -11,16 +11,20 @@ import streamlit as st
 
 from dashboard import nav, state, ui
 from dashboard.data import image_for
-from dashboard.text import code, plain
+from dashboard.runs import identify
+from dashboard.text import plain
 from pipeline.artifacts.catalog import is_run_id
 
-COLOURS = ["class", "patient", "magnification", "split", "correctness"]
+NEAREST = "nearest training image"
+COLOURS = ["class", "patient", "magnification", "split", "correctness", NEAREST]
+SAME, OTHER = "same patient (the leak)", "another patient"
 MAP_NAMES = {"tsne": "t-SNE", "pca": "PCA"}
 LEGEND_LIMIT = 12  # more categories than this (patients): one trace, colours cycled, the category in the hover
 MAX_THUMBS = 24
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
            "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"]
 FIXED = {"benign": "#2ca02c", "malignant": "#d62728", "right": "#2ca02c", "wrong": "#d62728", "train": "#9e9e9e",
+         SAME: "#d62728", OTHER: "#1f77b4", "no neighbour computed": "#c7c7c7",
          "train (not predicted)": "#c7c7c7", "val": "#ff7f0e", "test": "#1f77b4"}
 
 exp = ui.page_start("Embedding map")
@@ -33,18 +37,22 @@ run_ids = sorted(r for r in emb["run_id"].astype(str).unique() if is_run_id(r))
 if not run_ids:
     st.info(f"embedding.parquet holds no run the pipeline writes. Recompute it with `{exp.command('neighbours')}`.")
     st.stop()
+preds = exp.predictions()
+names = identify(preds).alias if preds is not None else {}
 top = st.columns([2, 1, 2])
 run = state.selectbox("Run", run_ids, key="em_run", param="run", where=top[0], explicit=True,
+                      format_func=lambda r: names.get(r, r),
                       help="A single model: each has its own feature space (ensembles have none)")
 methods = [m for m in MAP_NAMES if ((emb["run_id"] == run) & (emb["method"] == m)).any()]
 method = state.radio("Map", methods, key="em_map", param="map", where=top[1], format_func=MAP_NAMES.get, horizontal=True,
                      help="t-SNE keeps neighbourhoods (clusters); PCA keeps the large-scale geometry")
-colour = state.selectbox("Colour by", COLOURS, key="em_colour", param="colour", where=top[2])
+colour = state.selectbox("Colour by", COLOURS, key="em_colour", param="colour", where=top[2],
+                         help="'nearest training image': whether the image's nearest training image in this model's feature "
+                              "space is of the same patient (red: the model may recognise the patient, not the disease)")
 
 points = emb[(emb["run_id"] == run) & (emb["method"] == method)][["image_id", "split", "x", "y"]]
 meta = manifest[["image_id", "label", "patient_id", "magnification", "subtype"]]
 points = points.merge(meta, on="image_id", how="left")
-preds = exp.predictions()
 pred = (preds[preds["run_id"] == run].drop_duplicates("image_id").set_index("image_id")["pred"] if preds is not None
         else pd.Series(dtype=float))
 points["pred"] = points["image_id"].map(pred)
@@ -54,6 +62,19 @@ points["magnification"] = [f"{m}X" if pd.notna(m) else "unknown" for m in points
 points["correctness"] = np.where(points["split"] == "train", "train (not predicted)",
                                  np.where(points["pred"].isna(), "no prediction",
                                           np.where(points["pred"] == points["label"], "right", "wrong")))
+neighbours = exp.neighbours()
+nearest = pd.Series(dtype=object)
+if neighbours is not None and {"rank", "neighbour_patient", "patient_id"} <= set(neighbours.columns):
+    first = neighbours[(neighbours["run_id"] == run) & (neighbours["rank"] == 1)].drop_duplicates("image_id")
+    nearest = pd.Series(np.where(first["neighbour_patient"].astype(str) == first["patient_id"].astype(str), SAME, OTHER),
+                        index=first["image_id"].to_numpy())
+points[NEAREST] = np.where(points["split"] == "train", "train",
+                           points["image_id"].map(nearest).fillna("no neighbour computed"))
+only_same = state.toggle("Only images whose nearest training image is of the same patient", key="em_same", param="same",
+                         help="Keeps the val/test images the model places next to a training image of their own patient "
+                              "(and the training images, for reference)")
+if only_same:
+    points = points[points[NEAREST].isin([SAME, "train"])]
 points = points.reset_index(drop=True)
 
 
@@ -91,7 +112,8 @@ def figure(points: pd.DataFrame, colour: str) -> tuple[go.Figure, list[np.ndarra
 fig, trace_rows = figure(points, colour)
 n_cat = points[colour].nunique()
 event = st.plotly_chart(fig, key="em_chart", on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch")
-st.caption(f"{len(points):,} images of {code(run)} ({MAP_NAMES[method]}); circles train, diamonds val, squares test"
+st.caption(f"{len(points):,} images of {plain(names.get(run, run))} ({MAP_NAMES[method]}); circles train, diamonds val, "
+           "squares test"
            + (f"; {n_cat} {colour} values, colours repeat (hover a point)" if n_cat > LEGEND_LIMIT else "")
            + ". Draw a box or lasso to list the images.")
 
@@ -101,6 +123,12 @@ for p in (event.selection.get("points", []) if event else []):
     curve, index = p.get("curve_number"), p.get("point_index")
     if curve is not None and index is not None and curve < len(trace_rows) and index < len(trace_rows[curve]):
         selected_rows.append(int(trace_rows[curve][index]))
+if "em_selection_seeded" not in st.session_state:  # first run of this view: the selection comes from the URL
+    st.session_state["em_selection_seeded"] = True
+    wanted = set(st.query_params.get_all("sel"))
+    selected_rows = points.index[points["image_id"].astype(str).isin(wanted)].tolist() if wanted else selected_rows
+else:
+    state.set_params(sel=sorted(points.loc[sorted(set(selected_rows)), "image_id"].astype(str)) or None)
 chosen_patients = state.multiselect("Or show the images of patients", sorted(points["patient"].unique()), key="em_patients",
                                     param="patient")
 selected = points.iloc[sorted(set(selected_rows))]
@@ -119,7 +147,8 @@ if not evaluated.empty and preds is not None and (preds["run_id"] == run).any():
     st.page_link(nav.page("images"), label="Open these patients in the image browser", icon=":material/image_search:",
                  query_params=state.link_params(exp.name, run=run, split=split, errors="0",
                                                 patient=sorted(evaluated["patient"].unique().tolist())))
-shown = selected.sort_values(["patient", "split", "image_id"]).head(MAX_THUMBS)
+selected = selected.assign(_leak=selected[NEAREST] != SAME)  # same-patient nearest neighbours first
+shown = selected.sort_values(["_leak", "patient", "split", "image_id"]).head(MAX_THUMBS)
 if len(selected) > MAX_THUMBS:
     st.caption(f"The first {MAX_THUMBS} by patient are shown.")
 cols = st.columns(6)
@@ -130,4 +159,5 @@ for i, (_, r) in enumerate(shown.iterrows()):
             st.image(img)
         else:
             st.caption("image file not available")
-        st.caption(" · ".join(plain(v) for v in (r["split"], r["class"], f"patient {r['patient']}", r["magnification"])))
+        st.caption(" · ".join(plain(v) for v in (r["split"], r["class"], f"patient {r['patient']}", r["magnification"]))
+                   + (" · nearest training image: same patient" if r[NEAREST] == SAME else ""))

@@ -280,7 +280,9 @@ def builder() -> None:
                      help="Open the image browser on this ensemble's misclassified images"):
             if method != "stacking" and token not in runs.ids:
                 save_token(exp, token)
-            st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=token, split=split))
+            share = float(st.session_state.get("ens_refer") or 0.0)  # the referral set here travels with the link
+            st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=token, split=split,
+                                                                               refer=f"{share:g}" if share else None))
         if method != "stacking" and len(chosen) > 1:
             if st.button("Save this ensemble", key="ens_save", icon=":material/bookmark_add:",
                          help="Offer it in every run picker (confusion matrices, image browser) for this session"):

@@ -44,11 +44,13 @@ if only_all_wrong and not singles.empty:
     wrong = part.assign(w=part["pred"] != part["label"]).groupby("image_id")["w"].all()
     choices = [i for i in images if wrong.get(i, False)]
 wanted = st.query_params.get("img")
-if wanted and wanted not in images:
-    st.warning(f"No {method} maps were computed for image {code(wanted)} (the stage explains the "
-               f"{plain(str(scores_by_method[method]['image_id'].nunique()))} images of its split). "
-               f"Compute more with {code(f'python -m pipeline gradcam {exp.cli_dir} --method {method} --split val')} "
-               "or pick an image below.")
+if wanted and wanted not in images and wanted in set(preds["image_id"].astype(str)):
+    # the linked image stays the panel's image (and in the URL); its tiles say why a map is missing
+    st.warning(f"No {method} map was computed for image {code(wanted)}: the gradcam stage explains every error of its split "
+               f"and then correct images up to its limit ({plain(str(len(images)))} images here). Compute more with "
+               f"{code(f'python -m pipeline gradcam {exp.cli_dir} --method {method} --split val')}.")
+    images = [wanted, *images]
+    choices = [wanted, *choices] if wanted not in choices else choices
 if not choices:
     st.info("No image is misclassified by every model.")
     st.stop()
@@ -68,22 +70,25 @@ st.markdown(f"{code(image_id)} · true class **{'malignant' if label else 'benig
 
 all_maps = run_maps(exp, method, [r for row in ROWS for r in row])
 trained = set(row_preds.index) if len(row_preds) else set()
-no_map = [r for row in ROWS for r in row if r in trained and image_id not in all_maps.get(r, {})]
+rows = [[r for r in row if r in runs.ids] for row in ROWS]  # only the models this experiment trained
+rows = [row for row in rows if row]
+no_map = [r for row in rows for r in row if r in trained and image_id not in all_maps.get(r, {})]
 if no_map:
-    st.info(f"{', '.join(runs.md(r) for r in no_map)}: trained, but no {method} map of this image. "
-            f"Compute them with {code(f'python -m pipeline gradcam {exp.cli_dir} --method {method}')}")
+    st.info(f"{', '.join(runs.md(r) for r in no_map)}: no {method} map of this image (it was not among the images the "
+            f"gradcam stage explained for {'this model' if len(no_map) == 1 else 'these models'}). Compute them with "
+            f"{code(f'python -m pipeline gradcam {exp.cli_dir} --method {method}')}")
 maps, probs = {}, {}
 with st.container(key="cam_panel"):
-    for family_row in ROWS:
-        cols = st.columns(5)
+    for family_row in rows:
+        cols = st.columns(max(5, len(family_row)))
         family_p = []
         for col, run in zip(cols, family_row):
             name = runs.label(run)
             if run not in trained:
-                col.caption(f"{plain(name)}: not trained")
+                col.caption(f"{plain(name)}: no prediction for this image")
                 continue
             if image_id not in all_maps.get(run, {}):
-                col.caption(f"{plain(name)}: no map")
+                col.caption(f"{plain(name)}: no map (image not explained for this model)")
                 continue
             maps[run] = all_maps[run][image_id]
             pm = float(row_preds.loc[run, "prob_malignant"])
@@ -120,4 +125,8 @@ if len(ens):
 st.subheader("Faithfulness and agreement per model (all explained images)")
 summary = scores.groupby("run_id")[["deletion_auc", "mean_iou", "prob_target"]].mean().round(3).reset_index()
 summary.insert(0, "model", [runs.label(r) if r in runs.alias else str(r) for r in summary["run_id"]])
-st.dataframe(summary.drop(columns=["run_id"]), hide_index=True)
+st.dataframe(summary.drop(columns=["run_id"]), hide_index=True, column_config={
+    "model": st.column_config.TextColumn("Model"),
+    "deletion_auc": st.column_config.NumberColumn("Deletion AUC", help="Lower: the map points at evidence the model uses"),
+    "mean_iou": st.column_config.NumberColumn("Agreement IoU", help="Overlap with the other models' maps"),
+    "prob_target": st.column_config.NumberColumn("P(explained class)")})

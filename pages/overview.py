@@ -2,15 +2,17 @@
 number, leakage), accuracy and ROC AUC with 95% CIs against the study's values, the full table (pinned run
 column, readable names with tooltips, a column chooser, ties named as ties), then the dataset and the split."""
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from dashboard import nav, state, ui
-from dashboard.runs import best_runs, identify, notice_skipped
+from dashboard import compare, nav, state, ui
+from dashboard.runs import identify, notice_skipped
+from dashboard.verdict import STUDY_PROTOCOL, TIE_RULE, paired_verdict, pick_best, study_comparable
 from dashboard.text import plain
 from pipeline.artifacts.catalog import parse_run_id
-from pipeline.artifacts.run_names import run_sort_key
+from pipeline.artifacts.run_names import model_alias, run_sort_key
 from pipeline.core.reference import load_reference
 from pipeline.core.splits import leakage_report
 
@@ -79,11 +81,9 @@ else:
     table = metrics[(metrics["group_type"] == "all") & (metrics["split"] == split_choice) & metrics["run_id"].isin(runs.ids)].copy()
 
 # -- headline cards -------------------------------------------------------------------------------------------
-def tied_names(ids: list[str], shown: int = 3) -> str:
-    """'A = B (tie)'; long ties name the first three and count the rest (all are in the table's rank column)."""
-    names = " = ".join(runs.label(r) for r in ids[:shown])
-    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
-    return names + more + (" (tie)" if len(ids) > 1 else "")
+def study_label(ref: pd.Series) -> str:
+    """The study's row named as our runs are named (``V2-B1``, ``V2 soft``)."""
+    return model_alias(ref["run_id"]) if ref["method"] == "single" else f"{ref['family'].upper()} {ref['method']}"
 
 
 def ci_text(row: pd.Series, metric: str = "accuracy") -> str:
@@ -92,31 +92,35 @@ def ci_text(row: pd.Series, metric: str = "accuracy") -> str:
 
 
 reference = load_reference()
+shared_patients = None if manifest is None or split is None else int(leakage_report(manifest, split)["shared_patient_num"].max())
+best: dict[str, tuple[str | None, list[str]]] = {}
 with st.container(key="headline"):
     cards = st.columns(5)
     if table is not None and not table.empty:
-        singles = [r for r in runs.singles() if parse_run_id(r).stain == "none"] or runs.singles()
-        ensembles = runs.ensembles()
+        order = sorted(runs.ids, key=run_sort_key)
+        best = {"single": pick_best(table, runs.singles(), order), "ensemble": pick_best(table, runs.ensembles(), order)}
         by_run = table.set_index("run_id")
-        for col, title, ids in ((cards[0], "Best single model", sorted(best_runs(table, singles), key=run_sort_key)),
-                                (cards[1], "Best ensemble", sorted(best_runs(table, ensembles), key=run_sort_key))):
+        for col, title, kind in ((cards[0], "Best single model", "single"), (cards[1], "Best ensemble", "ensemble")):
+            winner, tied = best[kind]
             with col.container(border=True, key=f"card_{title.split()[1]}"):
-                if not ids:
+                if winner is None:
                     st.metric(title, "n/a")
                     st.caption("none trained yet")
                     continue
-                row = by_run.loc[ids[0]]
-                st.metric(title, ui.fmt(row["accuracy"]), help=f"{split_choice} accuracy. " + runs.tip[ids[0]])
-                st.markdown(f"**{plain(tied_names(ids))}**  \n{split_choice} accuracy, {ci_text(row)}")
+                row = by_run.loc[winner]
+                st.metric(title, ui.fmt(row["accuracy"]), help=f"{split_choice} accuracy. " + runs.tip[winner])
+                tie = (f"  \ntied on accuracy with {plain(', '.join(runs.label(r) for r in tied[1:4]))}"
+                       + (f" and {len(tied) - 4} more" if len(tied) > 4 else "") + f" ({TIE_RULE})" if len(tied) > 1 else "")
+                st.markdown(f"**{runs.md(winner)}**  \n{split_choice} accuracy, {ci_text(row)}{tie}")
                 if title == "Best ensemble":
                     if st.button("Worst errors", key="best_ens_errors", type="primary", icon=":material/image_search:",
                                  help="Its misclassified images, most confident errors first"):
-                        st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=ids[0], split=split_choice))
-                    ref = parse_run_id(ids[0])
+                        st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=winner, split=split_choice))
+                    ref = parse_run_id(winner)
                     rule = {"soft-best": "soft", "hard-best": "hard"}.get(ref.method, ref.method)
                     st.page_link(nav.page("ensemble"), label="Open in builder", icon=":material/join:",
                                  query_params=state.link_params(exp.name, members=list(ref.members), rule=rule,
-                                                                stack=ids[0] if rule == "stacking" else None))
+                                                                stack=winner if rule == "stacking" else None))
         first = table.iloc[0]
         positives = int(first["tp"] + first["fn"])
         majority = max(positives, int(first["n"]) - positives) / max(int(first["n"]), 1)
@@ -127,21 +131,48 @@ with st.container(key="headline"):
             st.markdown(f"always **{larger}**  \non {int(first['n'])} {split_choice} images")
     study = reference[reference["method"] != "stain"]
     top = study[study["accuracy"] == study["accuracy"].max()]
+    reasons = study_comparable(exp.synthetic, shared_patients, exp.pipeline_config())
     with cards[3].container(border=True, key="card_study"):
-        st.metric("The study", ui.fmt(top["accuracy"].iloc[0]),
-                  help="Azmoodeh-Kalati et al., Sci. Rep. 2025: image-level 70/15/15 split of full BreakHis, ImageNet weights")
-        st.markdown(f"**{plain(' = '.join(top['run_id']))}**{' (tie)' if len(top) > 1 else ''}  \ntest accuracy, image-level split")
+        value = ui.fmt(top["accuracy"].iloc[0])
+        if reasons:
+            st.markdown(f"The study  \n### :gray[{value}]")
+        else:
+            st.metric("The study", value)
+        st.markdown(f"**{plain(' = '.join(study_label(r) for _, r in top.iterrows()))}**"
+                    f"{' (tie)' if len(top) > 1 else ''}  \ntest accuracy; {STUDY_PROTOCOL}")
+        if reasons:
+            st.caption("Not comparable with this experiment: " + ", ".join(reasons) + ".")
     with cards[4].container(border=True, key="card_leakage"):
         if manifest is None or split is None:
             st.metric("Leakage", "n/a")
             st.caption("no split yet")
         else:
-            report = leakage_report(manifest, split)
-            shared = int(report["shared_patient_num"].max())
+            shared = shared_patients
             st.metric("Shared patients", shared,
                       help="Patients with images in more than one of train/val/test (by numeric patient id)")
             st.markdown(":red-badge[leaky split]  \npatients in several splits: optimistic" if shared
                         else ":green-badge[leak-free]  \npatient-level split")
+
+# -- is the best ensemble better than the best single model? ---------------------------------------------------
+if best.get("single", (None,))[0] and best.get("ensemble", (None,))[0] and preds is not None:
+    single, ensemble = best["single"][0], best["ensemble"][0]
+    frame = compare.paired_frame(preds, single, ensemble, split_choice)
+    with st.container(key="ov_verdict"):
+        if frame.empty:
+            st.info("The best ensemble and the best single model share no images on this split: no paired verdict.")
+        else:
+            y = frame["label"].to_numpy().astype(int)
+            groups = frame["patient_num"].to_numpy() if "patient_num" in frame else np.arange(len(frame))
+            stats = compare.ab_stats(y, frame["prob_a"].to_numpy(), frame["pred_a"].to_numpy(), frame["prob_b"].to_numpy(),
+                                     frame["pred_b"].to_numpy(), groups)
+            v = paired_verdict(stats, len(frame))
+            box = st.success if v.word == "better" else st.error if v.word == "worse" else st.info
+            ci = "no CI" if any(map(np.isnan, v.ci)) else f"95% CI {v.ci[0]:+.3f} to {v.ci[1]:+.3f}"
+            box(f"**Is the best ensemble better than the best single model?** {runs.md(ensemble)} against "
+                f"{runs.md(single)} on the same {v.images} {split_choice} images: **{v.word}** (accuracy Δ {v.delta:+.4f}, "
+                f"{ci}, paired bootstrap over patients; McNemar p = {v.p_value:.3g}).", icon=":material/balance:")
+            st.page_link(nav.page("confusion"), label="Open this comparison (A/B)", icon=":material/compare:",
+                         query_params=state.link_params(exp.name, a=single, b=ensemble, split=split_choice))
 
 # -- accuracy / AUC chart ----------------------------------------------------------------------------------------
 if table is not None and not table.empty:
@@ -159,7 +190,7 @@ if table is not None and not table.empty:
     by_alias = {runs.label(r): r for r in runs.ids}
     ref_x, ref_y = [], []
     for _, ref in reference[reference["method"] != "stain"].iterrows():
-        alias = runs.label(ref["run_id"]) if ref["method"] == "single" else f"{ref['family'].upper()} {ref['method']}"
+        alias = study_label(ref)
         if alias in labels:
             ref_x.append(ref["accuracy"])
             ref_y.append(alias)
@@ -234,7 +265,7 @@ if table is not None and not table.empty:
     test_all = metrics[(metrics["group_type"] == "all") & (metrics["split"] == exp.eval_splits[0])].set_index("run_id")
     rows = []
     for _, ref in reference[reference["method"] != "stain"].iterrows():
-        alias = runs.label(ref["run_id"]) if ref["method"] == "single" else f"{ref['family'].upper()} {ref['method']}"
+        alias = study_label(ref)
         ours = by_alias.get(alias)
         row = {"run": alias, "study accuracy": ref["accuracy"],
                "our accuracy": test_all.loc[ours, "accuracy"] if ours in test_all.index else None}
@@ -243,11 +274,14 @@ if table is not None and not table.empty:
         row["our F1"] = test_all.loc[ours, "f1"] if ours in test_all.index else None
         rows.append(row)
     beside = pd.DataFrame(rows)
+    # numbers as text: a run this experiment did not train reads "not trained here", never "None"
+    for c, form in (("study accuracy", "{:.4f}"), ("our accuracy", "{:.4f}"), ("Δ (ours − study)", "{:+.4f}"),
+                    ("study F1", "{:.4f}"), ("our F1", "{:.4f}")):
+        beside[c] = [form.format(v) if v is not None and pd.notna(v) else "not trained here" for v in beside[c]]
     st.dataframe(beside, hide_index=True, column_config={
         "run": st.column_config.TextColumn("Run", pinned=True),
-        **{c: st.column_config.NumberColumn(c, format="%.4f") for c in ("study accuracy", "our accuracy", "study F1", "our F1")},
-        "Δ (ours − study)": st.column_config.NumberColumn("Δ (ours − study)", format="%+.4f",
-                                                          help="Negative: below the study (which used an image-level split)")})
+        "Δ (ours − study)": st.column_config.TextColumn("Δ (ours − study)",
+                                                        help="Negative: below the study (which used an image-level split)")})
     st.caption("Study: Azmoodeh-Kalati et al., Sci. Rep. 15:21541 (2025), image-level 70/15/15 split of full BreakHis with "
                "ImageNet weights. Ours: this experiment's test split" + (" on SYNTHETIC data." if exp.synthetic else "."))
 
@@ -267,11 +301,14 @@ else:
     cols[3].metric("Subtypes", manifest.subtype.nunique())
     left, right = st.columns(2)
     left.caption("Images per class and magnification")
-    left.dataframe(pd.crosstab(manifest.class_name, manifest.magnification.astype(str) + "X", margins=True, margins_name="total"))
+    mags = sorted(manifest.magnification.dropna().unique(), key=lambda m: int(m))  # 40X, 100X, 200X, 400X: by number
+    by_mag = pd.Categorical(manifest.magnification.astype(str) + "X", categories=[f"{m}X" for m in mags], ordered=True)
+    left.dataframe(pd.crosstab(manifest.class_name, by_mag, margins=True, margins_name="total"))
     right.caption("Images and patient folders per subtype")
     per_subtype = manifest.groupby(["class_name", "subtype_name"]).agg(images=("image_id", "size"),
                                                                        patient_folders=("patient_id", "nunique"))
-    right.dataframe(per_subtype.reset_index(), hide_index=True)
+    right.dataframe(per_subtype.reset_index(), hide_index=True, column_config={
+        "class_name": "Class", "subtype_name": "Subtype", "images": "Images", "patient_folders": "Patient folders"})
 
 st.subheader("Split and leakage")
 if split is None or manifest is None:

@@ -14,7 +14,8 @@ from pipeline.artifacts.status import format_seconds, is_stale, read_status, sec
 from pipeline.core.errors import PipelineError
 
 REFRESH_SECONDS = 2
-STATE_ICONS = {"waiting": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "skipped": "➖"}
+# Plain glyphs every system font has (the tables are drawn on a canvas: an emoji without an emoji font is a box)
+STATE_ICONS = {"waiting": "○", "running": "▶", "done": "✓", "failed": "✗", "skipped": "–"}
 
 exp = ui.page_start("Pipeline")
 

@@ -42,8 +42,8 @@ for run in chosen:
                  "s/epoch (after 1st)": hist.seconds.iloc[1:].mean() if len(hist) > 1 else hist.seconds.mean(),
                  "img/s": info.get("train_images_per_s")})
 fig.update_layout(xaxis_title="epoch", yaxis_title=metric, height=480)
-if log_scale:
-    fig.update_yaxes(type="log")
+if log_scale:  # labels at 1, 2, 5 of each decade only: plotly's default labels every digit and they pile up
+    fig.update_yaxes(type="log", dtick="D2", tickformat=".2~g", minor=dict(showgrid=True))
 st.plotly_chart(fig, width="stretch", key="curves_chart")
 st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
     "run": st.column_config.TextColumn("Run", pinned=True),

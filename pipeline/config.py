@@ -128,7 +128,7 @@ class GradcamConfig:
     enabled: bool = True
     methods: list[str] = field(default_factory=lambda: ["gradcam"])
     split: str = "test"
-    max_images: int = 0  # 0: all images of the split
+    max_images: int = 0  # 0: all images of the split; otherwise every misclassified image, then correct ones up to this
     target: str = "predicted"  # predicted | true
     batch_size: int = 16
     deletion_steps: int = 10

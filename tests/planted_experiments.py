@@ -51,3 +51,34 @@ def build_compare_artifacts(src: Path, root: Path) -> Path:
         write_json(fold_config(f"pfold{fold}", fold), d / "pipeline_run.json")
     _copy(src, root / "empty", FILES[:3])
     return root
+
+
+LEAK_DROPPED_PATIENTS = 2  # the image-level twin does not test the first two test patients: different test sets
+
+
+def build_leak_pair(src: Path, root: Path) -> Path:
+    """Under ``root``: ``patient`` (a copy of the fixture experiment ``src``) and ``imagelevel``, its leaky twin that
+    predicts every test image right (P(malignant) 0.95 or 0.05), has no predictions for the first two test patients'
+    images (so the test sets differ and the headline must use the common subset), and shares three patients between
+    train and test. Run ids are the same, except that the twin names its validation-best soft ensemble as plain soft
+    voting of the same members (``soft-best`` -> ``soft``): it must still pair."""
+    shutil.copytree(src, root / "patient")
+    image = root / "imagelevel"
+    shutil.copytree(src, image)
+    preds = pd.read_parquet(image / "predictions.parquet")
+    test = preds["split"] == "test"
+    preds.loc[test, "pred"] = preds.loc[test, "label"]
+    preds.loc[test, "prob_malignant"] = preds.loc[test, "label"].map({0: 0.05, 1: 0.95}).astype(preds["prob_malignant"].dtype)
+    dropped = sorted(preds.loc[test, "patient_num"].unique())[:LEAK_DROPPED_PATIENTS]
+    preds = preds[~(test & preds["patient_num"].isin(dropped))]
+    best = preds["run_id"].str.startswith("ensemble:soft-best:")
+    preds.loc[best, "run_id"] = preds.loc[best, "run_id"].str.replace("soft-best", "soft", regex=False)
+    preds.to_parquet(image / "predictions.parquet")
+    manifest = pd.read_parquet(image / "manifest.parquet")
+    split = pd.read_parquet(image / "split.parquet")
+    for num in sorted(manifest.patient_num.unique())[:3]:
+        ids = manifest[manifest.patient_num == num].image_id
+        split.loc[split.image_id.isin(ids), "split"] = "test"
+        split.loc[split.image_id == ids.iloc[0], "split"] = "train"
+    split.to_parquet(image / "split.parquet")
+    return root

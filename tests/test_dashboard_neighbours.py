@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import render_page
 
+from dashboard.text import plain
 from pipeline.artifacts.catalog import Catalog
 
 
@@ -29,7 +30,7 @@ def test_embedding_map_lists_a_patients_images(open_page, dashboard_artifacts):
     chart = at.get("plotly_chart")
     assert len(chart) == 1
     n = int(((emb.run_id == "v1_b0") & (emb.method == "tsne")).sum())
-    assert any(c.value.startswith(f"{n} images of `v1_b0` (t-SNE)") for c in at.caption)
+    assert any(c.value.startswith(f"{n} images of {plain('V1-B0')} (t-SNE)") for c in at.caption)  # its display name
     expected = manifest[manifest.patient_id == "1001"]
     assert at.subheader[0].value == f"{len(expected)} selected images"
     thumbs = [c.value for c in at.caption if "patient 1001" in c.value]

@@ -98,6 +98,18 @@ def _fast_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> np.ndarr
     return np.stack([acc, prec, rec, spec, f1, bal, auc, brier], axis=1)
 
 
+def resampled_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Every CI_METRICS entry on each resample: ``samples`` is an (B, n) array of image indices (e.g. from
+    :func:`patient_resamples`), so two runs scored on the same ``samples`` are paired. Returns metric -> (B,) array."""
+    values = _fast_metrics(np.asarray(y)[samples], np.asarray(prob, dtype=float)[samples], np.asarray(pred)[samples])
+    return {m: values[:, i] for i, m in enumerate(CI_METRICS)}
+
+
+def patient_resamples(groups: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) image indices drawn by whole patients (see :func:`bootstrap_ci`)."""
+    return _patient_resamples(np.asarray(groups), n_boot, seed)
+
+
 def bootstrap_ci(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
                  seed: int = 0, ci: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile CIs for CI_METRICS by resampling ``groups`` (patients) with replacement.

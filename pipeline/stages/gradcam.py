@@ -63,9 +63,7 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
         raise PipelineError(f"no trained runs in {exp_dir}; run `train` first")
     frame = load_split_frame(exp_dir, fold)
     part = frame[frame["split"] == cfg.split].sort_values("image_id")
-    if cfg.max_images and len(part) > cfg.max_images:
-        part = part.sample(cfg.max_images, random_state=0).sort_values("image_id")
-    image_ids = part["image_id"].tolist()
+    image_ids = select_images(part["image_id"].tolist(), load_predictions(exp_dir), cfg.split, cfg.max_images)
     jobs = [(str(exp_dir), method, run_id, image_ids, cfg, fold) for method in cfg.methods for run_id in runs]
     keys = [explain_key(*job) for job in jobs]  # validates every run before any work starts
     stale = [job for job, key in zip(jobs, keys) if force or not _explained(catalog, job[1], job[2], key)]
@@ -87,6 +85,20 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
         stamp.record([catalog.gradcam_scores(method)])
         out.append(scores)
     return pd.concat(out, ignore_index=True)
+
+
+def select_images(image_ids: list[str], preds: pd.DataFrame, split: str, max_images: int = 0) -> list[str]:
+    """The images to explain: every image of ``split`` that any run or ensemble misclassifies (never capped: each error
+    must be explainable from its card), then correct images up to ``max_images`` in all (0: every image), drawn with a
+    fixed seed. Sorted by id, the same list for every run so that the maps of one image can be compared."""
+    part = preds[(preds["split"] == split) & preds["image_id"].isin(image_ids)]
+    errors = set(part.loc[part["pred"] != part["label"], "image_id"].astype(str))
+    chosen = [i for i in image_ids if i in errors]
+    rest = [i for i in image_ids if i not in errors]
+    room = len(rest) if not max_images else max(0, max_images - len(chosen))
+    if room < len(rest):
+        rest = pd.Series(rest).sample(room, random_state=0).tolist()
+    return sorted(chosen + rest)
 
 
 def _explain_run_job(job: tuple) -> pd.DataFrame:
