@@ -6,6 +6,8 @@ of train, val and test, written by ``train``):
 * per run and split, the **same-patient neighbour rate**: the share of val/test images whose nearest training
   image is of the same patient (``neighbour_summary.parquet``; ``evaluate`` joins it into ``metrics.parquet``).
   Under the study's image-level split it measures the patient leak directly; under a patient split it is 0;
+* how each run was searched: exact (blocked product + running top-k), or a FAISS IVF index above
+  ``[neighbours] approximate_above`` training images, with its recall@k against exact search on a sample of queries;
 * 2-D maps of every image (PCA, and t-SNE when ``[neighbours] tsne``), seeded from the experiment's seed
   (``embedding.parquet``).
 
@@ -30,7 +32,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.neighbours import neighbour_table
 from pipeline.core.projection import project_2d
 
-NEIGHBOURS_VERSION = 1
+NEIGHBOURS_VERSION = 2  # 2: the summary says how it searched (exact / ivf) and its recall
 
 
 def runs_with_features(catalog: Catalog) -> list[str]:
@@ -73,7 +75,8 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
     runs = runs_with_features(catalog)
     if not runs:
         raise PipelineError(f"no run in {exp_dir} has features.npz; run `python -m pipeline train {exp_dir} --model MODEL` first")
-    stamp = Stamp(catalog, "neighbours", {"version": NEIGHBOURS_VERSION, "k": cfg.k, "tsne": cfg.tsne, "seed": seed, "fold": fold},
+    stamp = Stamp(catalog, "neighbours", {"version": NEIGHBOURS_VERSION, "k": cfg.k, "tsne": cfg.tsne, "seed": seed, "fold": fold,
+                                          "approximate_above": cfg.approximate_above},
                   inputs=[catalog.manifest, catalog.split] + [catalog.run(r).features for r in runs])
     outputs = [catalog.neighbours, catalog.neighbour_summary, catalog.embedding]
     if not force and stamp.is_current():
@@ -88,7 +91,7 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
                             "(or `run --force train`) to write them")
     tables, summaries, maps = [], [], []
     for run_id in runs:
-        rows, summary = neighbour_table(run_id, frame, features[run_id], cfg.k)
+        rows, summary = neighbour_table(run_id, frame, features[run_id], cfg.k, cfg.approximate_above, seed)
         tables.append(rows)
         summaries.append(summary)
         for method in ("pca", "tsne") if cfg.tsne else ("pca",):
