@@ -94,7 +94,6 @@ def plant_runs(exp: Path, feature_runs: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     catalog = Catalog(exp)
     frame = load_split_frame(exp, 0)
-    patients = pd.factorize(frame["patient_id"])[0]
     y = frame["label"].to_numpy()
     evals = frame["split"].isin(["val", "test"]).to_numpy()
     for i, run in enumerate([*WIDTHS, TWIN]):
@@ -110,15 +109,21 @@ def plant_runs(exp: Path, feature_runs: int, seed: int = 0) -> None:
         write_parquet(pd.DataFrame({"epoch": [1, 2], "loss": [0.6, 0.5], "accuracy": [0.7, 0.8], "val_loss": [0.6, 0.55],
                                     "val_accuracy": [0.7, 0.75]}), files.history)
         write_json({"run_id": run, "best_epoch": 2, "best_val_accuracy": 0.75, "status": "complete"}, files.info)
-        if i >= feature_runs:
-            continue
-        centres = rng.standard_normal((patients.max() + 1, width), dtype=np.float32)
-        feats = centres[patients]
-        feats += 1.5 * rng.standard_normal(feats.shape, dtype=np.float32)
-        with open(files.features, "wb") as fh:
-            np.savez(fh, image_id=frame["image_id"].to_numpy().astype(str), split=frame["split"].to_numpy().astype(str),
-                     features=feats.astype(np.float16))
-        del feats
+        if i < feature_runs:
+            plant_features(files.features, frame, width, rng)
+
+
+def plant_features(path: Path, frame, width: int, rng: np.random.Generator) -> None:
+    """features.npz of every image of ``frame``: each patient a cluster (so the same-patient rate has an answer)."""
+    import pandas as pd
+
+    patients = pd.factorize(frame["patient_id"])[0]
+    centres = rng.standard_normal((patients.max() + 1, width), dtype=np.float32)
+    feats = centres[patients]
+    feats += 1.5 * rng.standard_normal(feats.shape, dtype=np.float32)
+    with open(path, "wb") as fh:
+        np.savez(fh, image_id=frame["image_id"].to_numpy().astype(str), split=frame["split"].to_numpy().astype(str),
+                 features=feats.astype(np.float16))
 
 
 # -- child processes ----------------------------------------------------------------------------------------------
@@ -161,6 +166,30 @@ def child_stage(stage: str, exp: Path, data: Path, extra: list[str]) -> dict:
     return out
 
 
+def child_ivf(exp: Path) -> dict:
+    """The approximate index against exact search on the first planted run's features: time of each and recall@5."""
+    import pandas as pd
+
+    from pipeline.artifacts.catalog import Catalog
+    from pipeline.artifacts.experiment import load_split_frame
+    from pipeline.core.neighbours import approximate_neighbours, cosine_neighbours
+
+    frame = load_split_frame(exp, 0)
+    with np.load(Catalog(exp).run(next(iter(WIDTHS))).features) as data:
+        pos = pd.Index(data["image_id"].astype(str)).get_indexer(frame["image_id"].astype(str))
+        feats = data["features"][pos]
+    train = frame["split"].to_numpy() == "train"
+    t = time.perf_counter()
+    exact, _ = cosine_neighbours(feats[~train], feats[train], 5)
+    exact_s = time.perf_counter() - t
+    t = time.perf_counter()
+    approx, _, sampled_recall = approximate_neighbours(feats[~train], feats[train], 5)
+    ivf_s = time.perf_counter() - t
+    recall = float(np.mean([len(np.intersect1d(a, b)) / 5 for a, b in zip(approx, exact)]))
+    return {"exact_s": exact_s, "ivf_s": ivf_s, "recall_at_5": recall, "sampled_recall_at_5": sampled_recall,
+            "peak_mb": peak_rss_mb()}
+
+
 def child_pages(artifacts: Path, experiment: str) -> dict:
     """First render (switching to the page) and a rerun of every page, in ms, under AppTest."""
     os.environ["HISTOCOMPARE_ARTIFACTS"], os.environ["HISTOCOMPARE_EXPERIMENT"] = str(artifacts), experiment
@@ -194,7 +223,7 @@ def _child(args: list[str]) -> dict:
 
 
 # -- driver ------------------------------------------------------------------------------------------------------
-def measure(work: Path, factor: int, feature_runs: int) -> dict:
+def measure(work: Path, factor: int, feature_runs: int, keep_features: bool = False) -> dict:
     base = work / f"x{factor}"
     shutil.rmtree(base, ignore_errors=True)
     data, artifacts = base / "data", base / "artifacts"
@@ -211,11 +240,15 @@ def measure(work: Path, factor: int, feature_runs: int) -> dict:
         result["stages"][stage] = _child(["stage", stage, str(exp), str(data), *extra])
         print(f"x{factor}: {stage} {result['stages'][stage]['seconds']:.1f} s, "
               f"{result['stages'][stage]['peak_mb']:.0f} MB", flush=True)
+        if stage == "neighbours":
+            result["ivf"] = _child(["ivf", str(exp)])
+            print(f"x{factor}: ivf {json.dumps(result['ivf'])}", flush=True)
     result["pages"] = _child(["pages", str(artifacts), exp.name])
     print(f"x{factor}: pages {json.dumps({p: round(v['first_ms']) for p, v in result['pages'].items() if p in PAGES})}",
           flush=True)
     for run in [*WIDTHS, TWIN]:  # features are most of the disk; keep the rest for a look at the dashboard
-        (exp / "runs" / run / "features.npz").unlink(missing_ok=True)
+        if not keep_features:
+            (exp / "runs" / run / "features.npz").unlink(missing_ok=True)
     return result
 
 
@@ -240,6 +273,12 @@ def render(results: list[dict]) -> str:
     ex = [f"{exponent(per_run[i], per_run[i + 1], results[i]['factor'], results[i + 1]['factor']):.2f}"
           for i in range(len(results) - 1)]
     lines.append(f"| exact search per run vs float32 product | {' | '.join(cells)} | {' | '.join(ex)} |")
+    if all("ivf" in r for r in results):
+        cells = [f"IVF {r['ivf']['ivf_s']:.1f} s vs exact {r['ivf']['exact_s']:.1f} s, recall@5 {r['ivf']['recall_at_5']:.3f}"
+                 for r in results]
+        ex = [f"{exponent(a['ivf']['ivf_s'], b['ivf']['ivf_s'], a['factor'], b['factor']):.2f}"
+              for a, b in zip(results, results[1:])]
+        lines.append(f"| approximate index (FAISS IVF), one run | {' | '.join(cells)} | {' | '.join(ex)} |")
     for page in PAGES:
         for key, what in (("first_ms", "first render"), ("rerun_ms", "rerun")):
             cells = [f"{r['pages'][page][key]:.0f} ms" + (" (exception)" if r["pages"][page]["errors"] else "") for r in results]
@@ -253,7 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         kind, *rest = argv[1:]
-        out = child_stage(rest[0], Path(rest[1]), Path(rest[2]), rest[3:]) if kind == "stage" else child_pages(Path(rest[0]), rest[1])
+        if kind == "stage":
+            out = child_stage(rest[0], Path(rest[1]), Path(rest[2]), rest[3:])
+        elif kind == "ivf":
+            out = child_ivf(Path(rest[0]))
+        else:
+            out = child_pages(Path(rest[0]), rest[1])
         print(json.dumps(out))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -263,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                         "v1_b0 at 1,280 and v1_b1 at 1,280 wide)")
     parser.add_argument("--pages-only", action="store_true",
                         help="re-time only the pages on the experiments and stage results of the last run in --work")
+    parser.add_argument("--ivf-only", action="store_true",
+                        help="with --pages-only: also time the IVF index against exact search (re-plants one run's features)")
+    parser.add_argument("--keep-features", action="store_true", help="keep the planted features.npz (disk: ~0.4 GB per run at 10x)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     work = Path(args.work)
@@ -271,9 +318,19 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads((work / "scale.json").read_text())
         for r in results:
             artifacts = work / f"x{r['factor']}" / "artifacts"
+            exp = artifacts / f"scale{r['factor']}"
+            if args.ivf_only:
+                from pipeline.artifacts.catalog import Catalog
+                from pipeline.artifacts.experiment import load_split_frame
+
+                features = Catalog(exp).run(next(iter(WIDTHS))).features
+                plant_features(features, load_split_frame(exp, 0), WIDTHS[next(iter(WIDTHS))], np.random.default_rng(0))
+                r["ivf"] = _child(["ivf", str(exp)])
+                features.unlink()
+                print(f"x{r['factor']}: ivf {json.dumps(r['ivf'])}", flush=True)
             r["pages"] = _child(["pages", str(artifacts), f"scale{r['factor']}"])
     else:
-        results = [measure(work, f, args.feature_runs) for f in sorted(args.sizes)]
+        results = [measure(work, f, args.feature_runs, args.keep_features) for f in sorted(args.sizes)]
     table = render(results)
     (work / "scale.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nScale benchmark, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")

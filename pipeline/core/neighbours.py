@@ -101,6 +101,7 @@ def approximate_neighbours(query: np.ndarray, reference: np.ndarray, k: int = 5,
     quantizer = faiss.IndexFlatIP(r.shape[1])
     index = faiss.IndexIVFFlat(quantizer, r.shape[1], n_cells, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = int(seed)
+    index.cp.niter = 10  # k-means iterations (FAISS default 25): the cells only need to be good enough for nprobe to cover
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(r), size=min(len(r), 64 * n_cells), replace=False))
     index.train(r[sample])
