@@ -73,3 +73,14 @@ def test_neighbour_table_switches_to_the_index_above_the_threshold():
     _, approx = neighbour_table("r", frame, feats, k=3, approximate_above=100)
     assert exact["search"].tolist() == ["exact"] and exact["recall_at_k"].tolist() == [1.0]
     assert approx["search"].tolist() == ["ivf"] and 0 < approx["recall_at_k"].iloc[0] <= 1
+
+
+@pytest.mark.parametrize("n_ref", [5_545, 6_400])  # a short last chunk, and none
+def test_exact_top_k_without_ties_takes_the_dense_path_and_equals_brute_force(n_ref):
+    rng = np.random.default_rng(n_ref)
+    ref = rng.normal(size=(n_ref, 24)).astype(np.float32)
+    query = rng.normal(size=(300, 24)).astype(np.float32)
+    idx, sim = cosine_neighbours(query, ref, k=5, chunk=128)
+    want_idx, want_sim = brute_force(query, ref, 5)
+    assert np.array_equal(idx, want_idx) and np.allclose(sim, want_sim, atol=1e-6)
+    assert (idx >= 0).all() and (idx < n_ref).all() and np.isfinite(sim).all()

@@ -63,7 +63,8 @@ def _top_k(s: np.ndarray, k: int, width: int = CHUNK_WIDTH) -> tuple[np.ndarray,
     largest value (k chunks each hold a value >= τ), so every value of the top k, and every value tied with the k-th,
     lies in a chunk whose maximum is >= τ. Only those chunks are gathered and sorted: exact, ties included."""
     n, m = s.shape
-    if m < 4 * k * width:
+    width = min(width, m // (16 * k))  # fewer candidates per row when rows are short: sorting them dominates there
+    if width < 2:
         width = 1
     full = m // width
     maxima = s[:, : full * width].reshape(n, full, width).max(axis=2)
@@ -71,7 +72,15 @@ def _top_k(s: np.ndarray, k: int, width: int = CHUNK_WIDTH) -> tuple[np.ndarray,
         maxima = np.concatenate([maxima, s[:, full * width :].max(axis=1, keepdims=True)], axis=1)
     n_chunks = maxima.shape[1]
     tau = np.partition(maxima, n_chunks - k, axis=1)[:, n_chunks - k]
-    rows, chunks = np.nonzero(maxima >= tau[:, None])
+    hit = maxima >= tau[:, None]
+    if (hit.sum(axis=1) == k).all():  # the usual case: exactly k chunks per row, one dense sort
+        chunks = np.nonzero(hit)[1].reshape(n, k)
+        cols = (chunks[:, :, None] * width + np.arange(width)).reshape(n, k * width)  # ascending within each row
+        vals = np.take_along_axis(s, np.minimum(cols, m - 1), axis=1)
+        vals[cols >= m] = -np.inf  # past the last column (a short last chunk): never among a row's k, which has k valid
+        order = np.argsort(-vals, axis=1, kind="stable")[:, :k]  # stable: a tie goes to the lower column
+        return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    rows, chunks = np.nonzero(hit)
     cols = (chunks[:, None] * width + np.arange(width)).ravel()
     rows = np.repeat(rows, width)
     keep = cols < m
