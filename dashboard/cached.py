@@ -5,12 +5,13 @@ every rerun (the image browser, the confusion and stain pages) or rebuilt an 80,
 map) took seconds per click. Every cache here is keyed by the files' fingerprints (path, mtime, size), so a
 rewritten artifact is read afresh; nothing reaches outside the experiment's own files.
 
-``RowIndex`` is shared, not copied (``st.cache_resource``): callers read it and take copies of the rows they change.
+``RowIndex`` is shared, not copied (``st.cache_resource``): callers read its frames and copy the rows they change
+(pandas' copy-on-write keeps a derived frame's edits out of the shared one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,14 @@ class RowIndex:
 
     frame: pd.DataFrame
     positions: dict
+    parts: dict = field(default_factory=dict)  # (run_id, split) -> its rows, taken once (``take`` costs ~0.1 s at 10x)
 
     def rows(self, run_id: str, split: str) -> pd.DataFrame | None:
-        pos = self.positions.get((run_id, split))
-        return None if pos is None else self.frame.take(pos)
+        key = (run_id, split)
+        if key not in self.parts:
+            pos = self.positions.get(key)
+            self.parts[key] = None if pos is None else self.frame.take(pos).reset_index(drop=True)
+        return self.parts[key]
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
