@@ -9,7 +9,7 @@ EXPERIMENT ?= demo
 PORT ?= 8501
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo pipeline dashboard screenshots test bench bench-quick bench-baselines gpu-check lint browser clean
+.PHONY: install demo pipeline dashboard screenshots test bench bench-quick bench-scale bench-baselines gpu-check lint browser clean
 
 # The pinned set first (the tested versions), then this checkout as an editable package: the `histocompare` command.
 $(STAMP): requirements.txt pyproject.toml
@@ -59,6 +59,11 @@ bench: install
 bench-quick: install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/$(BENCH_EXTRA) $(PY) -m tools.bench --quick
 
+## Growth with the data: planted BreakHis-shaped experiments at 1x and 10x (SCALE_SIZES="1 10 40" adds 40x), no training.
+SCALE_SIZES ?= 1 10
+bench-scale: install
+	$(PY) tools/bench_scale.py --sizes $(SCALE_SIZES)
+
 ## On a GPU machine: the paper recipe for V1-B0 and V2-B0, float32 vs mixed precision vs mixed + XLA (says so without a GPU).
 gpu-check: install
 	$(PY) -m tools.gpu_check
@@ -67,4 +72,4 @@ lint: install
 	$(VENV)/bin/ruff check pipeline dashboard pages tests tools histocompare docs
 
 clean:
-	rm -rf artifacts/demo artifacts/demo_image_level artifacts/sample artifacts/bench data/demo
+	rm -rf artifacts/demo artifacts/demo_image_level artifacts/sample artifacts/bench artifacts/bench-scale data/demo

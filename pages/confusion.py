@@ -5,7 +5,7 @@ cell are in the URL."""
 import pandas as pd
 import streamlit as st
 
-from dashboard import compare, image_card, nav, state, ui
+from dashboard import cached, compare, image_card, nav, state, ui
 from dashboard.runs import best_runs, page_runs
 from pipeline.artifacts.catalog import parse_run_id
 from pipeline.core.metrics import confusion_counts
@@ -32,14 +32,13 @@ with f4:
     st.write("")
     normalize = state.toggle("Row-normalized", key="cm_norm", param="norm")
 
-test = preds[preds["split"] == exp.eval_splits[0]]
-accuracy = test.assign(ok=test["pred"] == test["label"]).groupby("run_id")["ok"].mean().rename("accuracy").reset_index()
+accuracy = cached.accuracy_by_run(exp, preds, exp.eval_splits[0])
 singles = [r for r in runs.singles() if parse_run_id(r).stain == "none"] or runs.ids
 best_single = (best_runs(accuracy, singles) or runs.ids)[0]
 best_ensemble = (best_runs(accuracy, runs.ensembles()) or [r for r in runs.ids if r != best_single] or runs.ids)[0]
 a, b = compare.ab_pickers(runs, key="cm", default_a=best_single, default_b=best_ensemble, on_change=close_cell)
 
-view = preds[(preds["split"] == split) & preds["run_id"].isin([a, b])]
+view = cached.pair_rows(exp, preds, a, b, split)  # from a (run, split) index, not a scan of every row
 if mags:
     view = view[view["magnification"].isin(mags)]
 if subtypes:
@@ -107,8 +106,7 @@ with st.container(key="cm_cell"):
     shown = rows.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     other_rows = view[view["run_id"] == other].drop_duplicates("image_id").set_index("image_id")
     members = sorted(set(runs.members_of(run)) | set(runs.members_of(other)))
-    member_probs = preds[(preds["split"] == split) & preds["run_id"].isin(members)].pivot_table(
-        index="image_id", columns="run_id", values="prob_malignant", aggfunc="first")
+    member_probs = cached.member_probs(exp, preds, split, members)
     maps = image_card.run_maps(exp, "gradcam", runs.members_of(run))
     image_card.maps_notice(exp, "gradcam", runs.members_of(run), maps, runs)
     grid = st.columns(4)

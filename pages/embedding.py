@@ -1,19 +1,21 @@
 """Embedding map: each run's feature space in 2-D (t-SNE or PCA, precomputed by `python -m pipeline neighbours`), train,
 val and test images coloured by class, patient, magnification, split or correctness. Under an image-level split the
 patients form islands that straddle train and test: the leak, seen. Selecting points (box or lasso) lists their
-thumbnails; a link opens those patients in the image browser. WebGL scatter (Scattergl), so the full database's
-7,909 points stay responsive. The view (run, map, colour, patients) is in the URL."""
+thumbnails (every image inside the box or lasso, drawn or not); a link opens those patients in the image browser.
+WebGL scatter (Scattergl); above 20,000 points a seeded sample is drawn (all on request), and the figure is built
+once per run, map and colouring. The view (run, map, colour, patients) is in the URL."""
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import nav, state, ui
+from dashboard import cached, nav, state, ui
 from dashboard.data import image_for
 from dashboard.runs import identify
 from dashboard.text import plain
 from pipeline.artifacts.catalog import is_run_id
+from pipeline.core.sampling import in_box, in_polygon
 
 NEAREST = "nearest training image"
 COLOURS = ["class", "patient", "magnification", "split", "correctness", NEAREST]
@@ -21,6 +23,7 @@ SAME, OTHER = "same patient (the leak)", "another patient"
 MAP_NAMES = {"tsne": "t-SNE", "pca": "PCA"}
 LEGEND_LIMIT = 12  # more categories than this (patients): one trace, colours cycled, the category in the hover
 MAX_THUMBS = 24
+POINT_BUDGET = 20_000  # above this many points the map draws a seeded sample unless asked for all (issue 26)
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
            "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"]
 FIXED = {"benign": "#2ca02c", "malignant": "#d62728", "right": "#2ca02c", "wrong": "#d62728", "train": "#9e9e9e",
@@ -50,18 +53,10 @@ colour = state.selectbox("Colour by", COLOURS, key="em_colour", param="colour", 
                          help="'nearest training image': whether the image's nearest training image in this model's feature "
                               "space is of the same patient (red: the model may recognise the patient, not the disease)")
 
-points = emb[(emb["run_id"] == run) & (emb["method"] == method)][["image_id", "split", "x", "y"]]
-meta = manifest[["image_id", "label", "patient_id", "magnification", "subtype"]]
-points = points.merge(meta, on="image_id", how="left")
-pred = (preds[preds["run_id"] == run].drop_duplicates("image_id").set_index("image_id")["pred"] if preds is not None
-        else pd.Series(dtype=float))
-points["pred"] = points["image_id"].map(pred)
-points["class"] = points["label"].map({0: "benign", 1: "malignant"}).fillna("unknown")
-points["patient"] = points["patient_id"].astype(object).where(points["patient_id"].notna(), "unknown").astype(str)  # not in the manifest
-points["magnification"] = [f"{m}X" if pd.notna(m) else "unknown" for m in points["magnification"]]
-points["correctness"] = np.where(points["split"] == "train", "train (not predicted)",
-                                 np.where(points["pred"].isna(), "no prediction",
-                                          np.where(points["pred"] == points["label"], "right", "wrong")))
+points = cached.embedding_points(str(exp.catalog.embedding), cached.fingerprint(exp.catalog.embedding),
+                                 str(exp.catalog.manifest), cached.fingerprint(exp.catalog.manifest),
+                                 str(exp.catalog.predictions), cached.fingerprint(exp.catalog.predictions), run, method)
+points = points.copy()
 neighbours = exp.neighbours()
 nearest = pd.Series(dtype=object)
 if neighbours is not None and {"rank", "neighbour_patient", "patient_id"} <= set(neighbours.columns):
@@ -109,28 +104,51 @@ def figure(points: pd.DataFrame, colour: str) -> tuple[go.Figure, list[np.ndarra
     return fig, rows
 
 
-fig, trace_rows = figure(points, colour)
+@st.cache_resource(show_spinner=False, max_entries=16)
+def cached_figure(key: tuple, colour: str, drawn: tuple) -> tuple[go.Figure, list[np.ndarray]]:
+    """The figure of one (files, run, map, colouring, drawn rows): built once, not on every rerun (issue 26). Its rows
+    are numbered in the full ``points`` table."""
+    fig, rows = figure(points.iloc[list(drawn)].reset_index(drop=True), colour)
+    return fig, [np.asarray(drawn)[r] for r in rows]
+
+
+chosen_patients = state.multiselect("Or show the images of patients", sorted(points["patient"].unique()), key="em_patients",
+                                    param="patient")
+draw_all = len(points) > POINT_BUDGET and st.toggle(f"Draw all {len(points):,} points", key="em_all",
+                                                    help=f"Above {POINT_BUDGET:,} points the map draws a seeded sample (and "
+                                                         "every point of the chosen patients); a box or lasso still lists "
+                                                         "every image inside it")
+chosen_rows = np.flatnonzero(points["patient"].isin(chosen_patients).to_numpy())
+drawn = cached.shown_rows(len(points), len(points) if draw_all else POINT_BUDGET, keep=chosen_rows)
+files = tuple(cached.fingerprint(f) for f in (exp.catalog.embedding, exp.catalog.manifest, exp.catalog.predictions))
+fig, trace_rows = cached_figure((files, run, method, only_same), colour, tuple(drawn.tolist()))
 n_cat = points[colour].nunique()
 event = st.plotly_chart(fig, key="em_chart", on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch")
-st.caption(f"{len(points):,} images of {plain(names.get(run, run))} ({MAP_NAMES[method]}); circles train, diamonds val, "
-           "squares test"
+st.caption(f"{len(points):,} images of {plain(names.get(run, run))} ({MAP_NAMES[method]})"
+           + (f", {len(drawn):,} drawn (a seeded sample)" if len(drawn) < len(points) else "")
+           + "; circles train, diamonds val, squares test"
            + (f"; {n_cat} {colour} values, colours repeat (hover a point)" if n_cat > LEGEND_LIMIT else "")
            + ". Draw a box or lasso to list the images.")
 
-# -- selection: chart points, or whole patients ----------------------------------------------------------------
+# -- selection: chart points, every point inside a box or lasso, or whole patients --------------------------------
 selected_rows: list[int] = []
 for p in (event.selection.get("points", []) if event else []):
     curve, index = p.get("curve_number"), p.get("point_index")
     if curve is not None and index is not None and curve < len(trace_rows) and index < len(trace_rows[curve]):
         selected_rows.append(int(trace_rows[curve][index]))
+x_all, y_all = points["x"].to_numpy(), points["y"].to_numpy()
+for box in (event.selection.get("box", []) if event else []):
+    if len(box.get("x", [])) == 2 and len(box.get("y", [])) == 2:
+        selected_rows += in_box(x_all, y_all, box["x"], box["y"]).tolist()
+for lasso in (event.selection.get("lasso", []) if event else []):
+    if len(lasso.get("x", [])) >= 3 and len(lasso.get("x", [])) == len(lasso.get("y", [])):
+        selected_rows += in_polygon(x_all, y_all, lasso["x"], lasso["y"]).tolist()
 if "em_selection_seeded" not in st.session_state:  # first run of this view: the selection comes from the URL
     st.session_state["em_selection_seeded"] = True
     wanted = set(st.query_params.get_all("sel"))
     selected_rows = points.index[points["image_id"].astype(str).isin(wanted)].tolist() if wanted else selected_rows
 else:
     state.set_params(sel=sorted(points.loc[sorted(set(selected_rows)), "image_id"].astype(str)) or None)
-chosen_patients = state.multiselect("Or show the images of patients", sorted(points["patient"].unique()), key="em_patients",
-                                    param="patient")
 selected = points.iloc[sorted(set(selected_rows))]
 if chosen_patients:
     selected = pd.concat([selected, points[points["patient"].isin(chosen_patients)]]).drop_duplicates("image_id")
@@ -142,7 +160,8 @@ st.caption("Per patient: " + "; ".join(f"{plain(p)}: " + ", ".join(f"{int(n)} {s
                                         for p, row in counts.head(12).iterrows())
            + (f"; and {len(counts) - 12} more patients" if len(counts) > 12 else ""))
 evaluated = selected[selected["split"].isin(["val", "test"])]
-if not evaluated.empty and preds is not None and (preds["run_id"] == run).any():
+index = cached.row_index(exp)
+if not evaluated.empty and index is not None and any(r == run for r, _ in index.positions):
     split = evaluated["split"].mode().iloc[0]
     st.page_link(nav.page("images"), label="Open these patients in the image browser", icon=":material/image_search:",
                  query_params=state.link_params(exp.name, run=run, split=split, errors="0",

@@ -5,7 +5,7 @@ view (run, split, filters, sort, page, heatmap) is in the URL."""
 import numpy as np
 import streamlit as st
 
-from dashboard import image_card, neighbours_panel, state, ui
+from dashboard import cached, image_card, neighbours_panel, state, ui
 from dashboard.runs import page_runs, run_picker
 from pipeline.artifacts.catalog import GRADCAM_METHODS
 from pipeline.core.decision import certainty_from_members, certainty_from_score, refer_least_certain
@@ -28,8 +28,8 @@ def reset_filters() -> None:
     st.session_state["br_page"] = 1
 
 
-test = preds[preds["split"] == exp.eval_splits[0]]
-errors = test.assign(wrong=test["pred"] != test["label"]).groupby("run_id")["wrong"].sum()
+errors = cached.errors_by_run(exp, preds, exp.eval_splits[0])
+errors = errors[errors.index.isin(runs.ids)]
 default_run = errors.idxmax() if len(errors) else runs.ids[0]
 top = st.columns([3, 1, 1, 2])
 run = run_picker("Run or ensemble", runs, key="br_run", param="run", default=default_run, where=top[0], on_change=reset_filters)
@@ -39,7 +39,7 @@ with top[2]:
     only_errors = state.toggle("Errors only", key="br_errors", param="errors", default=True)
 sort = state.selectbox("Sort", SORTS, key="br_sort", param="sort", where=top[3])
 
-rows = preds[(preds["run_id"] == run) & (preds["split"] == split)].copy()
+rows = cached.run_rows(exp, preds, run, split).copy()  # from a (run, split) index, not a scan of every row
 names = {0: "benign", 1: "malignant"}
 with st.sidebar:
     st.header("Filters")
@@ -72,8 +72,7 @@ with st.sidebar:
 def certainty(rows, members: list[str]) -> np.ndarray:
     """Member agreement when every member's prediction of these images is present, else distance from 0.5."""
     if len(members) > 1:
-        part = preds[(preds["split"] == split) & preds["run_id"].isin(members)]
-        table = part.drop_duplicates(["run_id", "image_id"]).pivot(index="image_id", columns="run_id", values="prob_malignant")
+        table = cached.member_probs(exp, preds, split, members)
         if set(members) <= set(table.columns) and set(rows["image_id"]) <= set(table.index):
             probs = table.loc[rows["image_id"].to_numpy(), members].to_numpy(dtype=float).T
             if not np.isnan(probs).any():
@@ -137,8 +136,7 @@ if rows.empty:
     st.stop()
 page = ui.pager(len(rows), PAGE_SIZE, key="br_page", param="page")
 shown = rows.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-member_probs = preds[(preds["split"] == split) & preds["run_id"].isin(members)].pivot_table(
-    index="image_id", columns="run_id", values="prob_malignant", aggfunc="first")
+member_probs = cached.member_probs(exp, preds, split, members)
 neighbours = exp.neighbours()
 if neighbours_panel.space_for(neighbours, members) is None and not exp.is_corrupt(exp.catalog.neighbours):
     st.caption(f"Nearest training images of each card: compute them with `{exp.command('neighbours')}`.")

@@ -4,7 +4,7 @@ normalized, with which run was right."""
 
 import streamlit as st
 
-from dashboard import compare, state, ui
+from dashboard import cached, compare, state, ui
 from dashboard.data import image_for
 from dashboard.runs import page_runs
 from dashboard.text import code, plain
@@ -24,7 +24,7 @@ stained = state.selectbox("Stain-normalized run (B) against its unstained twin (
                           where=c1, format_func=lambda r: f"{runs.label(r)} vs {runs.label(pairs[r])}")
 split = state.radio("Split", exp.eval_splits, key="st_split", param="split", where=c2, horizontal=True)
 base, method = pairs[stained], parse_run_id(stained).stain
-frame = compare.paired_frame(preds, base, stained, split)
+frame = compare.paired_frame(cached.pair_rows(exp, preds, base, stained, split), base, stained, split)
 compare.summary(frame, runs, base, stained, split, what="stain normalization (B)")
 st.caption("The study reported 0.9882 unnormalized vs 0.9679 Vahadane-normalized accuracy (V1-B0, image-level split).")
 

@@ -21,13 +21,13 @@ def project_2d(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 
     if method not in METHODS:
         raise PipelineError(f"unknown projection {method!r} (choose one of {', '.join(METHODS)})")
-    x = np.asarray(features, dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = np.array(features, dtype=np.float32)  # our own copy: normalised and centred in place (one n x d float32 array)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     n = len(x)
     if n < 3:
         raise PipelineError(f"a 2-D map needs at least 3 images, got {n}")
     if method == "pca":
-        return PCA(n_components=2, random_state=seed).fit_transform(x).astype(np.float32)
+        return PCA(n_components=2, random_state=seed, copy=False).fit_transform(x).astype(np.float32)
     from sklearn.manifold import TSNE
 
     from threadpoolctl import threadpool_limits

@@ -14,6 +14,7 @@ instead of silently serving the old pixels.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,26 +82,47 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
 
     ds = tf.data.Dataset.from_tensor_slices(paths).map(_load, num_parallel_calls=tf.data.AUTOTUNE).batch(64)
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    i = 0
     start = time.perf_counter()
-    try:
-        for batch in progress(ds, desc=f"decode {size}px ({stain})", total=-(-len(paths) // 64), unit="batch"):
-            out[i : i + len(batch)] = batch.numpy()
-            i += len(batch)
-    except tf.errors.InvalidArgumentError as exc:  # a file changed since `index` checked it
-        bad = _first_undecodable(paths[i : i + 64])
-        raise PipelineError(f"{bad or 'an image under ' + str(root)} no longer decodes as a PNG "
-                            f"({str(exc.message).splitlines()[0]}); re-run `index` to reject it") from None
-    if not write_cache:
-        return out
+    if not write_cache:  # a non-chief worker: the same streamed write, into a private temporary file
+        scratch = tempfile.NamedTemporaryFile(prefix="histocompare-decode-", suffix=".npy", delete=False)
+        scratch.close()
+        try:
+            _decode_into(Path(scratch.name), ds, len(paths), size, paths, root, stain)
+            return np.load(scratch.name, mmap_mode="r")  # the mapping keeps the data after the name is gone
+        finally:
+            Path(scratch.name).unlink(missing_ok=True)
     with atomic_path(target, ".npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, out)
+        _decode_into(tmp, ds, len(paths), size, paths, root, stain)
     with atomic_path(target.with_suffix(".json"), ".json") as tmp:
         tmp.write_text(json.dumps({"images": len(ids), "size": size, "resize": resize, "stain": stain,
                                    "seconds": round(time.perf_counter() - start, 2)}))
-    return out
+    return np.load(target, mmap_mode="r")
+
+
+def _decode_into(path: Path, ds, n: int, size: int, paths: list[str], root: Path, stain: str) -> None:
+    """Write the decoded batches of ``ds`` one after another into the ``.npy`` file at ``path``.
+
+    Why streamed: a split larger than memory must still be cacheable (issue 26). The header is written first, then
+    each batch is appended as it arrives, so at most a few batches (prefetch) are ever in memory. Plain writes rather
+    than a writable memory map (``open_memmap``): a map's dirty pages count in the process's resident memory until the
+    kernel writes them back, a write's pages are only page cache."""
+    import tensorflow as tf
+
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (n, size, size, 3)}
+    i = 0
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_2_0(fh, header)
+        try:
+            for batch in progress(ds, desc=f"decode {size}px ({stain})", total=-(-n // 64), unit="batch"):
+                fh.write(memoryview(np.ascontiguousarray(batch.numpy(), dtype=np.uint8)))
+                i += len(batch)
+        except tf.errors.InvalidArgumentError as exc:  # a file changed since `index` checked it
+            bad = _first_undecodable(paths[i : i + 64])
+            raise PipelineError(f"{bad or 'an image under ' + str(root)} no longer decodes as a PNG "
+                                f"({str(exc.message).splitlines()[0]}); re-run `index` to reject it") from None
+    if i != n:
+        raise PipelineError(f"decoded {i} of {n} images under {root}; re-run the stage")
 
 
 def _first_undecodable(paths: list[str]) -> str | None:
@@ -115,30 +137,53 @@ def _first_undecodable(paths: list[str]) -> str | None:
     return None
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 augment: list | None = None):
-    """tf.data over cached uint8 images: shuffle indices, ``tf.gather`` a batch, cast to float [0, 255].
+IN_MEMORY_BYTES = 2 * 1024**3  # above this, make_dataset reads batches from the cache's memory map instead of a tensor
 
+
+def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 augment: list | None = None, rows: np.ndarray | None = None, in_memory_bytes: int = IN_MEMORY_BYTES):
+    """tf.data over cached uint8 images: shuffle indices, gather a batch, cast to float [0, 255].
+
+    ``rows``: the positions in ``images`` (e.g. the training rows of a memory-mapped cache) that make up the dataset,
+    in order; ``labels`` (if any) has one entry per row. All of ``images`` by default.
     ``augment``: Keras augmentation layers applied to each training batch here, outside the model (used when
     the training step is XLA-compiled, which cannot hold them; see ``pipeline.ml.models.augmentation_layers``).
 
-    Pure TensorFlow ops: an earlier ``tf.numpy_function`` gather took the GIL once per batch and ran at
-    0.72x of in-memory tensors (`make bench`). The images stay uint8 (4x smaller than float) until the
+    Up to ``in_memory_bytes`` the rows are copied into one tensor and batches are ``tf.gather``-ed from it (pure
+    TensorFlow ops: an earlier ``tf.numpy_function`` gather took the GIL once per batch and ran at 0.72x of in-memory
+    tensors, `make bench`). Above it (a split larger than memory), each batch is read from the memory map in row
+    order, so only the batches in flight are in memory. The images stay uint8 (4x smaller than float) until the
     batch is cast, and shuffling indices rather than images keeps no second copy in a shuffle buffer.
     """
     import tensorflow as tf
 
-    images_t = tf.convert_to_tensor(np.asarray(images))
-    indices = tf.data.Dataset.range(len(images))
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    shape = tuple(images.shape[1:])
+    indices = tf.data.Dataset.range(len(rows))
     if shuffle:
-        indices = indices.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        indices = indices.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
     indices = indices.batch(batch_size)
+    if len(rows) * int(np.prod(shape)) * images.dtype.itemsize <= in_memory_bytes:
+        images_t = tf.convert_to_tensor(np.asarray(images[rows]))
+
+        def pixels(i):
+            return tf.cast(tf.gather(images_t, i), tf.float32)
+    else:
+        def read(i: np.ndarray) -> np.ndarray:
+            pos = rows[i]
+            order = np.argsort(pos, kind="stable")  # ascending offsets: sequential reads of the map
+            out = np.empty((len(pos),) + shape, dtype=images.dtype)
+            out[order] = images[pos[order]]
+            return out
+
+        def pixels(i):
+            x = tf.numpy_function(read, [i], tf.as_dtype(images.dtype), stateful=False)
+            x.set_shape((None,) + shape)
+            return tf.cast(x, tf.float32)
     if labels is None:
-        return indices.map(lambda i: tf.cast(tf.gather(images_t, i), tf.float32),
-                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return indices.map(pixels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     labels_t = tf.convert_to_tensor(np.asarray(labels, dtype=np.int32))
-    ds = indices.map(lambda i: (tf.cast(tf.gather(images_t, i), tf.float32), tf.gather(labels_t, i)),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+    ds = indices.map(lambda i: (pixels(i), tf.gather(labels_t, i)), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         def apply(x, y):
             for layer in augment:

@@ -6,6 +6,8 @@ of train, val and test, written by ``train``):
 * per run and split, the **same-patient neighbour rate**: the share of val/test images whose nearest training
   image is of the same patient (``neighbour_summary.parquet``; ``evaluate`` joins it into ``metrics.parquet``).
   Under the study's image-level split it measures the patient leak directly; under a patient split it is 0;
+* how each run was searched: exact (blocked product + running top-k), or a FAISS IVF index above
+  ``[neighbours] approximate_above`` training images, with its recall@k against exact search on a sample of queries;
 * 2-D maps of every image (PCA, and t-SNE when ``[neighbours] tsne``), seeded from the experiment's seed
   (``embedding.parquet``).
 
@@ -30,7 +32,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.neighbours import neighbour_table
 from pipeline.core.projection import project_2d
 
-NEIGHBOURS_VERSION = 1
+NEIGHBOURS_VERSION = 2  # 2: the summary says how it searched (exact / ivf) and its recall
 
 
 def runs_with_features(catalog: Catalog) -> list[str]:
@@ -38,20 +40,36 @@ def runs_with_features(catalog: Catalog) -> list[str]:
     return [r for r in catalog.run_ids_on_disk() if catalog.run(r).features.is_file()]
 
 
-def read_run_features(path: Path, frame: pd.DataFrame) -> np.ndarray | None:
+def _features_shape(data) -> tuple[int, ...]:
+    """The shape of the ``features`` array of an open ``.npz`` from its header, without reading the array."""
+    with data.zip.open("features.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(fh)
+    return shape
+
+
+def read_run_features(path: Path, frame: pd.DataFrame, load: bool = True) -> np.ndarray | None:
     """The features of ``frame``'s images (in its order) from one run's ``features.npz``; a clear error when the file
     is unreadable, None (with a one-line notice) when it lacks images: a run trained before ``train`` wrote the
-    training split's features, or for another split. Such a run is left out rather than stopping every other one."""
+    training split's features, or for another split. Such a run is left out rather than stopping every other one.
+
+    ``load=False`` checks the file (ids, and the features' shape from its header) without reading the features, and
+    returns an empty (0, d) array for a usable run: the stage validates every run first, then holds one run's
+    features at a time (eleven runs at ten times BreakHis are 2.4 GB of float16; issue 26)."""
     import zipfile
 
     try:
         with np.load(path, allow_pickle=False) as data:
-            ids, features = data["image_id"].astype(str), data["features"]
+            ids = data["image_id"].astype(str)
+            shape = _features_shape(data) if not load else None
+            features = data["features"] if load else np.empty((0,) + tuple(shape[1:]), dtype=np.float16)
+            shape = features.shape if load else shape
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise PipelineError(f"{path} is not a readable features file ({type(exc).__name__}); "
                             f"re-run `python -m pipeline train DIR --model {path.parent.name} --force`") from None
-    if features.ndim != 2 or len(features) != len(ids):
-        raise PipelineError(f"{path} holds {features.shape} features for {len(ids)} images; re-run train --force for it")
+    if len(shape) != 2 or shape[0] != len(ids):
+        raise PipelineError(f"{path} holds {shape} features for {len(ids)} images; re-run train --force for it")
     index = pd.Index(ids)
     pos = index.get_indexer(frame["image_id"].astype(str))
     missing = frame["split"].to_numpy()[pos < 0]
@@ -61,7 +79,7 @@ def read_run_features(path: Path, frame: pd.DataFrame) -> np.ndarray | None:
               f"older `train`, or for another split); re-run `python -m pipeline train DIR --model {path.parent.name} --force`",
               flush=True)
         return None
-    return features[pos]
+    return features[pos] if load else features
 
 
 def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig(), seed: int = 0, fold: int = 0,
@@ -73,7 +91,8 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
     runs = runs_with_features(catalog)
     if not runs:
         raise PipelineError(f"no run in {exp_dir} has features.npz; run `python -m pipeline train {exp_dir} --model MODEL` first")
-    stamp = Stamp(catalog, "neighbours", {"version": NEIGHBOURS_VERSION, "k": cfg.k, "tsne": cfg.tsne, "seed": seed, "fold": fold},
+    stamp = Stamp(catalog, "neighbours", {"version": NEIGHBOURS_VERSION, "k": cfg.k, "tsne": cfg.tsne, "seed": seed, "fold": fold,
+                                          "approximate_above": cfg.approximate_above},
                   inputs=[catalog.manifest, catalog.split] + [catalog.run(r).features for r in runs])
     outputs = [catalog.neighbours, catalog.neighbour_summary, catalog.embedding]
     if not force and stamp.is_current():
@@ -81,18 +100,19 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
         up_to_date("neighbours", f"{len(runs)} runs")
         return summary
     frame = load_split_frame(exp_dir, fold)[["image_id", "split", "label", "patient_id"]]
-    features = {r: read_run_features(catalog.run(r).features, frame) for r in runs}  # validate every run first
-    runs = [r for r in runs if features[r] is not None]
+    checked = {r: read_run_features(catalog.run(r).features, frame, load=False) for r in runs}  # validate every run first
+    runs = [r for r in runs if checked[r] is not None]
     if not runs:
         raise PipelineError(f"no run in {exp_dir} has features of its training images; re-run `train --force` "
                             "(or `run --force train`) to write them")
     tables, summaries, maps = [], [], []
-    for run_id in runs:
-        rows, summary = neighbour_table(run_id, frame, features[run_id], cfg.k)
+    for run_id in runs:  # one run's features in memory at a time
+        features = read_run_features(catalog.run(run_id).features, frame)
+        rows, summary = neighbour_table(run_id, frame, features, cfg.k, cfg.approximate_above, seed)
         tables.append(rows)
         summaries.append(summary)
         for method in ("pca", "tsne") if cfg.tsne else ("pca",):
-            xy = project_2d(features[run_id], method, seed)
+            xy = project_2d(features, method, seed)
             maps.append(pd.DataFrame({"run_id": run_id, "method": method, "image_id": frame["image_id"].to_numpy(),
                                       "split": frame["split"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]}))
     summary = pd.concat(summaries, ignore_index=True)

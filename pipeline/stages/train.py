@@ -141,14 +141,16 @@ def predict_with_features(model, images: np.ndarray, batch_size: int,
 
     With ``more`` arrays, every array goes through the same two-output model, so its predict graph is traced
     once per run (tracing an EfficientNet costs seconds on a CPU; a second model would trace it again), and a
-    list of (probs, features) comes back, one per array."""
+    list of (probs, features) comes back, one per array. An array may be given as ``(images, rows)``: those rows of
+    a (memory-mapped) cache, read batch by batch when they exceed memory (see ``make_dataset``)."""
     import keras
 
     both = keras.Model(model.input, [model.output, model.get_layer(FEATURE_LAYER).output])
     both.run_eagerly = bool(getattr(model, "run_eagerly", False))
     results = []
     for array in (images, *more):
-        probs, feats = both.predict(make_dataset(array, None, batch_size), verbose=0)
+        array, rows = array if isinstance(array, tuple) else (array, None)
+        probs, feats = both.predict(make_dataset(array, None, batch_size, rows=rows), verbose=0)
         results.append((probs[:, 1].astype(np.float32), feats.astype(np.float16)))
     return results if more else results[0]
 
@@ -326,13 +328,13 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     train_idx = np.flatnonzero(frame["split"].to_numpy() == "train")
     val_idx = np.flatnonzero(frame["split"].to_numpy() == "val")
     labels = frame["label"].to_numpy()
-    x_train, y_train = np.asarray(images[train_idx]), labels[train_idx]
+    y_train = labels[train_idx]
     # XLA cannot compile the augmentation layers (Keras would silently train without XLA): with jit_compile they
     # run in the input pipeline instead of inside the model.
     augment_in_data = cfg.augment and cfg.jit_compile
-    ds_train = make_dataset(x_train, y_train, cfg.batch_size, shuffle=True, seed=seed,
+    ds_train = make_dataset(images, y_train, cfg.batch_size, shuffle=True, seed=seed, rows=train_idx,
                             augment=augmentation_layers(seed) if augment_in_data else None)
-    ds_val = make_dataset(np.asarray(images[val_idx]), labels[val_idx], cfg.predict_batch_size)
+    ds_val = make_dataset(images, labels[val_idx], cfg.predict_batch_size, rows=val_idx)
 
     keras.utils.set_random_seed(seed)
     class_weight = None
@@ -373,7 +375,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             print(f"{run_id}: {how} (last resume point)", flush=True)
         if net is not None:
             net.run_eagerly = cfg.run_eagerly
-            all_callbacks = _epoch_callbacks(files, state, len(x_train), cfg.batch_size, total_epochs,
+            all_callbacks = _epoch_callbacks(files, state, len(train_idx), cfg.batch_size, total_epochs,
                                              cfg.checkpoint_seconds, chief, is_multiworker(strategy)) + list(callbacks or [])
             if cfg.early_stopping_patience:
                 all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
@@ -410,7 +412,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     eval_frame = frame[eval_mask].reset_index(drop=True)
     # Training images' features too: the neighbours stage searches them for each val/test image's nearest ones.
     (probs, feats), (_, train_feats) = predict_with_features(
-        best, np.asarray(images[np.flatnonzero(eval_mask)]), cfg.predict_batch_size, x_train)
+        best, (images, np.flatnonzero(eval_mask)), cfg.predict_batch_size, (images, train_idx))
     timings["predict_s"] = time.perf_counter() - t0  # val/test scores and every image's features
     with atomic_path(files.features, ".npz") as tmp:
         with open(tmp, "wb") as fh:
@@ -431,11 +433,11 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         "data_fingerprint": plan.fingerprint, "versions": library_versions(), "best_epoch": state["best_epoch"],
         "best_val_accuracy": state["best_val_accuracy"], "epochs_done": state["epochs_done"],
         "val_accuracy": accuracy.get("val"), "test_accuracy": accuracy.get("test"),
-        "train_images": int(len(x_train)), "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "train_images": int(len(train_idx)), "timings_s": {k: round(v, 2) for k, v in timings.items()},
         # the first epoch includes graph tracing: the rate is the mean of the others when there are any
         "train_images_per_s": round(float(rates.iloc[1:].mean() if len(rates) > 1 else rates.mean()), 2),
         # predict_s covers the val/test scores and the training images' features (one pass each, one model)
-        "predict_images_per_s": round((len(eval_frame) + len(x_train)) / max(timings["predict_s"], 1e-9), 2),
+        "predict_images_per_s": round((len(eval_frame) + len(train_idx)) / max(timings["predict_s"], 1e-9), 2),
         "model_file": "model.keras", "model_sha256": content_digest(files.model), "family": spec.family,
         "model": spec.name, "stain": stain, "image_size": size,
         "mixed_precision": keras.mixed_precision.global_policy().name == MIXED_POLICY, "replicas": replicas(strategy),

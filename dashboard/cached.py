@@ -1,0 +1,170 @@
+"""Tables the pages compute once per (artifact files, run, split, colouring) instead of on every rerun (issue 26).
+
+Why: at ten times BreakHis the predictions table holds about half a million rows, and pages that filtered it on
+every rerun (the image browser, the confusion and stain pages) or rebuilt an 80,000-point figure (the embedding
+map) took seconds per click. Every cache here is keyed by the files' fingerprints (path, mtime, size), so a
+rewritten artifact is read afresh; nothing reaches outside the experiment's own files.
+
+``RowIndex`` is shared, not copied (``st.cache_resource``): callers read its frames and copy the rows they change
+(pandas' copy-on-write keeps a derived frame's edits out of the shared one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pipeline.artifacts.io import read_parquet_file
+from pipeline.core.sampling import decimate
+
+
+def fingerprint(path: Path) -> tuple:
+    """(mtime, size) of ``path``, or () when it is missing: the cache key of a file."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return ()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@dataclass(frozen=True)
+class RowIndex:
+    """The predictions table and the positions of each (run_id, split)'s rows in it."""
+
+    frame: pd.DataFrame
+    positions: dict
+    parts: dict = field(default_factory=dict)  # (run_id, split) -> its rows, taken once (``take`` costs ~0.1 s at 10x)
+
+    def rows(self, run_id: str, split: str) -> pd.DataFrame | None:
+        key = (run_id, split)
+        if key not in self.parts:
+            pos = self.positions.get(key)
+            self.parts[key] = None if pos is None else self.frame.take(pos).reset_index(drop=True)
+        return self.parts[key]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _row_index(path: str, stamp: tuple) -> RowIndex:
+    frame = read_parquet_file(path)
+    return RowIndex(frame, {key: np.asarray(pos) for key, pos in frame.groupby(["run_id", "split"], sort=False).indices.items()})
+
+
+def row_index(exp) -> RowIndex | None:
+    """The experiment's predictions indexed by (run, split); None when the file is missing or unreadable (the page's
+    own reading reports that)."""
+    path = exp.catalog.predictions
+    stamp = fingerprint(path)
+    if not stamp:
+        return None
+    try:
+        return _row_index(str(path), stamp)
+    except Exception:  # noqa: BLE001 - a corrupt file is reported by Experiment.predictions(); filter instead
+        return None
+
+
+def run_rows(exp, preds: pd.DataFrame, run_id: str, split: str) -> pd.DataFrame:
+    """The rows of one run on one split: from the index when the run is in the predictions file, else (a built
+    ensemble, computed by the page) by filtering ``preds``."""
+    index = row_index(exp)
+    rows = index.rows(run_id, split) if index is not None else None
+    if rows is None:
+        rows = preds[(preds["run_id"] == run_id) & (preds["split"] == split)]
+    return rows
+
+
+def pair_rows(exp, preds: pd.DataFrame, a: str, b: str, split: str) -> pd.DataFrame:
+    """Both runs' rows on ``split`` (what ``compare.paired_frame`` and the confusion matrices read)."""
+    parts = [run_rows(exp, preds, r, split) for r in dict.fromkeys((a, b))]
+    return pd.concat(parts, ignore_index=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _member_probs(path: str, stamp: tuple, split: str, members: tuple[str, ...]) -> pd.DataFrame:
+    index = _row_index(path, stamp)
+    parts = [index.rows(m, split) for m in members]
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return pd.DataFrame()
+    both = pd.concat(parts, ignore_index=True)
+    return both.pivot_table(index="image_id", columns="run_id", values="prob_malignant", aggfunc="first")
+
+
+def member_probs(exp, preds: pd.DataFrame, split: str, members: list[str]) -> pd.DataFrame:
+    """image_id x member table of P(malignant) on ``split`` (the cards' member bars), cached per file and members."""
+    path = exp.catalog.predictions
+    index = row_index(exp)
+    if index is not None and all((m, split) in index.positions for m in members):
+        return _member_probs(str(path), fingerprint(path), split, tuple(members))
+    return preds[(preds["split"] == split) & preds["run_id"].isin(members)].pivot_table(
+        index="image_id", columns="run_id", values="prob_malignant", aggfunc="first")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _errors_by_run(path: str, stamp: tuple, split: str) -> pd.Series:
+    frame = _row_index(path, stamp).frame
+    part = frame[frame["split"] == split]
+    return (part["pred"] != part["label"]).groupby(part["run_id"]).sum()
+
+
+def errors_by_run(exp, preds: pd.DataFrame, split: str) -> pd.Series:
+    """Errors per run on ``split`` (the browser's default run), the file's runs cached, built ensembles added."""
+    path = exp.catalog.predictions
+    known = _errors_by_run(str(path), fingerprint(path), split) if row_index(exp) is not None else pd.Series(dtype=int)
+    extra = preds[~preds["run_id"].isin(known.index) & (preds["split"] == split)]
+    if len(extra):
+        known = pd.concat([known, (extra["pred"] != extra["label"]).groupby(extra["run_id"]).sum()])
+    return known
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _accuracy_by_run(path: str, stamp: tuple, split: str) -> pd.DataFrame:
+    frame = _row_index(path, stamp).frame
+    part = frame[frame["split"] == split]
+    return part.assign(ok=part["pred"] == part["label"]).groupby("run_id")["ok"].mean().rename("accuracy").reset_index()
+
+
+def accuracy_by_run(exp, preds: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Accuracy per run on ``split`` (run_id, accuracy): the file's runs cached, built ensembles computed."""
+    path = exp.catalog.predictions
+    known = _accuracy_by_run(str(path), fingerprint(path), split) if row_index(exp) is not None else pd.DataFrame(
+        columns=["run_id", "accuracy"])
+    extra = preds[~preds["run_id"].isin(known["run_id"]) & (preds["split"] == split)]
+    if len(extra):
+        more = extra.assign(ok=extra["pred"] == extra["label"]).groupby("run_id")["ok"].mean().rename("accuracy").reset_index()
+        known = pd.concat([known, more], ignore_index=True)
+    return known
+
+
+# -- the embedding map ------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=16)
+def embedding_points(emb_path: str, emb_stamp: tuple, manifest_path: str, manifest_stamp: tuple, preds_path: str,
+                     preds_stamp: tuple, run: str, method: str) -> pd.DataFrame:
+    """One run's 2-D map joined with the manifest and its predictions, with every colouring column."""
+    emb = read_parquet_file(emb_path)
+    points = emb[(emb["run_id"] == run) & (emb["method"] == method)][["image_id", "split", "x", "y"]]
+    manifest = read_parquet_file(manifest_path)
+    points = points.merge(manifest[["image_id", "label", "patient_id", "magnification", "subtype"]], on="image_id", how="left")
+    if preds_stamp:
+        index = _row_index(preds_path, preds_stamp)
+        parts = [p for p in (index.rows(run, s) for s in ("val", "test", "external")) if p is not None]
+        pred = (pd.concat(parts).drop_duplicates("image_id").set_index("image_id")["pred"] if parts
+                else pd.Series(dtype=float))
+    else:
+        pred = pd.Series(dtype=float)
+    points["pred"] = points["image_id"].map(pred)
+    points["class"] = points["label"].map({0: "benign", 1: "malignant"}).fillna("unknown")
+    points["patient"] = points["patient_id"].astype(object).where(points["patient_id"].notna(), "unknown").astype(str)
+    points["magnification"] = [f"{m}X" if pd.notna(m) else "unknown" for m in points["magnification"]]
+    points["correctness"] = np.where(points["split"] == "train", "train (not predicted)",
+                                     np.where(points["pred"].isna(), "no prediction",
+                                              np.where(points["pred"] == points["label"], "right", "wrong")))
+    return points.reset_index(drop=True)
+
+
+def shown_rows(n: int, budget: int, keep: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """The rows the map draws: all up to ``budget``, else a seeded sample (see ``pipeline.core.sampling.decimate``)."""
+    return decimate(n, budget, keep=keep, seed=seed)
