@@ -23,7 +23,7 @@ from pipeline.config import EnsembleConfig
 from pipeline.core.ensemble import combine, fit_weights, subset_search
 from pipeline.core.errors import PipelineError
 
-ENSEMBLE_VERSION = 2  # 2: exact weights and the stacking meta-models are saved (``predict`` re-applies them)
+ENSEMBLE_VERSION = 3  # 2: exact weights and stacking meta-models saved (``predict`` re-applies them); 3: inner hold-out by patient
 
 
 def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), seed: int = 0, force: bool = False) -> pd.DataFrame:
@@ -120,6 +120,14 @@ def _member_features(catalog: Catalog, members: list[str], val_meta: pd.DataFram
     return out
 
 
+def _patients(meta: pd.DataFrame) -> np.ndarray | None:
+    """Each image's patient (the strict numeric id, else the folder id), or None when the rows carry none."""
+    for col in ("patient_num", "patient_id"):
+        if col in meta and meta[col].notna().all():
+            return meta[col].astype(str).to_numpy()
+    return None
+
+
 def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record, meta_models: dict) -> list[pd.DataFrame]:
     from pipeline.ml.runtime import quiet_tensorflow
     from pipeline.ml.stacking import fit_stacking
@@ -129,14 +137,19 @@ def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, recor
     test_x = np.concatenate([features[n][1] for n in names], axis=1)
     try:
         out = fit_stacking(val_x, val_meta["label"].to_numpy(), test_x, cfg.stacking_epochs, seed, cfg.stacking_batch_size,
-                           cfg.stacking_reduce_lr, cfg.stacking_patience)
+                           cfg.stacking_reduce_lr, cfg.stacking_patience, val_patients=_patients(val_meta))
     except PipelineError as exc:
         print(f"stacking ({group}) skipped: {exc}")
         record["stacking"][group] = {"skipped": str(exc)}
         return []
     run_id = ensemble_run_id("stacking", names)
+    hold_patients = sorted({str(p) for p in _patients(val_meta)[out["holdout_index"]]}) if _patients(val_meta) is not None else []
     record["stacking"][group] = {"best_epoch": out["best_epoch"], "epochs_trained": out["epochs_trained"], "val_used_for_fit": True,
-                                 "holdout_images": int(len(out["holdout_index"])), "members": names, "model_saved": True}
+                                 "holdout_images": int(len(out["holdout_index"])), "members": names, "model_saved": True,
+                                 "inner_split": out["inner_split"], "holdout_patients": hold_patients}
+    if out["inner_split"] != "patient":
+        print(f"stacking ({group}): inner hold-out split by image (fewer than 2 validation patients of a class): "
+              "its epoch choice may reward memorised patients")
     meta_models[group] = out["model"]
     hold_meta = val_meta.iloc[out["holdout_index"]].reset_index(drop=True)
     # Only the inner hold-out of val is out-of-sample for the meta-model: those are its "val" rows.
