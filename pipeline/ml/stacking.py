@@ -5,7 +5,8 @@ Architecture as published: concat(features) -> BN -> Dropout .2 -> Dense 128 ReL
 by default as the study trained it: 40 epochs, batch 16, ReduceLROnPlateau.
 Unlike the study, the test split is never used for monitoring: an inner 80/20 split of validation, by
 patient and stratified by class (:func:`pipeline.core.splits.inner_holdout`), drives ReduceLROnPlateau and
-picks the epoch (best inner-holdout loss), so test stays a true hold-out and no patient sits on both inner sides. The remaining differences are listed in the README ("Stacking").
+picks the epoch (best inner-holdout loss), so test stays a true hold-out and no patient sits on both inner
+sides. The remaining differences are listed in the README ("Stacking").
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def fit_stacking(val_x: np.ndarray, val_y: np.ndarray, test_x: np.ndarray, epoch
     return {
         "test_prob": model.predict(test_x, verbose=0)[:, 1],
         "holdout_prob": model.predict(val_x[inner_hold], verbose=0)[:, 1],
-        "holdout_index": inner_hold, "train_index": inner_train, "inner_split": how, "best_epoch": best_epoch, "epochs_trained": len(history.history["val_loss"]),
+        "holdout_index": inner_hold, "train_index": inner_train, "inner_split": how,
+        "best_epoch": best_epoch, "epochs_trained": len(history.history["val_loss"]),
         "model": model,  # saved by the ensemble stage so that `predict` re-applies it to new images
     }
