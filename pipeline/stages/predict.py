@@ -148,6 +148,12 @@ def index_external(data_root: Path, labels_file: Path | None) -> tuple[pd.DataFr
     return manifest, rejects, layout
 
 
+def ci_unit_of(manifest: pd.DataFrame) -> str:
+    """``image`` when every image is its own patient (a flat folder without a ``patient`` column): the "patient"
+    bootstrap then resamples images, and the pages must say so; else ``patient``."""
+    return "patient" if manifest["patient_id"].nunique() < len(manifest) else "image"
+
+
 # -- the source experiment --------------------------------------------------------------------------------
 def trained_runs(source: Path) -> list[str]:
     """The completed single runs of ``source`` whose model file is there (the models ``predict`` applies)."""
@@ -236,7 +242,9 @@ def _write_inputs(source: Path, data_root: Path, out: Path, labels_file: Path | 
     write_json({"data_root": str(data_root), "synthetic": marker is not None, "synthetic_marker": str(marker) if marker else None,
                 "images": len(manifest), "rejects": len(rejects), "seconds": round(time.perf_counter() - start, 2),
                 "external": {"source_experiment": str(source.resolve()), "source_name": source.resolve().name, "layout": layout,
-                             "labels": labelled, "labels_file": str(labels_file) if labels_file else None}}, catalog.dataset)
+                             "labels": labelled, "labels_file": str(labels_file) if labels_file else None,
+                             "ci_unit": ci_unit_of(manifest)}},
+               catalog.dataset)
     stamp.record([catalog.manifest, catalog.rejects, catalog.split, catalog.dataset])
     print(f"predict: {len(manifest)} images ({layout} layout, {'labelled' if labelled else 'no labels'}), {len(rejects)} rejected")
 
