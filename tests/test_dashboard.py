@@ -154,7 +154,7 @@ def test_builder_url_state_and_readable_weights(app, preds):
     best = grid[loss.argmin()]
     caption = next(c.value for c in at.caption if c.value.startswith("Weights fitted"))
     assert "np.float64" not in caption and "{" not in caption
-    shown = [float(re.search(rf"{name} (\d\.\d\d)", caption).group(1)) for name in ["V1\\-B0", "V1\\-B2", "V2\\-S"]]
+    shown = [float(re.search(re.escape(name) + r" (\d\.\d\d)", caption).group(1)) for name in ["V1\\-B0", "V1\\-B2", "V2\\-S"]]
     assert np.abs(np.array(shown) - best).max() <= 0.03  # the grid's step plus the caption's rounding
     warned = any("of the weight on" in w.value for w in at.warning)
     if abs(max(shown) - 0.9) > 0.005:  # the page warns on the exact weight; the caption rounds it
@@ -397,3 +397,30 @@ def test_dashboard_does_not_import_tensorflow(dashboard_artifacts):
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-1500:]
+
+
+def test_grad_cam_panel_shows_each_familys_mean_probability_of_the_true_class(app, preds):
+    """The Grad-CAM page's numbers against the predictions by hand: every member has a map of every test image in the
+    fixture, so each family's caption is the mean P(true class) over its five members' rows of that image."""
+    image_id = sorted(preds.loc[preds.split == "test", "image_id"].unique())[3]
+    at = app("gradcam", img=image_id)
+    rows = preds[(preds.image_id == image_id) & (preds.kind == "single") & (preds.stain == "none")]
+    rows = rows.drop_duplicates("run_id")
+    p_true = np.where(rows.label == 1, rows.prob_malignant, 1 - rows.prob_malignant)
+    captions = " ".join(c.value for c in at.caption)
+    for family in ("v1", "v2"):
+        expected = p_true[rows.run_id.str.startswith(family + "_").to_numpy()].mean()
+        assert f"{family.upper()} family mean P(true class) = {expected:.3f}" in captions
+
+
+def test_training_curves_plot_the_runs_history(app):
+    """The plotted values are the history.parquet the fixture wrote (loss 0.7, 0.5, 0.4 over three epochs)."""
+    import base64
+
+    at = app("training_curves", runs=["v1_b0"])
+    spec = plotly_specs(at)[0]
+    trace = next(t for t in spec["data"] if t.get("name", "").endswith(" train"))
+    ys = trace["y"]
+    if isinstance(ys, dict):  # plotly's binary encoding of a float array
+        ys = np.frombuffer(base64.b64decode(ys["bdata"]), dtype=ys["dtype"])
+    assert list(ys) == pytest.approx([0.7, 0.5, 0.4])
