@@ -140,3 +140,13 @@ def test_a_swap_cut_between_its_renames_is_finished(tmp_path, where):
     _recover_swap(files)
     assert files.dir.is_dir() and not folder.exists()
     assert json.loads((files.dir / "run.json").read_text())["status"] == ("complete" if where == "staged" else "old")
+
+
+def test_planning_never_writes_the_digest_cache(tmp_path):
+    """A plan (the runner's skip check, and `train` before it validates) only reads the cache: a command that then
+    fails on its weights file leaves the experiment as it was."""
+    from pipeline.artifacts.stamps import cached_digest
+
+    path, cache = tmp_path / "w.h5", tmp_path / "cache" / "weights_sha256.json"
+    path.write_bytes(b"not hdf5")
+    assert cached_digest(path, cache, write=False) is not None and not cache.exists()

@@ -107,7 +107,7 @@ def plan_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "no
     resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
                 "fold": fold, "train": cfg.result_settings()}
     if cfg.weights not in ("imagenet", "none"):  # a file's bytes, not its path: replacing it in place retrains
-        resolved["weights_sha256"] = cached_digest(cfg.weights, Catalog(exp_dir).weights_digests)
+        resolved["weights_sha256"] = cached_digest(cfg.weights, Catalog(exp_dir).weights_digests, write=False)
     if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
         resolved["stain_key"] = require_stain_target(exp_dir, stain)["key"]
     fingerprint = data_fingerprint(frame)
@@ -365,6 +365,8 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     files = staging_files(plan.files) if retrain else plan.files
     # -- validate: everything below can fail without touching the run folder ---------------------------
     check_weights_available([spec], cfg.weights)
+    if cfg.weights not in ("imagenet", "none"):  # validated: now remember its digest, so the next plan need not re-hash
+        cached_digest(cfg.weights, Catalog(exp_dir).weights_digests)
     # First TensorFlow work of the run: MultiWorkerMirroredStrategy must exist before any other op.
     strategy = make_strategy(cfg.strategy)
     chief = is_chief(strategy)
