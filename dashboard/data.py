@@ -175,6 +175,11 @@ class Experiment:
         return block if isinstance(block, dict) else None
 
     @property
+    def ci_unit(self) -> str:
+        """``image`` for an external folder without patient ids (its bootstrap resamples images), else ``patient``."""
+        return "image" if (self.external or {}).get("ci_unit") == "image" else "patient"
+
+    @property
     def labelled(self) -> bool:
         """False only for an external validation scored without labels: no metrics, no errors to show."""
         return self.external is None or bool(self.external.get("labels"))

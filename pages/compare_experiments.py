@@ -16,6 +16,7 @@ from dashboard.runs import display_names
 from dashboard.text import code, plain
 from pipeline.artifacts.catalog import is_run_id, parse_run_id
 from pipeline.artifacts.run_names import run_colour, run_sort_key
+from pipeline.core.decision import INVERTED, INVERTED_MEANING, auc_inverted, ci_label
 
 NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "roc_auc": "ROC AUC",
          "patient_accuracy": "Patient-level accuracy", "patient_roc_auc": "Patient-level ROC AUC"}
@@ -136,9 +137,17 @@ for i, proto in enumerate(protos):
 fig.update_layout(height=max(300, 26 * len(labels) + 130), margin=dict(l=10, r=10, t=40, b=10),
                   legend=dict(orientation="h", y=-0.12), xaxis_title=NAMES[metric])
 st.plotly_chart(fig, width="stretch", key="cx_chart")
+image_level = [n for n in tables if exps[n].ci_unit == "image"]
 st.caption("One row per model; one marker per experiment, joined by a bar (the gap). Error bars: patient-bootstrap 95% CI for "
            "one experiment, ± 1 sd across folds for a fold protocol (open markers: each fold). Dotted lines: the baseline each "
-           f"experiment must beat ({BASELINE_WORDS[metric]}).")
+           f"experiment must beat ({BASELINE_WORDS[metric]})."
+           + (f" {', '.join(plain(n) for n in image_level)}: {ci_label('image')} instead." if image_level else ""))
+inverted = {n: [alias.get(r, r) for r in t.index if "roc_auc_hi" in t and auc_inverted(t.loc[r, "roc_auc_hi"])]
+            for n, t in tables.items()}
+if any(inverted.values()):
+    st.warning(f"ROC AUC that {INVERTED}: " + "; ".join(f"{plain(n)}: {', '.join(plain(a) for a in rs)}"
+                                                         for n, rs in inverted.items() if rs)
+               + f". {INVERTED_MEANING}", icon=":material/swap_vert:")
 
 # -- tables -------------------------------------------------------------------------------------------------
 for m in present:

@@ -28,7 +28,7 @@ from pipeline.core.decision import (
     risk_coverage,
     threshold_from_validation,
 )
-from pipeline.core.ensemble import agreement_matrix, combine
+from pipeline.core.ensemble import agreement_matrix, combine, takes_validation_threshold
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import binary_metrics, confusion_counts, reliability_curve
 from pipeline.core.reference import load_reference
@@ -156,10 +156,10 @@ def builder() -> None:
                               "experiment's ensembles); weighted: weights fitted on validation; stacking: the pipeline's "
                               "meta-model (read-only)")
     from_val = state.toggle("Threshold from validation", key="ens_vthr", param="vthr", where=c2,
-                            disabled=method in ("stacking", "hard"),
+                            disabled=method == "stacking" or not takes_validation_threshold(method),
                             help="Choose the threshold that maximises Youden's J (= balanced accuracy) on the validation "
                                  "split, then apply it here; never chosen on test. Not for hard votes (members vote at 0.5).")
-    from_val = from_val and method not in ("stacking", "hard")
+    from_val = from_val and method != "stacking" and takes_validation_threshold(method)  # evaluate's rule too
     threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
                              default=0.5, step=0.05, where=c2, disabled=method == "stacking" or from_val)
     split = state.radio("Evaluate on", exp.eval_splits, key="ens_split", param="split", where=c3, horizontal=True)

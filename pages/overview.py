@@ -13,6 +13,7 @@ from dashboard.verdict import STUDY_PROTOCOL, TIE_RULE, paired_verdict, pick_bes
 from dashboard.text import plain
 from pipeline.artifacts.catalog import parse_run_id
 from pipeline.artifacts.run_names import model_alias, run_sort_key
+from pipeline.core.decision import INVERTED, INVERTED_MEANING, auc_inverted, ci_label
 from pipeline.core.reference import load_reference
 from pipeline.core.splits import leakage_report
 
@@ -88,7 +89,7 @@ def study_label(ref: pd.Series) -> str:
 
 def ci_text(row: pd.Series, metric: str = "accuracy") -> str:
     lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
-    return "" if lo is None or pd.isna(lo) else f"95% CI {lo:.3f}–{hi:.3f}"
+    return "" if lo is None or pd.isna(lo) else f"{ci_label(exp.ci_unit)} {lo:.3f}–{hi:.3f}"
 
 
 reference = load_reference()
@@ -205,7 +206,7 @@ if table is not None and not table.empty:
     fig.update_layout(height=max(300, 26 * len(labels) + 110), margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.08 if len(labels) > 6 else -0.2))
     st.plotly_chart(fig, width="stretch", key="ov_chart")
-    st.caption("Dots: this experiment, with patient-bootstrap 95% CIs. Open diamonds: the study's reported test accuracy "
+    st.caption(f"Dots: this experiment, with its {ci_label(exp.ci_unit)}s. Open diamonds: the study's reported test accuracy "
                "for the same model or family ensemble (its split is image-level, so patients are shared). Dotted red lines: "
                f"the baselines to beat (majority-class accuracy {base_acc:.4f}; ROC AUC 0.5).")
 
@@ -226,6 +227,12 @@ if table is not None and not table.empty:
                    + ", ".join(runs.md(r) for r in table.loc[fails, "run_id"][:8]) + (" …" if fails.sum() > 8 else "")
                    + ". A high ROC AUC with a low accuracy means a good ranking at a wrong threshold: see `[evaluate] threshold "
                      "= \"validation\"`.", icon=":material/trending_down:")
+    inverted = table["roc_auc_hi"].map(auc_inverted) if "roc_auc_hi" in table else pd.Series(False, index=table.index)
+    if inverted.any():
+        st.warning(f"{int(inverted.sum())} run(s) {INVERTED} (ROC AUC 95% CI wholly below 0.5): "
+                   + ", ".join(runs.md(r) for r in table.loc[inverted, "run_id"][:8]) + (" …" if inverted.sum() > 8 else "")
+                   + f". {INVERTED_MEANING}", icon=":material/swap_vert:")
+        table.loc[inverted, "baseline"] = "no: inverted"
     for m in ("accuracy", "roc_auc", "patient_accuracy"):
         if f"{m}_lo" in table:
             table[f"{m}_ci"] = [f"{lo:.3f}–{hi:.3f}" if pd.notna(lo) else "" for lo, hi in zip(table[f"{m}_lo"], table[f"{m}_hi"])]

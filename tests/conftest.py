@@ -18,6 +18,18 @@ BENCH_EXTRA = PROJECT_ROOT / ".bench-extra"  # optional baselines (`make bench-b
 if BENCH_EXTRA.is_dir() and str(BENCH_EXTRA) not in sys.path:
     sys.path.append(str(BENCH_EXTRA))
 SAMPLE_ROOT = Path(os.environ.get("BREAKHIS_SAMPLE", PROJECT_ROOT.parent / "shared" / "breakhis-sample"))
+# CI (`.ci/run`) sets this: every test the README describes as tested must run there, so a skip is a failure.
+NO_SKIPS = os.environ.get("HISTOCOMPARE_NO_SKIPS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under ``HISTOCOMPARE_NO_SKIPS=1`` a skipped test (missing sample, chromium, staintools...) fails instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome, report.longrepr = "failed", f"skipped under HISTOCOMPARE_NO_SKIPS=1 (CI runs every test): {reason}"
 
 
 @pytest.fixture(scope="session")

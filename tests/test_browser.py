@@ -16,7 +16,7 @@ from pipeline.core.ensemble import combine
 from pipeline.core.metrics import confusion_counts
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (`make browser`)")
-BUDGET = {"worst errors -> Grad-CAM panel": 3, "two runs' matrices -> one cell's images": 4, "builder -> its errors": 1,
+BUDGET = {"worst errors -> Grad-CAM panel": 2, "two runs' matrices -> one cell's images": 4, "builder -> its errors": 1,
           "stain verdict": 1}
 CLICKS: dict[str, int] = {}
 

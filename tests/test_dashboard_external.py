@@ -65,3 +65,41 @@ def test_every_page_renders_without_labels_and_says_what_needs_them(page, artifa
         assert "has no labels" in says and "--labels FILE.csv" in says
     if page == "overview":
         assert "no labels" in says
+
+
+def test_an_image_level_external_ci_and_an_inverted_auc_are_named(artifacts, monkeypatch):
+    """Issue 23: a flat folder without patient ids has an image-level CI, and a model whose ROC AUC CI lies below 0.5
+    is flagged as inverted. Planted: v1_b0's scores flipped (1 - p), so it ranks benign above malignant."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.artifacts.io import read_json, write_json, write_parquet
+    from pipeline.config import EvaluateConfig
+    from pipeline.core.decision import CI_IMAGE, INVERTED
+    from pipeline.stages.evaluate import evaluate_predictions
+    from pipeline.stages.predict import ci_unit_of
+
+    flat = artifacts / "fixture_external_flat"
+    shutil.copytree(artifacts / "fixture_external", flat)
+    manifest = pd.read_parquet(flat / "manifest.parquet")
+    assert ci_unit_of(manifest) == "patient" and ci_unit_of(manifest.assign(patient_id=manifest["image_id"])) == "image"
+    dataset = read_json(flat / "dataset.json")
+    write_json({**dataset, "external": {**dataset["external"], "layout": "flat", "ci_unit": "image"}}, flat / "dataset.json")
+    preds = pd.read_parquet(flat / "predictions.parquet")  # as `predict` indexes a flat folder: each image its own patient
+    preds = preds.assign(patient_id=preds["image_id"], patient_num=pd.factorize(preds["image_id"], sort=True)[0])
+    write_parquet(manifest.assign(patient_id=manifest["image_id"]), flat / "manifest.parquet")
+    flip = preds["run_id"] == "v1_b0"
+    preds.loc[flip, "prob_malignant"] = 1 - preds.loc[flip, "prob_malignant"]
+    preds.loc[flip, "pred"] = (preds.loc[flip, "prob_malignant"] >= 0.5).astype("int8")
+    write_parquet(preds, flat / "predictions.parquet")
+    write_parquet(evaluate_predictions(preds, EvaluateConfig(bootstrap=50)), flat / "metrics.parquet")
+    v1 = preds[flip]
+    assert roc_auc_score(v1["label"], v1["prob_malignant"]) < 0.3  # the plant: a clearly inverted ranking
+
+    at = open_page(monkeypatch, artifacts, "overview", "fixture_external_flat")
+    warnings = " ".join(w.value for w in at.warning)
+    assert INVERTED in warnings and "V1\\-B0" in warnings and "stain" in warnings  # the flag and what it usually means
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc["v1_b0", "baseline"] == "no: inverted"
+    assert table.loc["v1_b0", "roc_auc"] == pytest.approx(roc_auc_score(v1["label"], v1["prob_malignant"]))
+    assert any(CI_IMAGE in m.value for m in at.markdown)  # the headline cards name the CI image-level
+    assert not any("patient-bootstrap 95% CIs" in c.value for c in at.caption)

@@ -92,6 +92,24 @@ def test_vote_share_rows_have_no_calibration_and_keep_their_votes(preds):
     assert soft.brier == pytest.approx(brier_score_loss(soft_rows.label, soft_rows.prob_malignant))
 
 
+def test_a_hard_vote_keeps_its_majority_and_tie_rule_under_a_validation_threshold(preds):
+    """Issue 23: `--threshold validation` used to threshold a hard vote's vote share (dropping its tie rule) while the
+    builder refused that option: one rule now, the stage's decision in both modes."""
+    metrics = evaluate_predictions(preds, EvaluateConfig(bootstrap=50, threshold="validation"))
+    hard = _all(metrics, "ensemble:hard:v1_b0+v1_b1", "test")
+    a, b = np.array(A["test"]), np.array(B["test"])
+    votes = (a >= 0.5).astype(int) + (b >= 0.5).astype(int)
+    by_hand = np.where(votes == 1, (a + b) / 2 >= 0.5, votes == 2).astype(int)  # majority, ties to the mean probability
+    y = preds[(preds.run_id == hard.run_id) & (preds.split == "test")].label.to_numpy()
+    assert hard.accuracy == pytest.approx((by_hand == y).mean())
+    assert hard.threshold_source == "majority vote" and hard.threshold == 0.5
+    # what the old rule gave (vote share >= Youden's threshold on val) differs here, so the test can tell them apart
+    val_share = preds[(preds.run_id == hard.run_id) & (preds.split == "val")]
+    from pipeline.core.decision import threshold_from_validation
+    t = threshold_from_validation(val_share.label.to_numpy(), val_share.prob_malignant.to_numpy())
+    assert ((votes / 2 >= t).astype(int) == y).mean() != pytest.approx((by_hand == y).mean())
+
+
 def test_aurc_single_by_distance_ensemble_by_member_agreement(preds):
     metrics = evaluate_predictions(preds, EvaluateConfig(bootstrap=50))
     # single model b: certainty |p - 0.5|, no ties; AURC = mean over k of the error rate among the k most certain

@@ -3,6 +3,7 @@ stages on its tiny trained experiment (two members, 32 px, 1 epoch)."""
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import PROJECT_ROOT
 
 from pipeline.artifacts.predictions import load_predictions
 from pipeline.config import EnsembleConfig, EvaluateConfig, GradcamConfig
@@ -96,6 +99,21 @@ def test_second_run_of_an_unchanged_preset_rewrites_nothing(pipeline_twice, caps
     assert any(k.endswith("model.keras") for k in before) and any(k.endswith(".npz") for k in before)
     assert sum(k.endswith(".parquet") for k in before) >= 10
     assert after == before
+
+
+def test_a_second_run_in_a_fresh_interpreter_does_not_import_tensorflow(pipeline_twice):
+    """The README's "does not import TensorFlow": `python -X importtime -m pipeline run` (a new process, so nothing
+    was imported before) lists every module it imports; neither tensorflow nor keras may be among them."""
+    exp = pipeline_twice["exp"]
+    before = files_of(exp.parent)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline", "run", "--config", str(exp.parent / "small.toml")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                          cwd=PROJECT_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "pandas" in imported and "pipeline.runner" in imported  # the listing is real
+    assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "keras")}
+    assert files_of(exp.parent) == before
 
 
 def test_run_records_its_status_and_shows_the_workers_output(pipeline_twice):
@@ -192,7 +210,8 @@ def test_ensembles_and_subset_search(two_member_experiment):
 
 
 def test_evaluate_writes_metrics_with_cis(two_member_experiment):
-    from pipeline.core.metrics import binary_metrics
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
     from pipeline.stages.evaluate import run_evaluate
 
     exp = two_member_experiment
@@ -202,7 +221,8 @@ def test_evaluate_writes_metrics_with_cis(two_member_experiment):
     overall = back[(back.group_type == "all") & (back.run_id == "v1_b0") & (back.split == "test")].iloc[0]
     preds = load_predictions(exp)
     rows = preds[(preds.run_id == "v1_b0") & (preds.split == "test")]
-    assert overall.accuracy == pytest.approx(binary_metrics(rows.label, rows.prob_malignant)["accuracy"])
+    assert overall.accuracy == pytest.approx(accuracy_score(rows.label, rows.prob_malignant >= 0.5))  # independent: sklearn
+    assert overall.roc_auc == pytest.approx(roc_auc_score(rows.label, rows.prob_malignant))
     assert overall.accuracy_lo <= overall.accuracy <= overall.accuracy_hi
     assert 0 <= overall.patient_recognition_rate <= 1
     assert {"magnification", "subtype"} <= set(back.group_type)

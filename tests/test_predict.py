@@ -36,7 +36,8 @@ def trained_sample(tmp_path_factory, sample_root):
     write_parquet(make_split(load_manifest(exp), "patient", seed=0), exp / "split.parquet")
     for model in ("efficientnet_b0", "efficientnet_v2_b0"):
         train_run(exp, model, TINY)
-    run_ensembles(exp, EnsembleConfig(stacking_epochs=3), seed=0)
+    # threshold 0.4, not 0.5: the stage and `predict` must decide stacking at the same recorded threshold (issue 23)
+    run_ensembles(exp, EnsembleConfig(stacking_epochs=3, threshold=0.4), seed=0)
     return exp
 
 
@@ -107,6 +108,9 @@ def test_ensembles_equal_the_pure_functions_and_the_experiments_own_rows(flat_pr
         mine = own[own["run_id"] == run_id].set_index("image_id").loc[wide.index]
         rows = preds[preds["run_id"] == run_id].set_index("image_id").loc[wide.index]
         np.testing.assert_allclose(rows["prob_malignant"], mine["prob_malignant"], atol=1e-5)
+        threshold = record["config"]["threshold"]
+        assert threshold == 0.4 and (mine["pred"].to_numpy() == (mine["prob_malignant"].to_numpy() >= threshold)).all()
+        assert (rows["pred"].to_numpy() == (rows["prob_malignant"].to_numpy() >= threshold)).all()  # the source's rule
         seen.add(run_id)
     ensembles = set(preds.loc[preds["kind"] == "ensemble", "run_id"])
     assert seen <= ensembles and set(own.loc[own["kind"] == "ensemble", "run_id"]) == ensembles

@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.artifacts.catalog import ensemble_run_id
 from pipeline.artifacts.run_names import run_alias, run_aliases, run_colour, run_description, run_sort_key
-from pipeline.core.metrics import _patient_resamples, paired_bootstrap_deltas
+from pipeline.core.metrics import paired_bootstrap_deltas
 from pipeline.core.model_specs import MODEL_SPECS
 
 ALL = [s.short for s in MODEL_SPECS.values()]
@@ -72,7 +72,11 @@ def test_paired_deltas_match_a_per_resample_sklearn_loop():
     pred_a, pred_b = (prob_a >= 0.5).astype(int), (prob_b >= 0.5).astype(int)
     out = paired_bootstrap_deltas(y, prob_a, pred_a, prob_b, pred_b, groups, n_boot=100, seed=5)
     acc, auc, brier = [], [], []
-    for idx in _patient_resamples(groups, 100, 5):
+    # The resamples written out here from the documented rule (not by _patient_resamples): every patient has 4 images,
+    # so one draw of 30 patients with replacement (numpy's generator, seed 5) is exactly n images.
+    draws = np.random.default_rng(5)
+    resamples = [np.concatenate([np.flatnonzero(groups == g) for g in draws.integers(0, 30, size=30)]) for _ in range(100)]
+    for idx in resamples:
         yy = y[idx]
         acc.append((pred_b[idx] == yy).mean() - (pred_a[idx] == yy).mean())
         auc.append(roc_auc_score(yy, prob_b[idx]) - roc_auc_score(yy, prob_a[idx]))

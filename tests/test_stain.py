@@ -126,7 +126,7 @@ def test_target_must_come_from_train(demo_experiment, tmp_path):
 
 
 def test_vahadane_matches_staintools_on_real_images(sample_root):
-    """Cross-check against staintools + spams (installed only by `make bench-baselines`)."""
+    """Cross-check against staintools + spams (`make test` installs them into .bench-extra: `make bench-baselines`)."""
     staintools = pytest.importorskip("staintools", reason="staintools + spams-bin not installed (optional: make bench-baselines)")
     paths = sorted(sample_root.rglob("*.png"))[::80][:4]
     for path in paths:

@@ -121,15 +121,30 @@ from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import write_json, write_parquet
 from pipeline.artifacts.predictions import make_rows, merge_predictions
 exp, run_id, rounds, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+import fcntl, os
+real_flock, contended = fcntl.flock, [0]
+
+def counting_flock(fd, op):  # the lock's own call, counting the times it had to wait for another holder
+    if op == fcntl.LOCK_EX:
+        try:
+            return real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            contended[0] += 1
+    return real_flock(fd, op)
+
+fcntl.flock = counting_flock
 files = Catalog(exp).run(run_id)
 frame = pd.DataFrame({"image_id": [f"img{i:03d}" for i in range(40)], "split": ["val", "test"] * 20, "label": [0, 1] * 20})
-while not __import__("os").path.exists(go):
-    time.sleep(0.01)
+rows0 = make_rows(run_id, "single", run_id, run_id[:2], "none", frame, np.zeros(40))  # warm every import before the barrier
+open(go + "." + run_id, "w").close()  # the barrier: ready ...
+while not os.path.exists(go):  # ... then wait for everyone's go
+    time.sleep(0.001)
 for k in range(rounds):
     rows = make_rows(run_id, "single", run_id, run_id[:2], "none", frame, np.full(40, (k + 1) / (rounds + 1)))
     write_parquet(rows, files.predictions)
     write_json({"run_id": run_id, "status": "complete"}, files.info)
     merge_predictions(exp)
+print("contended", contended[0], flush=True)
 """
 
 
@@ -138,11 +153,18 @@ def test_concurrent_runs_lose_no_rows(tmp_path):
     exp, go, rounds = tmp_path / "exp", tmp_path / "go", 5
     runs = ["v1_b0", "v1_b1", "v1_b2", "v2_b0", "v2_b1", "v2_b2"]
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(exp), r, str(rounds), str(go)], env=ENV, cwd=tmp_path,
-                              stderr=subprocess.PIPE, text=True) for r in runs]
-    time.sleep(1.0)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in runs]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"go.{r}").exists() for r in runs):  # a real barrier: every writer ready, then go
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "a writer never got ready"
+        time.sleep(0.01)
     go.write_text("go")
+    waits = 0
     for p in procs:
-        assert p.wait(120) == 0, p.stderr.read()[-2000:]
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        waits += int(out.split("contended")[-1])
+    assert waits > 0  # the writers really raced: some merge had to wait for another's lock
     merged = pd.read_parquet(exp / "predictions.parquet")
     assert merged.groupby("run_id").size().to_dict() == {r: 40 for r in runs}
     final = rounds / (rounds + 1)

@@ -254,6 +254,11 @@ class Catalog:
             raise PipelineError(f"invalid image cache name {name!r}")
         return self.image_cache_dir / name
 
+    @property
+    def weights_digests(self) -> Path:
+        """sha256 of the weights files runs were built from, keyed by path, size and mtime (see ``cached_digest``)."""
+        return self.root / "cache" / "weights_sha256.json"
+
     # -- up-to-date records -----------------------------------------------------------------------
     @property
     def stamps_dir(self) -> Path:

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts.catalog import Catalog, parse_run_id
+from pipeline.artifacts.catalog import Catalog, ensemble_run_id, parse_run_id
 from pipeline.artifacts.io import file_lock, read_json, read_parquet_file, write_parquet
+from pipeline.core.ensemble import combine
 from pipeline.core.errors import PipelineError
 from pipeline.core.model_specs import MODEL_SPECS
 
@@ -148,3 +149,46 @@ def member_groups(members: list[str]) -> dict[str, list[str]]:
     v2 = [m for m in members if parse_run_id(m).family == "v2"]
     groups = {"v1": v1, "v2": v2, "all": members if v1 and v2 else []}
     return {name: ms for name, ms in groups.items() if len(ms) >= 2}
+
+
+def recorded_rule(record: dict) -> tuple[float, str]:
+    """(threshold, hard-vote tie rule) an ``ensembles.json`` was written with (0.5 and ``mean_prob`` when absent)."""
+    cfg = record.get("config") or {}
+    return float(cfg.get("threshold", 0.5)), str(cfg.get("hard_tie_break", "mean_prob"))
+
+
+def stacking_rows(names: list[str], group: str, meta: pd.DataFrame, prob: np.ndarray, record: dict) -> pd.DataFrame:
+    """A stacking ensemble's rows: its meta-model's P(malignant), decided at the recorded threshold (stage and
+    ``predict`` alike, so an external folder gets the source's decisions)."""
+    threshold, _ = recorded_rule(record)
+    return make_rows(ensemble_run_id("stacking", names), "ensemble", "stacking", group, "none", meta, prob, threshold=threshold)
+
+
+def ensemble_rows(record: dict, preds: pd.DataFrame, split: str, stacking_prob=None) -> list[pd.DataFrame]:
+    """Every ensemble recorded in ``record`` (an ``ensembles.json``: groups, exact weights, threshold, tie rule,
+    best subsets) as rows of ``split``, from the members' rows in ``preds``.
+
+    The one place (members' scores, recorded parameters) become ensemble rows: the ensemble stage (val and test),
+    ``predict`` (external images) and the dashboard's test fixture all call it. ``stacking_prob(group, names, meta)``
+    gives a group's meta-model probabilities for ``meta``'s images (None: no stacking rows for that group).
+    """
+    threshold, tie = recorded_rule(record)
+    rows = []
+    for group, names in (record.get("groups") or {}).items():
+        probs, meta = probability_matrix(preds, list(names), split)
+        weights = np.array([record["weights"][group][n] for n in names], dtype=np.float64)
+        for method in ("soft", "hard", "weighted"):
+            res = combine(probs, method, threshold, tie, weights)
+            rows.append(make_rows(ensemble_run_id(method, names), "ensemble", method, group, "none", meta, res.score, pred=res.pred))
+        prob = stacking_prob(group, list(names), meta) if stacking_prob is not None else None
+        if prob is not None:
+            rows.append(stacking_rows(list(names), group, meta, prob, record))
+    for method in ("soft", "hard"):
+        best = record.get(f"best_{method}_subset")
+        if isinstance(best, dict):
+            names = list(best["members"])
+            probs, meta = probability_matrix(preds, names, split)
+            res = combine(probs, method, threshold, tie)
+            rows.append(make_rows(ensemble_run_id(f"{method}-best", names), "ensemble", f"{method}-best", "subset", "none", meta,
+                                  res.score, pred=res.pred))
+    return rows

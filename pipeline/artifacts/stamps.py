@@ -47,6 +47,30 @@ def content_digest(path: Path) -> str | None:
     return fingerprint(Path(path))["sha256"]
 
 
+def cached_digest(path: Path | str, cache_file: Path, write: bool = True) -> str | None:
+    """sha256 of a (large, outside the experiment) file, e.g. a weights file a run's hash depends on.
+
+    Why a cache: hashing a 250 MB weights file on every ``run`` would cost seconds per run; the digest is kept in
+    ``cache_file`` per absolute path with its size and ``mtime_ns`` and reused while both match (the index's rule),
+    so a file whose bytes are replaced (new size or mtime) is hashed again. A damaged cache is just rebuilt.
+    ``write=False`` only reads the cache (a plan must not write before its command has validated its input)."""
+    path = Path(path).resolve()
+    try:
+        cache = read_json(cache_file) if Path(cache_file).exists() else {}
+    except PipelineError:
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    memo = cache.get(str(path))
+    entry = fingerprint(path, memo if isinstance(memo, dict) else None)
+    if write and entry["sha256"] is not None and entry != memo:
+        cache[str(path)] = entry
+        try:
+            write_json(cache, cache_file)
+        except OSError:  # a read-only experiment still gets the right digest, just uncached
+            pass
+    return entry["sha256"]
+
+
 def up_to_date(name: str, detail: str = "") -> None:
     """The one line every stage prints when it skips."""
     print(f"{name}: up to date{f' ({detail})' if detail else ''}", flush=True)

@@ -125,3 +125,27 @@ def refer_least_certain(certainty: np.ndarray, fraction: float) -> np.ndarray:
     mask = np.zeros(len(certainty), dtype=bool)
     mask[order[:n_refer]] = True
     return mask
+
+
+# -- what a shown interval means ---------------------------------------------------------------------------------
+CI_PATIENT = "patient-bootstrap 95% CI"
+CI_IMAGE = "image-level CI (no patient ids)"
+INVERTED = "ranks benign above malignant: inverted"
+INVERTED_MEANING = ("An ROC AUC whose whole 95% CI lies below 0.5 is worse than chance in a consistent direction: the "
+                    "model learned a feature that separated its training patients (stain, scanner, one patient's look) "
+                    "rather than tissue, and that feature runs the other way on these patients. Flipping the score would "
+                    "not fix it; more patients, stain normalization or pretrained weights usually do.")
+
+
+def ci_label(unit: str) -> str:
+    """How to name a bootstrap CI: resampling patients, or images when the images carry no patient ids (an external
+    flat folder without a ``patient`` column), where "patient CI" would overstate what was resampled."""
+    return CI_IMAGE if unit == "image" else CI_PATIENT
+
+
+def auc_inverted(hi: float | None) -> bool:
+    """True when an ROC AUC's 95% CI lies wholly below 0.5 (``hi`` its upper bound): the ranking is reliably inverted."""
+    try:
+        return bool(np.isfinite(hi) and hi < 0.5)
+    except TypeError:
+        return False

@@ -17,6 +17,18 @@ from scipy.optimize import minimize
 from pipeline.core.errors import PipelineError
 
 METHODS = ("soft", "hard", "weighted")
+VOTE_SHARE_METHODS = ("hard", "hard-best")  # ensembles whose score is the share of malignant member votes
+
+
+def takes_validation_threshold(method: str) -> bool:
+    """Whether a threshold chosen on validation may replace an ensemble's decision rule.
+
+    The one rule, shared by ``evaluate`` (both threshold modes) and the builder: a hard vote's decision is the
+    majority of its members' votes with its tie rule; its score is a vote share (a few levels), and thresholding
+    that share would silently drop the tie rule, so a hard vote always keeps its own decision. Every other
+    ensemble (soft, weighted, stacking) and every single model scores a probability, which a threshold decides.
+    """
+    return method not in VOTE_SHARE_METHODS
 
 
 @dataclass(frozen=True)

@@ -231,3 +231,42 @@ def import_split(manifest: pd.DataFrame, table: pd.DataFrame, source: str = "the
                                     f"{_names(shared)} (an image-level split; pass --allow-leakage to import it on purpose)")
         check_sides(manifest, part[["image_id", "split"]], "imported", int(fold))
     return table[["image_id", "split", "fold"]].sort_values(["fold", "image_id"]).reset_index(drop=True)
+
+
+def inner_holdout(labels: np.ndarray, patients: np.ndarray | None, fraction: float = 0.2,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Split validation images into (inner train, inner hold-out) for a model fitted on validation (stacking).
+
+    Why by patient: the hold-out picks the meta-model's epoch and drives its learning-rate schedule; with one
+    patient's images on both inner sides it rewards memorising that patient (stain, scanner), the very leak a
+    patient split exists to expose. So each class's patients are shuffled (``seed``) and whole patients move to
+    the hold-out until it holds about ``fraction`` of that class's images (at least one patient, never all).
+
+    Returns ``(train_index, holdout_index, how)`` with ``how`` ``"patient"``, or ``"image"`` when a patient split
+    is impossible (no patient ids, or fewer than 2 validation patients of a class): then a stratified image split,
+    which the caller records so the leak is visible rather than silent.
+    """
+    labels = np.asarray(labels).astype(int)
+    n = len(labels)
+    if patients is not None:
+        frame = pd.DataFrame({"patient": np.asarray(patients), "label": labels, "i": np.arange(n)})
+        per_patient = frame.groupby("patient", sort=True)["label"].agg(lambda s: int(round(s.mean())))
+        counts = frame.groupby("patient", sort=True).size()
+        if frame["patient"].nunique() < n and per_patient.value_counts().reindex([0, 1], fill_value=0).min() >= 2:
+            rng = np.random.default_rng(seed)
+            held: list = []
+            for cls in (0, 1):
+                pats = per_patient.index[per_patient.to_numpy() == cls].to_numpy()
+                pats = pats[rng.permutation(len(pats))]
+                target, taken = fraction * counts.loc[pats].sum(), 0
+                for p in pats[:-1]:  # never the class's last patient: the inner train needs both classes
+                    held.append(p)
+                    taken += counts.loc[p]
+                    if taken >= target:
+                        break
+            hold = frame["patient"].isin(held).to_numpy()
+            return np.flatnonzero(~hold), np.flatnonzero(hold), "patient"
+    from sklearn.model_selection import train_test_split
+
+    train, hold = train_test_split(np.arange(n), test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(hold), "image"

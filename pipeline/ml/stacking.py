@@ -3,9 +3,10 @@
 Architecture as published: concat(features) -> BN -> Dropout .2 -> Dense 128 ReLU -> BN -> Dropout .2
 -> Dense 32 ReLU -> BN -> Dropout .2 -> Dense 2 softmax, Adam 1e-3, trained on the validation split,
 by default as the study trained it: 40 epochs, batch 16, ReduceLROnPlateau.
-Unlike the study, the test split is never used for monitoring: an inner, stratified 80/20 split of the
-validation images drives ReduceLROnPlateau and picks the epoch (best inner-holdout loss), so test stays a
-true hold-out. The remaining differences are listed in the README ("Stacking").
+Unlike the study, the test split is never used for monitoring: an inner 80/20 split of validation, by
+patient and stratified by class (:func:`pipeline.core.splits.inner_holdout`), drives ReduceLROnPlateau and
+picks the epoch (best inner-holdout loss), so test stays a true hold-out and no patient sits on both inner
+sides. The remaining differences are listed in the README ("Stacking").
 """
 
 from __future__ import annotations
@@ -56,20 +57,24 @@ def build_meta_model(n_features: int, seed: int = 0):
 
 
 def fit_stacking(val_x: np.ndarray, val_y: np.ndarray, test_x: np.ndarray, epochs: int = 40, seed: int = 0,
-                 batch_size: int = 16, reduce_lr: bool = True, patience: int = 0) -> dict:
+                 batch_size: int = 16, reduce_lr: bool = True, patience: int = 0,
+                 val_patients: np.ndarray | None = None) -> dict:
     """Train on an inner split of val, select the epoch on the inner hold-out, predict test.
 
     ``patience`` 0 trains every epoch and restores the best inner-hold-out epoch at the end (the study kept
     the best epoch too, but judged it on test); N > 0 stops after N epochs without improvement.
     ``reduce_lr``: Keras's ``ReduceLROnPlateau`` with its defaults (factor 0.1, patience 10) on the hold-out loss.
+    ``val_patients``: each validation image's patient; the inner hold-out is then whole patients (falls back to an
+    image split, reported as ``inner_split: "image"``, when there are none or too few).
     """
     import keras
-    from sklearn.model_selection import train_test_split
+
+    from pipeline.core.splits import inner_holdout
 
     val_y = np.asarray(val_y, dtype=np.int32)
     if np.bincount(val_y, minlength=2).min() < 2:
         raise PipelineError("stacking needs at least 2 validation images of each class")
-    inner_train, inner_hold = train_test_split(np.arange(len(val_y)), test_size=0.2, stratify=val_y, random_state=seed)
+    inner_train, inner_hold, how = inner_holdout(val_y, val_patients, 0.2, seed)
     model = build_meta_model(val_x.shape[1], seed)
     # Keras 3 restores the best weights at the end of training even when it never stops early.
     callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=patience or epochs, restore_best_weights=True)]
@@ -81,6 +86,7 @@ def fit_stacking(val_x: np.ndarray, val_y: np.ndarray, test_x: np.ndarray, epoch
     return {
         "test_prob": model.predict(test_x, verbose=0)[:, 1],
         "holdout_prob": model.predict(val_x[inner_hold], verbose=0)[:, 1],
-        "holdout_index": inner_hold, "best_epoch": best_epoch, "epochs_trained": len(history.history["val_loss"]),
+        "holdout_index": inner_hold, "train_index": inner_train, "inner_split": how,
+        "best_epoch": best_epoch, "epochs_trained": len(history.history["val_loss"]),
         "model": model,  # saved by the ensemble stage so that `predict` re-applies it to new images
     }

@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts.catalog import Catalog, ensemble_run_id
+from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import atomic_path, read_parquet, write_json, write_parquet
-from pipeline.artifacts.predictions import load_predictions, make_rows, member_groups, member_runs, merge_predictions, probability_matrix
+from pipeline.artifacts.predictions import (ensemble_rows, load_predictions, member_groups, member_runs, merge_predictions,
+                                            probability_matrix, stacking_rows)
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import EnsembleConfig
-from pipeline.core.ensemble import combine, fit_weights, subset_search
+from pipeline.core.ensemble import fit_weights, subset_search
 from pipeline.core.errors import PipelineError
 
-ENSEMBLE_VERSION = 2  # 2: exact weights and the stacking meta-models are saved (``predict`` re-applies them)
+ENSEMBLE_VERSION = 3  # 2: exact weights and stacking meta-models saved (``predict`` re-applies them); 3: inner hold-out by patient
 
 
 def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), seed: int = 0, force: bool = False) -> pd.DataFrame:
@@ -54,18 +55,16 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
     test_p, test_meta = probability_matrix(preds, members, "test")
     groups = member_groups(members)
     features = _member_features(catalog, members, val_meta, test_meta) if cfg.stacking and groups else {}
-    rows, record = [], {"members": members, "groups": {}, "weights": {}, "stacking": {}}
+    # The record first (groups, exact weights, rule, best subsets), then every voting row from it by the one
+    # function `predict` and the dashboard's fixture call too (pipeline.artifacts.predictions.ensemble_rows).
+    record: dict = {"members": members, "groups": {}, "weights": {}, "stacking": {}, "config": settings}
+    rows: list[pd.DataFrame] = []
     meta_models: dict = {}  # group -> fitted stacking model, saved with the other outputs
     for group, names in groups.items():
         idx = [members.index(n) for n in names]
         record["groups"][group] = names
         weights = fit_weights(val_p[idx], val_meta["label"].to_numpy())
         record["weights"][group] = dict(zip(names, weights.tolist()))  # exact: `predict` recomputes the rows from them
-        for method in ("soft", "hard", "weighted"):
-            run_id = ensemble_run_id(method, names)
-            for p, meta in ((val_p, val_meta), (test_p, test_meta)):
-                res = combine(p[idx], method, cfg.threshold, cfg.hard_tie_break, weights)
-                rows.append(make_rows(run_id, "ensemble", method, group, "none", meta, res.score, pred=res.pred))
         if cfg.stacking:
             rows.extend(_stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record, meta_models))
     subsets = None
@@ -74,17 +73,11 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
                                 threshold=cfg.threshold, tie_break=cfg.hard_tie_break)
         for method in ("soft", "hard"):
             best = subsets[(subsets["method"] == method) & (subsets["n_members"] >= 2)].iloc[0]
-            names = best["members"].split("+")
-            run_id = ensemble_run_id(f"{method}-best", names)
-            idx = [members.index(n) for n in names]
-            record[f"best_{method}_subset"] = {"members": names, "val_accuracy": float(best["val_accuracy"]),
+            record[f"best_{method}_subset"] = {"members": best["members"].split("+"), "val_accuracy": float(best["val_accuracy"]),
                                                "test_accuracy": float(best["test_accuracy"])}
-            for p, meta in ((val_p, val_meta), (test_p, test_meta)):
-                res = combine(p[idx], method, cfg.threshold, cfg.hard_tie_break)
-                rows.append(make_rows(run_id, "ensemble", f"{method}-best", "subset", "none", meta, res.score, pred=res.pred))
+    rows = ensemble_rows(record, preds, "val") + ensemble_rows(record, preds, "test") + rows
     new = pd.concat(rows, ignore_index=True)
     record["seconds"] = round(time.perf_counter() - start, 2)
-    record["config"] = settings
     # -- act --------------------------------------------------------------------------------------------
     write_parquet(new, catalog.ensemble_predictions)
     outputs = [catalog.ensemble_predictions, catalog.ensembles]
@@ -120,6 +113,14 @@ def _member_features(catalog: Catalog, members: list[str], val_meta: pd.DataFram
     return out
 
 
+def _patients(meta: pd.DataFrame) -> np.ndarray | None:
+    """Each image's patient (the strict numeric id, else the folder id), or None when the rows carry none."""
+    for col in ("patient_num", "patient_id"):
+        if col in meta and meta[col].notna().all():
+            return meta[col].astype(str).to_numpy()
+    return None
+
+
 def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, record, meta_models: dict) -> list[pd.DataFrame]:
     from pipeline.ml.runtime import quiet_tensorflow
     from pipeline.ml.stacking import fit_stacking
@@ -129,16 +130,21 @@ def _stacking_rows(features, names, group, val_meta, test_meta, cfg, seed, recor
     test_x = np.concatenate([features[n][1] for n in names], axis=1)
     try:
         out = fit_stacking(val_x, val_meta["label"].to_numpy(), test_x, cfg.stacking_epochs, seed, cfg.stacking_batch_size,
-                           cfg.stacking_reduce_lr, cfg.stacking_patience)
+                           cfg.stacking_reduce_lr, cfg.stacking_patience, val_patients=_patients(val_meta))
     except PipelineError as exc:
         print(f"stacking ({group}) skipped: {exc}")
         record["stacking"][group] = {"skipped": str(exc)}
         return []
-    run_id = ensemble_run_id("stacking", names)
+    hold_patients = sorted({str(p) for p in _patients(val_meta)[out["holdout_index"]]}) if _patients(val_meta) is not None else []
     record["stacking"][group] = {"best_epoch": out["best_epoch"], "epochs_trained": out["epochs_trained"], "val_used_for_fit": True,
-                                 "holdout_images": int(len(out["holdout_index"])), "members": names, "model_saved": True}
+                                 "holdout_images": int(len(out["holdout_index"])), "members": names, "model_saved": True,
+                                 "inner_split": out["inner_split"], "holdout_patients": hold_patients}
+    if out["inner_split"] != "patient":
+        print(f"stacking ({group}): inner hold-out split by image (fewer than 2 validation patients of a class): "
+              "its epoch choice may reward memorised patients")
     meta_models[group] = out["model"]
     hold_meta = val_meta.iloc[out["holdout_index"]].reset_index(drop=True)
-    # Only the inner hold-out of val is out-of-sample for the meta-model: those are its "val" rows.
-    return [make_rows(run_id, "ensemble", "stacking", group, "none", hold_meta, out["holdout_prob"]),
-            make_rows(run_id, "ensemble", "stacking", group, "none", test_meta, out["test_prob"])]
+    # Only the inner hold-out of val is out-of-sample for the meta-model: those are its "val" rows. Decided at the
+    # recorded threshold, as `predict` decides an external folder's stacking rows.
+    return [stacking_rows(names, group, hold_meta, out["holdout_prob"], record),
+            stacking_rows(names, group, test_meta, out["test_prob"], record)]

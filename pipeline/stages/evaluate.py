@@ -28,19 +28,19 @@ from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import EvaluateConfig
 from pipeline.core.decision import aurc, certainty_from_members, certainty_from_score, majority_accuracy, threshold_from_validation
 from pipeline.core.errors import PipelineError
+from pipeline.core.ensemble import takes_validation_threshold
 from pipeline.core.metrics import CI_METRICS, METRIC_NAMES, binary_metrics, bootstrap_ci, fold_summary, patient_recognition_rate
 from pipeline.core.patients import PATIENT_METRICS, patient_metrics, patient_table
 from pipeline.core.neighbours import with_neighbour_rate
 
 EVALUATE_VERSION = 2
-VOTE_SHARE_METHODS = ("hard", "hard-best")  # ensembles whose score is the share of malignant member votes
 NOT_CALIBRATION = ("brier", "ece", "brier_lo", "brier_hi")  # n/a for a vote share
 MEMBER_THRESHOLD = 0.5  # each member's own vote, as the ensemble stage casts it
 
 
 def score_type(kind: str, model: str) -> str:
     """``vote_share`` for hard-vote ensembles (their score is a share of votes), else ``probability``."""
-    return "vote_share" if kind == "ensemble" and model in VOTE_SHARE_METHODS else "probability"
+    return "vote_share" if kind == "ensemble" and not takes_validation_threshold(model) else "probability"
 
 
 def choose_thresholds(preds: pd.DataFrame, threshold: float | str) -> dict[str, tuple[float, str]]:
@@ -87,7 +87,8 @@ def evaluate_predictions(preds: pd.DataFrame, cfg: EvaluateConfig = EvaluateConf
 
     Decisions: with a numeric ``cfg.threshold`` a probability row is malignant when its score is >= it, and a
     hard-vote row keeps the decision the ensemble stage wrote (majority of votes, its tie rule; recorded as 0.5).
-    With ``"validation"`` every run's threshold is chosen on its val rows and applied to val and test alike.
+    With ``"validation"`` every probability run's threshold is chosen on its val rows and applied to val and test
+    alike; a hard vote still keeps its own decision (source ``majority vote``), the builder's rule too.
     """
     thresholds = choose_thresholds(preds, cfg.threshold)
     members = _member_probs(preds)
@@ -97,8 +98,9 @@ def evaluate_predictions(preds: pd.DataFrame, cfg: EvaluateConfig = EvaluateConf
         kind, model = part["kind"].iloc[0], part["model"].iloc[0]
         stype = score_type(kind, model)
         threshold, source = thresholds[str(run_id)]
-        if stype == "vote_share" and cfg.threshold != "validation":
-            pred, threshold = part["pred"].to_numpy().astype(int), 0.5
+        if stype == "vote_share":  # the one rule (core.ensemble.takes_validation_threshold): a hard vote keeps its majority
+            pred, threshold = part["pred"].to_numpy().astype(int), 0.5  # decision and tie rule, in both threshold modes
+            source = "majority vote" if cfg.threshold == "validation" else source
         else:
             pred = (prob >= threshold).astype(int)
         part = part.assign(pred=pred)

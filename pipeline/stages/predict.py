@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog, ensemble_run_id
+from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog
 from pipeline.artifacts.experiment import load_split_frame, require_stain_target
 from pipeline.artifacts.io import atomic_path, ensure_dir, read_json, read_parquet, write_json, write_parquet
-from pipeline.artifacts.predictions import completed_runs, load_predictions, make_rows, merge_predictions, probability_matrix
+from pipeline.artifacts.predictions import completed_runs, ensemble_rows, load_predictions, make_rows, merge_predictions
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import file_sha256, listing_digest
@@ -148,6 +148,12 @@ def index_external(data_root: Path, labels_file: Path | None) -> tuple[pd.DataFr
     return manifest, rejects, layout
 
 
+def ci_unit_of(manifest: pd.DataFrame) -> str:
+    """``image`` when every image is its own patient (a flat folder without a ``patient`` column): the "patient"
+    bootstrap then resamples images, and the pages must say so; else ``patient``."""
+    return "patient" if manifest["patient_id"].nunique() < len(manifest) else "image"
+
+
 # -- the source experiment --------------------------------------------------------------------------------
 def trained_runs(source: Path) -> list[str]:
     """The completed single runs of ``source`` whose model file is there (the models ``predict`` applies)."""
@@ -227,7 +233,9 @@ def _write_inputs(source: Path, data_root: Path, out: Path, labels_file: Path | 
     write_json({"data_root": str(data_root), "synthetic": marker is not None, "synthetic_marker": str(marker) if marker else None,
                 "images": len(manifest), "rejects": len(rejects), "seconds": round(time.perf_counter() - start, 2),
                 "external": {"source_experiment": str(source.resolve()), "source_name": source.resolve().name, "layout": layout,
-                             "labels": labelled, "labels_file": str(labels_file) if labels_file else None}}, catalog.dataset)
+                             "labels": labelled, "labels_file": str(labels_file) if labels_file else None,
+                             "ci_unit": ci_unit_of(manifest)}},
+               catalog.dataset)
     stamp.record([catalog.manifest, catalog.rejects, catalog.split, catalog.dataset])
     print(f"predict: {len(manifest)} images ({layout} layout, {'labelled' if labelled else 'no labels'}), {len(rejects)} rejected")
 
@@ -324,7 +332,7 @@ def _score_ensembles(source: Path, out: Path, runs: list[str], force: bool) -> N
     if lacking:
         raise PipelineError(f"{source}'s ensembles use run(s) {lacking} that have no trained model; re-run `ensemble` there")
     merge_predictions(out)
-    rows = ensemble_rows(record, load_predictions(out), lambda g: src.stacking_model(g) if g in stacked else None,
+    rows = external_ensemble_rows(record, load_predictions(out), lambda g: src.stacking_model(g) if g in stacked else None,
                          lambda m: dst.run(m).features)
     write_parquet(pd.concat(rows, ignore_index=True), dst.ensemble_predictions)
     write_json({**record, "external": {"source_experiment": str(source.resolve()), "refitted": False}}, dst.ensembles)
@@ -332,33 +340,17 @@ def _score_ensembles(source: Path, out: Path, runs: list[str], force: bool) -> N
     print(f"predict: {len({r['run_id'].iloc[0] for r in rows})} ensembles recomputed with {source.name}'s fitted parameters")
 
 
-def ensemble_rows(record: dict, preds: pd.DataFrame, stacking_model, features_file) -> list[pd.DataFrame]:
-    """The rows of every ensemble recorded in ``record`` (an ``ensembles.json``) on the ``external`` images of ``preds``."""
-    from pipeline.core.ensemble import combine
+def external_ensemble_rows(record: dict, preds: pd.DataFrame, stacking_model, features_file) -> list[pd.DataFrame]:
+    """The rows of every ensemble recorded in ``record`` on the ``external`` images of ``preds``: the ensemble stage's
+    own function (:func:`pipeline.artifacts.predictions.ensemble_rows`) with the source's saved meta-models."""
 
-    cfg = record.get("config") or {}
-    threshold, tie = float(cfg.get("threshold", 0.5)), cfg.get("hard_tie_break", "mean_prob")
-    rows = []
-    for group, names in (record.get("groups") or {}).items():
-        probs, meta = probability_matrix(preds, names, EXTERNAL_SPLIT)
-        weights = np.array([record["weights"][group][n] for n in names], dtype=np.float64)
-        for method in ("soft", "hard", "weighted"):
-            res = combine(probs, method, threshold, tie, weights)
-            rows.append(make_rows(ensemble_run_id(method, names), "ensemble", method, group, "none", meta, res.score, pred=res.pred))
+    def stacking_prob(group: str, names: list[str], meta: pd.DataFrame):
         model_path = stacking_model(group)
-        if model_path is not None:
-            rows.append(make_rows(ensemble_run_id("stacking", names), "ensemble", "stacking", group, "none", meta,
-                                  stacking_probabilities(model_path, [features_file(n) for n in names], meta["image_id"].tolist()),
-                                  threshold=threshold))
-    for method in ("soft", "hard"):
-        best = record.get(f"best_{method}_subset")
-        if isinstance(best, dict):
-            names = list(best["members"])
-            probs, meta = probability_matrix(preds, names, EXTERNAL_SPLIT)
-            res = combine(probs, method, threshold, tie)
-            rows.append(make_rows(ensemble_run_id(f"{method}-best", names), "ensemble", f"{method}-best", "subset", "none", meta,
-                                  res.score, pred=res.pred))
-    return rows
+        if model_path is None:
+            return None
+        return stacking_probabilities(model_path, [features_file(n) for n in names], meta["image_id"].tolist())
+
+    return ensemble_rows(record, preds, EXTERNAL_SPLIT, stacking_prob)
 
 
 def stacking_probabilities(model_path: Path, feature_files: list[Path], image_ids: list[str]) -> np.ndarray:

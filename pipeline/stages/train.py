@@ -5,7 +5,8 @@ The lifecycle of a run (every write atomic; ``state.json`` is the commit record 
 
 1. **Plan**: resolve the run's settings and hash those that change its result (``workers``,
    ``checkpoint_seconds`` and ``predict_batch_size`` do not) with the content fingerprint of its data (image
-   ids, content hashes, labels, split) and, for a stained run, the stain target's key.
+   ids, content hashes, labels, split), the sha256 of a weights file (cached by size and mtime) and, for a
+   stained run, the stain target's key.
 2. **Skip** when ``run.json`` is complete with that hash and ``model.keras`` and the run's own
    ``predictions.parquet`` are there: one line, "up to date", nothing written.
 3. **Validate, then act**: the weights, the (stain-normalized) images, their decoded cache and the model itself
@@ -19,7 +20,9 @@ The lifecycle of a run (every write atomic; ``state.json`` is the commit record 
    and history, best epoch and ``model.keras`` are put back to that point, so the three always agree (the epochs
    after it are trained again). When every epoch was done (``fit_complete``), only prediction is redone.
    (Shuffling/augmentation restart from the seed, so a resumed run is not bit-identical to an uninterrupted one.)
-6. **Finish**: predict val/test with the best model; write ``features.npz`` (pooled features of train, val and test),
+6. **Retrain** of a finished run (new hash or ``--force``): steps 4-5 happen in ``runs/<run_id>.retrain/``; the
+   finished run stays in place, rows included, until the new ``run.json`` commits, then the folders swap by rename.
+7. **Finish**: predict val/test with the best model; write ``features.npz`` (pooled features of train, val and test),
    the run's ``predictions.parquet`` and ``run.json``; remove ``state.json`` and the resume points; merge the
    experiment's ``predictions.parquet``.
 """
@@ -27,6 +30,7 @@ The lifecycle of a run (every write atomic; ``state.json`` is the commit record 
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -40,7 +44,7 @@ from pipeline.artifacts.experiment import data_fingerprint, data_root_of, load_s
 from pipeline.artifacts.io import atomic_link, atomic_path, read_json, write_json, write_parquet
 from pipeline.artifacts.predictions import make_rows, merge_predictions
 from pipeline.artifacts.provenance import library_versions
-from pipeline.artifacts.stamps import content_digest
+from pipeline.artifacts.stamps import cached_digest, content_digest
 from pipeline.config import TrainConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import stable_hash
@@ -102,6 +106,8 @@ def plan_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "no
     total_epochs = epochs or cfg.epochs
     resolved = {"model": spec.name, "stain": stain, "image_size": size, "epochs": total_epochs, "seed": seed,
                 "fold": fold, "train": cfg.result_settings()}
+    if cfg.weights not in ("imagenet", "none"):  # a file's bytes, not its path: replacing it in place retrains
+        resolved["weights_sha256"] = cached_digest(cfg.weights, Catalog(exp_dir).weights_digests, write=False)
     if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
         resolved["stain_key"] = require_stain_target(exp_dir, stain)["key"]
     fingerprint = data_fingerprint(frame)
@@ -156,7 +162,7 @@ def predict_with_features(model, images: np.ndarray, batch_size: int,
 
 
 def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int, total_epochs: int,
-                     checkpoint_seconds: float = 60.0, chief: bool = True, multiworker: bool = False):
+                     checkpoint_seconds: float = 60.0, chief: bool = True, multiworker: bool = False, run_id: str = ""):
     """``chief``: this process writes the run. ``multiworker``: saving a model is a collective operation under
     MultiWorkerMirroredStrategy, so every worker saves at the same epochs (others to a throwaway file outside
     the experiment) and the resume checkpoint is written every epoch instead of by wall-clock time."""
@@ -166,6 +172,8 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
 
     from pipeline.ml.tensorboard import EpochScalars
     from pipeline.progress import batch_event, report
+
+    run_id = run_id or files.dir.name
 
     def save(model, target):
         if chief:
@@ -189,7 +197,7 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
             if chief and (now - self.last_report >= 0.5 or self.seen == n_train):  # one report per run: the chief's
                 self.last_report = now
                 logs = logs or {}
-                report(batch_event(files.dir.name, self.epoch, total_epochs, self.seen, n_train, now - self.t0,
+                report(batch_event(run_id, self.epoch, total_epochs, self.seen, n_train, now - self.t0,
                                    [h["seconds"] for h in state["history"]], logs.get("loss"), logs.get("accuracy")))
 
         def on_epoch_end(self, epoch, logs=None):
@@ -226,7 +234,7 @@ def _epoch_callbacks(files: RunFiles, state: dict, n_train: int, batch_size: int
             write_json(state, files.state)  # the commit: a resume trusts only what state.json names
             for path in stale:
                 path.unlink(missing_ok=True)
-            print(f"  {files.dir.name} epoch {done}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
+            print(f"  {run_id} epoch {done}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} | val_loss {row['val_loss']:.4f} "
                   f"val_acc {row['val_accuracy']:.3f} | {seconds:.1f}s {row['images_per_s']:.1f} img/s", flush=True)
 
     return [EpochCheckpoint()] + ([EpochScalars(files.tensorboard)] if chief else [])  # only the chief writes the run
@@ -280,6 +288,44 @@ def _reset_run_folder(files: RunFiles) -> None:
     files.dir.mkdir(parents=True)
 
 
+def staging_files(files: RunFiles) -> RunFiles:
+    """Where a *retrain* of a finished run trains (``runs/<run_id>.retrain/``, not a run id: merges ignore it), so
+    the finished run, its model and its rows stay exactly as they were until the new ``run.json`` commits."""
+    return RunFiles(files.dir.with_name(files.dir.name + ".retrain"))
+
+
+def _is_finished(files: RunFiles) -> bool:
+    try:
+        return files.info.exists() and read_json(files.info).get("status") == "complete"
+    except (PipelineError, AttributeError):
+        return False
+
+
+def _commit_staged(files: RunFiles, staging: RunFiles) -> None:
+    """Swap a committed retrain into place: old folder aside, staged folder in, old folder removed.
+
+    Each step is a rename; :func:`_recover_swap` finishes the swap when a process dies between the two."""
+    old = files.dir.with_name(files.dir.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if files.dir.exists():
+        os.replace(files.dir, old)
+    os.replace(staging.dir, files.dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_swap(files: RunFiles) -> None:
+    """After a kill between the swap's two renames: put whichever folder holds a committed run in place."""
+    staging, old = staging_files(files), files.dir.with_name(files.dir.name + ".old")
+    if not files.dir.exists():
+        if _is_finished(staging):
+            os.replace(staging.dir, files.dir)
+        elif old.exists():
+            os.replace(old, files.dir)
+    if old.exists() and files.dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _remove_leftovers(files: RunFiles) -> None:
     """A finished run keeps no resume state (state.json, resume points)."""
     files.state.unlink(missing_ok=True)
@@ -305,18 +351,27 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     import keras
 
     plan = plan_run(exp_dir, model, cfg, stain, image_size, epochs, seed, fold)
-    exp_dir, spec, frame, files, run_id = plan.exp_dir, plan.spec, plan.frame, plan.files, plan.run_id
+    exp_dir, spec, frame, run_id = plan.exp_dir, plan.spec, plan.frame, plan.run_id
     size, total_epochs = plan.size, plan.total_epochs
+    _recover_swap(plan.files)
     if not force:
         info = completed_info(plan)
         if info is not None:
-            _remove_leftovers(files)
+            _remove_leftovers(plan.files)
+            if staging_files(plan.files).dir.exists():  # a retrain to a hash that is no longer wanted
+                shutil.rmtree(staging_files(plan.files).dir)
             merge_predictions(exp_dir)
             print(f"{run_id}: up to date (config {plan.config_hash})", flush=True)
             return info
 
+    # A retrain of a finished run trains into a staging folder; the finished run is replaced only when the new
+    # run.json commits (an interrupted retrain leaves the old model, run.json and rows exactly as they were).
+    retrain = _is_finished(plan.files)
+    files = staging_files(plan.files) if retrain else plan.files
     # -- validate: everything below can fail without touching the run folder ---------------------------
     check_weights_available([spec], cfg.weights)
+    if cfg.weights not in ("imagenet", "none"):  # validated: now remember its digest, so the next plan need not re-hash
+        cached_digest(cfg.weights, Catalog(exp_dir).weights_digests)
     # First TensorFlow work of the run: MultiWorkerMirroredStrategy must exist before any other op.
     strategy = make_strategy(cfg.strategy)
     chief = is_chief(strategy)
@@ -366,7 +421,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
                      "checkpoint_time": 0.0, "best_val_accuracy": None, "best_epoch": None, "history": [],
                      "fit_complete": False}
             if cfg.warmup_epochs:
-                state["history"] = _warmup(net, ds_train, ds_val, cfg, len(x_train))
+                state["history"] = _warmup(net, ds_train, ds_val, cfg, len(train_idx))
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
         else:
             if chief:
@@ -376,7 +431,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         if net is not None:
             net.run_eagerly = cfg.run_eagerly
             all_callbacks = _epoch_callbacks(files, state, len(train_idx), cfg.batch_size, total_epochs,
-                                             cfg.checkpoint_seconds, chief, is_multiworker(strategy)) + list(callbacks or [])
+                                             cfg.checkpoint_seconds, chief, is_multiworker(strategy), run_id) + list(callbacks or [])
             if cfg.early_stopping_patience:
                 all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
             if is_multiworker(strategy):
@@ -444,6 +499,9 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         "strategy": cfg.strategy, "xla": bool(net.jit_compile) if net is not None else bool(cfg.jit_compile),
     }
     write_json(info, files.info)  # the commit of a finished run
+    if retrain:
+        _commit_staged(plan.files, files)
+        files = plan.files
     _remove_leftovers(files)
     merge_predictions(exp_dir)
     print(f"{run_id}: val acc {info['val_accuracy']:.3f}, test acc {info['test_accuracy']:.3f}, best epoch {info['best_epoch']}, "
