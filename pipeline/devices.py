@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 
 GPUS_ENV = "HISTOCOMPARE_GPUS"
 DEVICE_ENV = "HISTOCOMPARE_DEVICE"  # the device string a worker was given ("" on CPU), read back into run.json
@@ -72,6 +73,15 @@ def enable_memory_growth() -> list[str]:
 
 
 def place() -> dict:
-    """Where this process runs: host, pid and device (for progress events and ``run.json``)."""
-    device = os.environ.get(DEVICE_ENV) or os.environ.get("CUDA_VISIBLE_DEVICES") or ""
-    return {"node": socket.gethostname(), "pid": os.getpid(), "device": f"GPU {device}" if device and device != "-1" else "CPU"}
+    """Where this process runs: host, pid and device (for progress events and ``run.json``).
+
+    The device is the ``CUDA_VISIBLE_DEVICES`` this process was given (``"GPU 1"``); once TensorFlow is running it
+    is checked against what TensorFlow sees, so a device string on a machine without a GPU reads ``"CPU"``.
+    """
+    given = os.environ.get(DEVICE_ENV) or os.environ.get("CUDA_VISIBLE_DEVICES") or ""
+    given = "" if given == "-1" else given
+    device = f"GPU {given}" if given else "CPU"
+    if "tensorflow" in sys.modules:
+        gpus = sys.modules["tensorflow"].config.list_physical_devices("GPU")
+        device = "CPU" if not gpus else f"GPU {given or ','.join(str(i) for i in range(len(gpus)))}"
+    return {"node": socket.gethostname(), "pid": os.getpid(), "device": device}

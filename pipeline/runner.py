@@ -177,8 +177,8 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
         ("index", "index", True, index),
         ("split", "split", True, split),
         ("stain", "stain", bool(stains), stain),
-        ("train", f"train ({len(cfg.runs)} runs, {cfg.train.workers if cfg.cluster.executor == 'local' else 'Ray'} at a time)",
-         True, train),
+        ("train", f"train ({len(cfg.runs)} runs, " + (f"{cfg.train.workers} at a time)" if cfg.cluster.executor == "local"
+                                                      else "one Ray task each)"), True, train),
         ("ensemble", "ensemble", cfg.ensemble.enabled, ensemble),
         ("neighbours", "neighbours", cfg.neighbours.enabled and bool(cfg.runs), neighbours),
         ("evaluate", "evaluate", True, evaluate),
@@ -275,12 +275,10 @@ def train_all(cfg: Config, force: bool = False, board: Board | None = None, exec
         own = executor is None
         executor = executor or executor_for(cfg)
         try:
-            if executor.name == "local":
-                from pipeline.ml.runtime import quiet_tensorflow
+            from pipeline.ml.runtime import quiet_tensorflow
 
-                quiet_tensorflow()
-            else:
-                executor.check_storage([cfg.out_dir])
+            executor.check_storage([cfg.out_dir])
+            quiet_tensorflow()  # the image caches below, or the runs themselves in this process
             if executor.slots > 1 and len(jobs) > 1:
                 _prepare_image_caches(cfg, jobs)  # decode once here, so workers never race to build the same cache
                 jobs.sort(key=lambda j: -j[1])  # largest inputs first (stable: preset order among equals)

@@ -110,10 +110,9 @@ def train_schedule(experiments: list[Config], force: bool, executor=None) -> tup
         with board:
             busy = [cfg for cfg in experiments if any(e[0] is cfg for e in entries)]
             executor.check_storage([cfg.out_dir for cfg in busy])
-            if executor.name == "local":
-                from pipeline.ml.runtime import quiet_tensorflow
+            from pipeline.ml.runtime import quiet_tensorflow
 
-                quiet_tensorflow()
+            quiet_tensorflow()  # the image caches below, or the runs themselves in this process
             if executor.slots > 1 and len(entries) > 1:
                 for cfg in busy:
                     _prepare_image_caches(cfg, [(i, size, job) for c, i, size, job, _ in entries if c is cfg])
