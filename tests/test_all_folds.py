@@ -99,3 +99,20 @@ def test_run_skips_the_gradcam_stage_when_it_has_no_methods(dashboard_artifacts,
     for k in range(2):
         status = json.loads((tmp_path / f"nm-fold{k}" / "pipeline_status.json").read_text())
         assert {s["name"]: s["state"] for s in status["stages"]}["gradcam"] == "skipped"
+
+
+def test_several_presets_expand_to_one_schedule_of_experiments(tmp_path):
+    """`run --config image_level.toml patient.toml` (fold = "all", 3 folds): four experiments in one schedule; two
+    presets writing one folder are refused before anything runs."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.schedule import expand
+
+    image = config_from_dict({"experiment": {"name": "img", "data_root": "x", "out_dir": str(tmp_path / "img")},
+                              "split": {"mode": "paper"}})
+    patient = config_from_dict({"experiment": {"name": "pat", "data_root": "x", "out_dir": str(tmp_path / "pat")},
+                                "split": {"folds": 3, "fold": "all"}})
+    names = [c.experiment.name for c in expand([image, patient])]
+    assert names == ["img", "pat-fold0", "pat-fold1", "pat-fold2"]
+    assert [c.split.fold for c in expand([patient])] == [0, 1, 2]
+    with pytest.raises(PipelineError, match="two experiments write"):
+        expand([image, image])

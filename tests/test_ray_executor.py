@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import PROJECT_ROOT
+from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.predictions import load_predictions
 
 pytest.importorskip("ray")
@@ -174,7 +175,8 @@ def test_tiny_protocol_on_a_ray_head(protocol):
             assert info["status"] == "complete" and info["epochs_done"] == (3 if run_id == "v1_b0" else 1)
             # each run finished once: one final line per run in the driver's log
             assert text.count(f"[rayp-fold{k}] {run_id}: val acc") == 1, text[-4000:]
-        assert (exp / "metrics.parquet").exists() and (exp / "gradcam").is_dir()
+        catalog = Catalog(exp)
+        assert catalog.metrics.exists() and catalog.gradcam_scores("gradcam").exists()  # Grad-CAM ran as Ray tasks too
         status = json.loads((exp / "pipeline_status.json").read_text())
         assert status["state"] == "finished"
     summary = pd.read_parquet(protocol["base"] / "artifacts" / "rayp-folds" / "fold_summary.parquet")
@@ -190,44 +192,55 @@ def test_killed_worker_is_retried_and_resumes(protocol):
     assert history["epoch"].tolist() == [1, 2, 3]  # epochs after the resume point trained again, none twice
 
 
-def test_own_errors_fail_once_and_ctrl_c_cancels_every_task(ray_head, monkeypatch):
-    """On the same head, in this process: a task that raises is reported once as JobFailed (not retried) while the
-    others finish; Ctrl-C during a map cancels every task (the cluster's CPUs are free again within seconds)."""
-    import ray
+EXECUTOR_SCRIPT = r"""
+import json, signal, sys, time
+import ray
+from pipeline.executors import Task
+from pipeline.executors.ray_executor import RayExecutor
+from pipeline.workers import JobFailed
 
-    from pipeline.executors import Task
-    from pipeline.executors.ray_executor import RayExecutor
-    from pipeline.workers import JobFailed
+executor = RayExecutor(sys.argv[1], cpus_per_run=1, gpus_per_run=-1, max_retries=2)
+out = {"gpus_per_run": executor.gpus_per_run, "slots": executor.slots}
+results = executor.map([Task("a", abs, -3), Task("bad", int, "x"), Task("b", abs, -5)], tensorflow=False)
+out["results"] = [r.error.__class__.__name__ + ": " + str(r.error) if isinstance(r, JobFailed) else r for r in results]
 
-    for key, value in RAY_ENV.items():
-        monkeypatch.setenv(key, value)
-    executor = RayExecutor(ray_head, cpus_per_run=1, gpus_per_run=-1, max_retries=2)
-    try:
-        assert executor.gpus_per_run == 0 and executor.slots == 2  # a CPU-only cluster: runs ask for no GPU
-        results = executor.map([Task("a", abs, -3), Task("bad", int, "x"), Task("b", abs, -5)], tensorflow=False)
-        assert results[0] == 3 and results[2] == 5
-        assert isinstance(results[1], JobFailed) and "invalid literal for int()" in str(results[1].error)
+def interrupt(*_):
+    raise KeyboardInterrupt
 
-        def interrupt(*_):
-            raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, interrupt)
+signal.alarm(8)  # time for two sleeping tasks to start
+started = time.monotonic()
+try:
+    executor.map([Task(f"s{i}", time.sleep, 120) for i in range(3)], tensorflow=False)
+    out["interrupted"] = False
+except KeyboardInterrupt:
+    out["interrupted"] = True
+out["interrupt_s"] = time.monotonic() - started
+deadline = time.monotonic() + 30
+while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+    time.sleep(0.5)
+out["cpus_free_after_s"] = time.monotonic() - started - out["interrupt_s"]
+out["cpus_free"] = ray.available_resources().get("CPU", 0)
+executor.close()
+out["shut_down"] = not ray.is_initialized()
+print(json.dumps(out))
+"""
 
-        previous = signal.signal(signal.SIGALRM, interrupt)
-        signal.alarm(8)  # time for both tasks to start
-        started = time.monotonic()
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                executor.map([Task(f"s{i}", time.sleep, 120) for i in range(3)], tensorflow=False)
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, previous)
-        assert time.monotonic() - started < 30
-        deadline = time.monotonic() + 30
-        while ray.available_resources().get("CPU", 0) < 2:  # cancelled: their CPUs are back, none sleeps on
-            assert time.monotonic() < deadline, ray.available_resources()
-            time.sleep(0.5)
-    finally:
-        executor.close()
-    assert not ray.is_initialized()
+
+def test_own_errors_fail_once_and_ctrl_c_cancels_every_task(ray_head):
+    """On the same head (a fresh driver process: Ray reads its address settings at import): a task that raises is
+    reported once as JobFailed (not retried) while the others finish; Ctrl-C during a map cancels every task (the
+    cluster's CPUs are free again within seconds, though each task would sleep two minutes)."""
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", EXECUTOR_SCRIPT, ray_head], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["gpus_per_run"] == 0 and out["slots"] == 2  # a CPU-only cluster: runs ask for no GPU
+    assert out["results"][0] == 3 and out["results"][2] == 5
+    assert out["results"][1].startswith("ValueError: invalid literal for int()")
+    assert out["interrupted"] and out["interrupt_s"] < 30
+    assert out["cpus_free"] == 2 and out["cpus_free_after_s"] < 30 and out["shut_down"]
 
 
 def test_storage_probe_needs_the_drivers_token(tmp_path):
@@ -238,3 +251,13 @@ def test_storage_probe_needs_the_drivers_token(tmp_path):
     assert _probe(str(tmp_path), "token-1")[0] is True
     assert _probe(str(tmp_path), "token-2")[0] is False  # a stale copy of the folder (another machine's disk)
     assert _probe(str(tmp_path / "absent"), "token-1")[0] is False
+
+
+def test_the_default_executor_never_imports_ray():
+    """`make demo` and every preset without `[cluster] executor = "ray"` run without Ray: not even imported."""
+    code = ("import sys; from pipeline.config import Config; from pipeline.runner import executor_for; "
+            "import pipeline.cli, pipeline.schedule; e = executor_for(Config()); "
+            "print(e.name, e.slots, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert out.stdout.split() == ["local", "1", "False"], out.stderr[-2000:]

@@ -109,6 +109,8 @@ class RayExecutor:
 
     def __init__(self, address: str = "", cpus_per_run: float = 1.0, gpus_per_run: float = -1.0, max_retries: int = 2):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if not address:  # Ray's single-machine mode (read when ray is imported): every Ray socket on 127.0.0.1
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         import ray
 
         self.ray = ray
