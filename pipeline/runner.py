@@ -310,9 +310,11 @@ def raise_failures(failures: list[tuple[str, BaseException]], total: int) -> Non
     """One line per failed run (its own one-line error), then one PipelineError: the command exits non-zero."""
     from pipeline.core.errors import PipelineError
 
-    for label, error in failures:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"failed: {label}: {first}", flush=True)
+    lines = [f"{label}: {(str(error).strip() or type(error).__name__).splitlines()[0]}" for label, error in failures]
+    if total == 1:  # the only run: its own one-line error, as before there were schedules
+        raise PipelineError(lines[0])
+    for line in lines:
+        print(f"failed: {line}", flush=True)
     names = ", ".join(label for label, _ in failures)
     raise PipelineError(f"{len(failures)} of {total} runs failed ({names}); the others finished: see the lines above")
 

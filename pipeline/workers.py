@@ -283,6 +283,8 @@ def map_in_workers(fn: Callable[[J], R], jobs: Sequence[J], workers: int, tensor
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported by the caller at the end
+                if not isinstance(exc, PipelineError):  # a bug, not bad input: its traceback, as a worker prints it
+                    traceback.print_exc(file=sys.stderr)
                 out.append(JobFailed(exc))
         return out
     threads = max(1, (os.cpu_count() or 2) // workers)

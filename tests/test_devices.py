@@ -57,6 +57,32 @@ def test_each_spawned_worker_sees_exactly_its_own_device(monkeypatch):
     assert os.getpid() not in by_pid and "CUDA_VISIBLE_DEVICES" not in os.environ  # the parent is left alone
 
 
+def _fails_on_two(job: int) -> int:
+    from pipeline.core.errors import PipelineError
+
+    if job == 2:
+        raise PipelineError("run 2 has no benign images")
+    return job * 10
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_run_does_not_stop_the_others(workers, capsys):
+    """In this process (1 worker) or in spawned workers: the failed job's error comes back once, every other job
+    finishes, and the schedule ends with one line per failure and a non-zero exit (a PipelineError)."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.runner import raise_failures
+    from pipeline.workers import JobFailed
+
+    results = LocalExecutor(workers, gpus=[]).map([Task(f"e/r{i}", _fails_on_two, i) for i in range(5)], tensorflow=False)
+    assert [r for r in results if not isinstance(r, JobFailed)] == [0, 10, 30, 40]
+    assert isinstance(results[2], JobFailed) and str(results[2].error) == "run 2 has no benign images"
+    with pytest.raises(PipelineError, match=r"1 of 5 runs failed \(e/r2\)"):
+        raise_failures([("e/r2", results[2].error)], 5)
+    assert "failed: e/r2: run 2 has no benign images" in capsys.readouterr().out
+    with pytest.raises(PipelineError, match=r"^e/r2: run 2 has no benign images$"):  # a schedule of one run
+        raise_failures([("e/r2", results[2].error)], 1)
+
+
 SCRIPT = r"""
 import json, sys
 from pipeline.ml.runtime import quiet_tensorflow
