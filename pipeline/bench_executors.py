@@ -11,6 +11,7 @@ Both are the same ``python -m pipeline run`` command in a fresh process, with 2 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,9 @@ def _run(work: Path, name: str, extra: list[str]) -> float:
     preset = work / f"{name}.toml"
     preset.write_text(PRESET.format(name=name, data=work / "data", out=work / "artifacts" / name))
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HISTOCOMPARE_QUIET": "1"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HISTOCOMPARE_QUIET": "1",
+           # the local instance's token in the environment, not written to ~/.ray/auth_token
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(preset), *extra], cwd=PROJECT_ROOT,
                          env=env, capture_output=True, text=True, timeout=1800)

@@ -5,6 +5,7 @@ with exactly one prediction row per val/test image; the fold summary is written;
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -67,7 +68,10 @@ batch_size = 2
 deletion_steps = 2
 """
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray's single-machine mode: every address is 127.0.0.1
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's single-machine mode: every address is 127.0.0.1
+           # Ray 2.60 turns token authentication on when ~/.ray/auth_token exists (any local ray.init writes one):
+           # head, driver and workers share this test's own token instead, whatever the home folder holds
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def free_port() -> int:
