@@ -65,8 +65,9 @@ def runs_panel(status: dict) -> None:
         within = (run.get("seen") or 0) / of if of else 0.0
         overall = ((run["epoch"] - 1) + within) / run["epochs"]
         loss = f", loss {run['loss']:.3f}" if run.get("loss") is not None else ""
+        where = f", on {plain(str(run['node']))} {plain(str(run.get('device') or ''))}" if run.get("node") else ""  # Ray/GPU workers
         st.progress(min(1.0, max(0.0, overall)), text=f"{name}: epoch {int(run['epoch'])}/{int(run['epochs'])} "
-                    f"({within:.0%} of this epoch{loss}), ETA {format_seconds(run.get('eta_s'))}")
+                    f"({within:.0%} of this epoch{loss}), ETA {format_seconds(run.get('eta_s'))}{where}")
 
 
 @st.fragment(run_every=REFRESH_SECONDS)

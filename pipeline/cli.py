@@ -240,12 +240,24 @@ def cmd_export(args) -> None:
 def cmd_run(args) -> None:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
+    from pipeline.schedule import run_protocol
 
-    cfg = load_config(args.config, args.set or [])
-    if cfg.train.strategy == "multiworker":  # every process would run every stage and write the experiment
-        raise PipelineError("strategy 'multiworker' needs one `python -m pipeline train` per machine (README \"Several GPUs "
-                            "or machines\"); `run` trains in one process: use 'default' or 'mirrored'")
-    run_pipeline(cfg, only=args.only, force=args.force or ())
+    overrides = list(args.set or [])
+    if args.executor:
+        overrides.append(f"cluster.executor={args.executor}")
+    if args.address:
+        if (args.executor or "ray") != "ray":
+            raise PipelineError("--address is the Ray cluster's address: use it with --executor ray")
+        overrides += ["cluster.executor=ray", f"cluster.address={args.address}"]
+    cfgs = [load_config(path, overrides) for path in args.config]
+    for cfg in cfgs:
+        if cfg.train.strategy == "multiworker":  # every process would run every stage and write the experiment
+            raise PipelineError("strategy 'multiworker' needs one `python -m pipeline train` per machine (README \"Several GPUs "
+                                "or machines\"); `run` schedules whole runs instead: use 'default' with --executor ray")
+    if len(cfgs) == 1 and cfgs[0].split.fold != "all":
+        run_pipeline(cfgs[0], only=args.only, force=args.force or ())
+    else:  # the protocol as one command: every run of every experiment in one schedule
+        run_protocol(cfgs, only=args.only, force=args.force or ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,8 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
-    p.add_argument("--config", required=True, help="pipeline/configs/<preset>.toml")
+    p.add_argument("--config", required=True, nargs="+", help="pipeline/configs/<preset>.toml; several presets (e.g. the "
+                   "image-level one and a fold = \"all\" one) train as one schedule")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key, repeatable")
+    p.add_argument("--executor", choices=["local", "ray"], help="where runs train: local worker processes (default) or "
+                   "Ray tasks ([cluster] executor)")
+    p.add_argument("--address", metavar="HOST:PORT", help="the Ray cluster to use (implies --executor ray); without it "
+                   "Ray starts a local instance")
     p.add_argument("--only", nargs="+", choices=STAGES, metavar="STAGE", help=f"subset of stages: {' '.join(STAGES)}")
     p.add_argument("--force", nargs="+", metavar="STAGE", choices=list(STAGES),
                    help="redo these stages and every stage that depends on them, even if up to date")

@@ -80,7 +80,7 @@ class TrainConfig:
     run_eagerly: bool = False  # no graph tracing: for debugging and tiny smoke runs on CPU (2x faster there), slow otherwise
     predict_batch_size: int = 64
     checkpoint_seconds: float = 60.0  # resume checkpoint (weights + Adam state) at most this often; 0 = every epoch
-    workers: int = 1  # runs trained concurrently by `run` (tracing is single-threaded: 2 helps on small CPU runs)
+    workers: int | str = 1  # runs trained at once by `run` (2 helps on small CPU runs); "gpus": one per visible GPU, each its own
 
     def result_settings(self) -> dict:
         """The settings that can change a trained model: what a run's hash covers.
@@ -146,6 +146,17 @@ class NeighboursConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where `run` trains (and explains) its runs; none of it changes a result (no run hash covers it)."""
+
+    executor: str = "local"  # local: [train] workers processes on this machine | ray: one Ray task per run
+    address: str = ""  # Ray: the cluster's head (host:port); "" starts a local Ray instance (a multi-GPU workstation)
+    cpus_per_run: float = 1.0  # Ray: CPUs each run asks for
+    gpus_per_run: float = -1.0  # Ray: GPUs each run asks for; -1: 1 when the cluster has GPUs, else 0 (CPU-only clusters)
+    max_retries: int = 2  # Ray: times a run is restarted after its worker or node was lost (it resumes from its resume point)
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -156,6 +167,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gradcam: GradcamConfig = field(default_factory=GradcamConfig)
     neighbours: NeighboursConfig = field(default_factory=NeighboursConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def out_dir(self) -> Path:
@@ -183,6 +195,7 @@ CHOICES = {
     "gradcam.split": ("val", "test"),
     "gradcam.target": ("predicted", "true"),
     "runs.stain": ("none", "vahadane", "macenko", "reinhard"),
+    "cluster.executor": ("local", "ray"),
 }
 
 
@@ -252,7 +265,11 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "train.early_stopping_patience": _at_least(0),
     "train.predict_batch_size": _at_least(1),
     "train.checkpoint_seconds": _at_least(0),
-    "train.workers": _at_least(1),
+    "train.workers": lambda v: None if v == "gpus" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) else
+    f"must be >= 1 or \"gpus\" (one per visible GPU), got {v!r}",
+    "cluster.cpus_per_run": _above(0),
+    "cluster.gpus_per_run": lambda v: None if v == -1 or v >= 0 else f"must be >= 0 (or -1: 1 when the cluster has GPUs), got {v}",
+    "cluster.max_retries": _at_least(0),
     "runs.image_size": _image_size,
     "runs.epochs": _at_least(0),  # 0: [train] epochs
     "ensemble.threshold": _open_unit,
@@ -352,7 +369,7 @@ def config_from_dict(raw: dict, require_data_root: bool = True) -> Config:
             raise PipelineError(f"config key 'runs[{i}].stain' must be one of {CHOICES['runs.stain']}, got {run.stain!r}")
     from pipeline.core.splits import parse_ratios
 
-    for name in ("experiment", "split", "train", "ensemble", "evaluate", "gradcam", "neighbours"):
+    for name in ("experiment", "split", "train", "ensemble", "evaluate", "gradcam", "neighbours", "cluster"):
         _check_limits(getattr(cfg, name), name, name)
     for i, run in enumerate(cfg.runs):
         _check_limits(run, f"runs[{i}]", "runs")

@@ -27,6 +27,7 @@ from pipeline.artifacts.status import HEARTBEAT_SECONDS, STATUS_VERSION, format_
 
 T = TypeVar("T")
 LOG_LINES = 40
+PLACE_KEYS = ("node", "pid", "device")  # where a run trains (pipeline.devices.place), shown with its progress
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "img") -> Iterable[T]:
@@ -184,10 +185,12 @@ class Board:
             if kind == "log":
                 self.log(event["line"])
                 return
-            if kind == "run_start":
-                self.running[event["run"]] = {"run": event["run"], "epoch": 0, "epochs": None, "seen": 0, "of": None, "eta_s": None}
-            elif kind == "batch":
-                self.running[event["run"]] = {k: v for k, v in event.items() if k != "kind"}
+            if kind == "run_start":  # with where it runs (node, pid, device) when an executor ran it
+                where = {k: event[k] for k in PLACE_KEYS if k in event}
+                self.running[event["run"]] = {"run": event["run"], "epoch": 0, "epochs": None, "seen": 0, "of": None, "eta_s": None,
+                                              **where}
+            elif kind == "batch":  # keeps the place its run_start gave
+                self.running[event["run"]] = {**self.running.get(event["run"], {}), **{k: v for k, v in event.items() if k != "kind"}}
             elif kind == "run_done":
                 self.running.pop(event["run"], None)
                 self.status["runs"]["done"] += 1
@@ -205,8 +208,9 @@ class Board:
             if r.get("epochs"):
                 pct = 100 * r["seen"] / r["of"] if r.get("of") else 0
                 loss = f" loss {r['loss']:.3f}" if r.get("loss") is not None else ""
+                on = f" on {r['node']} {r['device']}" if r.get("node") else ""
                 out.append(f"[{runs['done']}/{runs['total']} runs] {r['run']}: epoch {r['epoch']}/{r['epochs']} {pct:3.0f}%{loss} "
-                           f"ETA {format_seconds(r.get('eta_s'))}")
+                           f"ETA {format_seconds(r.get('eta_s'))}{on}")
             else:
                 out.append(f"[{runs['done']}/{runs['total']} runs] {r['run']}: starting (building the model, tracing its graph)")
         return out

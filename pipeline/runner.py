@@ -21,6 +21,7 @@ from pipeline.artifacts.home import work_root
 from pipeline.config import Config
 from pipeline.progress import Board, LineReporter, report, set_sink
 from pipeline.stages.declarations import DECLARATIONS, depends_on, stage_order
+from pipeline.workers import JobFailed
 
 # Derived from what each stage declares it reads and writes (pipeline/stages/declarations.py), not written by hand.
 STAGES = stage_order(DECLARATIONS)
@@ -55,14 +56,10 @@ def protocol_dir(cfg: Config) -> Path:
 
 
 def run_all_folds(cfg: Config, only: list[str] | None = None, force: list[str] | tuple[str, ...] = ()) -> dict:
-    """Every fold of the preset, one experiment folder each (each resumable and up to date on its own), then the
-    fold summary (mean ± sd of every metric) when every fold has been evaluated."""
-    records = {}
-    for fold in range(cfg.split.folds):
-        print(f"\n##### fold {fold} of {cfg.split.folds} #####", flush=True)
-        records[fold] = run_pipeline(fold_config(cfg, fold), only=only, force=force)
-    summary = write_fold_summary(cfg)
-    return {"folds": records, "summary": str(summary) if summary else None}
+    """Every fold of the preset (one experiment folder each) as one schedule, then the fold summary."""
+    from pipeline.schedule import run_protocol
+
+    return run_protocol([cfg], only, force)
 
 
 def write_fold_summary(cfg: Config) -> Path | None:
@@ -83,11 +80,19 @@ def write_fold_summary(cfg: Config) -> Path | None:
     return out
 
 
-def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | tuple[str, ...] = ()) -> dict:
+def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | tuple[str, ...] = (), executor=None,
+                 trained: dict[int, dict] | None = None) -> dict:
+    """Every stage of one experiment (``fold = "all"``: of every fold, as one schedule, see :mod:`pipeline.schedule`).
+
+    ``executor``: where training and Grad-CAM runs go (default: the preset's ``[cluster]``); ``trained``: runs a
+    schedule has already trained (see :func:`train_all`).
+    """
     from pipeline.core.errors import PipelineError
 
     if cfg.split.fold == "all":
-        return run_all_folds(cfg, only, force)
+        from pipeline.schedule import run_protocol
+
+        return run_protocol([cfg], only, force)
     from pipeline.core.model_specs import get_spec
     from pipeline.ml.models import check_weights_available
 
@@ -138,7 +143,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
             run_stain(out, method, target=cfg.stain.target, fold=cfg.split.fold, force="stain" in forced)
 
     def train() -> None:
-        train_all(cfg, force="train" in forced, board=board)
+        train_all(cfg, force="train" in forced, board=board, executor=executor, trained=trained)
 
     def ensemble() -> None:
         from pipeline.stages.ensemble import run_ensembles
@@ -158,18 +163,28 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
     def gradcam() -> None:
         from pipeline.stages.gradcam import run_gradcam
 
-        run_gradcam(out, cfg.gradcam, fold=cfg.split.fold, force="gradcam" in forced)
+        if cfg.cluster.executor == "ray" or executor is not None:  # one task per (method, run), like training
+            own = executor is None
+            where = executor or executor_for(cfg)
+            try:
+                run_gradcam(out, cfg.gradcam, fold=cfg.split.fold, force="gradcam" in forced, executor=where)
+            finally:
+                if own:
+                    where.close()
+        else:
+            run_gradcam(out, cfg.gradcam, fold=cfg.split.fold, force="gradcam" in forced)
 
     plan = [  # (stage, header, runs in this preset, what it does)
         ("data", "data (SYNTHETIC demo images)", cfg.experiment.synthetic, data),
         ("index", "index", True, index),
         ("split", "split", True, split),
         ("stain", "stain", bool(stains), stain),
-        ("train", f"train ({len(cfg.runs)} runs, {cfg.train.workers} at a time)", True, train),
+        ("train", f"train ({len(cfg.runs)} runs, " + (f"{cfg.train.workers} at a time)" if cfg.cluster.executor == "local"
+                                                      else "one Ray task each)"), True, train),
         ("ensemble", "ensemble", cfg.ensemble.enabled, ensemble),
         ("neighbours", "neighbours", cfg.neighbours.enabled and bool(cfg.runs), neighbours),
         ("evaluate", "evaluate", True, evaluate),
-        ("gradcam", "gradcam", cfg.gradcam.enabled, gradcam),
+        ("gradcam", "gradcam", cfg.gradcam.enabled and bool(cfg.gradcam.methods), gradcam),  # methods = []: skipped
     ]
     catalog = Catalog(out)
     board = Board(catalog.pipeline_status, catalog.name, [name for name, *_ in plan])
@@ -216,16 +231,13 @@ def _train_job(job: dict) -> dict:
     return info
 
 
-def train_all(cfg: Config, force: bool = False, board: Board | None = None) -> list[dict]:
-    """Train every run of the preset that is not up to date, ``cfg.train.workers`` at a time (see :mod:`pipeline.workers`).
+def plan_training(cfg: Config, force: bool = False, label_prefix: str = "") -> tuple[list[tuple[int, int, dict]], dict[int, dict]]:
+    """The runs of the preset still to train, as ``(index, input size, job)``, and the finished ones' ``run.json``.
 
-    Finished runs are recognised here, without TensorFlow and before any worker starts. With one worker (the
-    default) runs train in this process, one after the other, in preset order; with more, the largest inputs
-    go first for a better packing of the queues. Ctrl-C cancels the queued runs; the running ones resume.
+    Finished runs are recognised here, without TensorFlow and before any worker starts. ``label_prefix``
+    (``"experiment/"``) names the runs in progress events when several experiments train in one schedule.
     """
-    from pipeline.artifacts.predictions import merge_predictions
     from pipeline.stages.train import completed_info, plan_run
-    from pipeline.workers import map_in_workers
 
     jobs, infos = [], {}
     for i, run in enumerate(cfg.runs):  # a stained run's hash includes its stain target's key (plan_run reads target.json)
@@ -234,23 +246,79 @@ def train_all(cfg: Config, force: bool = False, board: Board | None = None) -> l
         plan = plan_run(job["exp_dir"], run.model, cfg.train, run.stain, run.image_size, run.epochs, job["seed"], job["fold"])
         info = None if force else completed_info(plan)
         if info is not None:
-            print(f"{plan.run_id}: up to date (config {plan.config_hash})", flush=True)
+            print(f"{label_prefix}{plan.run_id}: up to date (config {plan.config_hash})", flush=True)
             infos[i] = info
         else:
             jobs.append((i, plan.size, {**job, "run_id": plan.run_id}))
+    return jobs, infos
+
+
+def train_all(cfg: Config, force: bool = False, board: Board | None = None, executor=None,
+              trained: dict[int, dict] | None = None) -> list[dict]:
+    """Train every run of the preset that is not up to date on ``executor`` (default: the preset's ``[cluster]``;
+    the built-in pool runs ``cfg.train.workers`` at a time, see :mod:`pipeline.executors`).
+
+    With one local worker (the default) runs train in this process, one after the other, in preset order; with
+    more, the largest inputs go first for a better packing of the queues. Ctrl-C cancels the queued runs; the
+    running ones resume. A run that fails for its own reasons does not stop the others: the failures are raised
+    together at the end. ``trained``: runs a schedule has already trained (index -> run.json), not redone.
+    """
+    from pipeline.artifacts.predictions import merge_predictions
+
+    jobs, infos = plan_training(cfg, force and trained is None)
+    jobs = [j for j in jobs if j[0] not in (trained or {})]
+    infos.update(trained or {})
     if board is not None:
         board.runs(len(cfg.runs), len(infos))
     if jobs:
-        from pipeline.ml.runtime import quiet_tensorflow
+        from pipeline.executors import Task
 
-        quiet_tensorflow()
-        if cfg.train.workers > 1 and len(jobs) > 1:
-            _prepare_image_caches(cfg, jobs)  # decode once here, so workers never race to build the same cache
-            jobs.sort(key=lambda j: -j[1])  # largest inputs first (stable: preset order among equals)
-        results = map_in_workers(_train_job, [j[2] for j in jobs], cfg.train.workers)
-        infos.update({i: info for (i, _, _), info in zip(jobs, results)})
+        failures = []
+        own = executor is None
+        executor = executor or executor_for(cfg)
+        try:
+            from pipeline.ml.runtime import quiet_tensorflow
+
+            executor.check_storage([cfg.out_dir])
+            quiet_tensorflow()  # the image caches below, or the runs themselves in this process
+            if executor.slots > 1 and len(jobs) > 1:
+                _prepare_image_caches(cfg, jobs)  # decode once here, so workers never race to build the same cache
+                jobs.sort(key=lambda j: -j[1])  # largest inputs first (stable: preset order among equals)
+            results = executor.map([Task(j[2]["run_id"], _train_job, j[2]) for j in jobs])
+        finally:
+            if own:
+                executor.close()
+        for (i, _, job), info in zip(jobs, results):
+            if isinstance(info, JobFailed):
+                failures.append((job["run_id"], info.error))
+            else:
+                infos[i] = info
+        merge_predictions(cfg.out_dir)
+        if failures:
+            raise_failures(failures, len(jobs))
     merge_predictions(cfg.out_dir)  # no-op when every run's rows are already in predictions.parquet
     return [infos[i] for i in sorted(infos)]
+
+
+def executor_for(cfg: Config):
+    """The executor of the preset's ``[cluster]`` section (the built-in pool unless it says ``ray``)."""
+    from pipeline.executors import make_executor
+
+    c = cfg.cluster
+    return make_executor(c.executor, cfg.train.workers, c.address, c.cpus_per_run, c.gpus_per_run, c.max_retries)
+
+
+def raise_failures(failures: list[tuple[str, BaseException]], total: int) -> None:
+    """One line per failed run (its own one-line error), then one PipelineError: the command exits non-zero."""
+    from pipeline.core.errors import PipelineError
+
+    lines = [f"{label}: {(str(error).strip() or type(error).__name__).splitlines()[0]}" for label, error in failures]
+    if total == 1:  # the only run: its own one-line error, as before there were schedules
+        raise PipelineError(lines[0])
+    for line in lines:
+        print(f"failed: {line}", flush=True)
+    names = ", ".join(label for label, _ in failures)
+    raise PipelineError(f"{len(failures)} of {total} runs failed ({names}); the others finished: see the lines above")
 
 
 def _prepare_image_caches(cfg: Config, jobs: list[tuple]) -> None:

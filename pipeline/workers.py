@@ -35,12 +35,15 @@ STOP_SECONDS = 3.0  # an interrupted pool: Python code stops at once; a worker s
 
 
 def limit_tf_threads(threads: int) -> None:
-    """Worker initializer for TensorFlow jobs: quiet start-up, then ``threads`` intra/inter-op threads."""
+    """Worker initializer for TensorFlow jobs: quiet start-up, memory growth on every GPU it sees (before any
+    tensor: several workers can share one GPU), then ``threads`` intra/inter-op threads."""
+    from pipeline.devices import enable_memory_growth
     from pipeline.ml.runtime import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf
 
+    enable_memory_growth()
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
@@ -89,7 +92,11 @@ def _report_to_parent(conn) -> None:
     sys.stderr = progress.LineReporter()
 
 
-def _worker_main(conn, initializer, initargs) -> None:
+def _worker_main(conn, initializer, initargs, device: str | None = None) -> None:
+    from pipeline.devices import assign_device
+
+    assign_device(device)  # first: TensorFlow (imported by the initializer or the first job) reads it once
+
     def stop(*_):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second SIGINT (terminal + parent) must not cut the cleanup
         raise KeyboardInterrupt
@@ -136,14 +143,19 @@ def _thread_lock_for_progress_bars() -> None:
 
 
 class WorkerPool:
-    """``workers`` spawned processes, each running one job at a time; use as a context manager."""
+    """``workers`` spawned processes, each running one job at a time; use as a context manager.
 
-    def __init__(self, workers: int, initializer: Callable | None = None, initargs: tuple = ()):
+    ``devices``: one device string per worker (``CUDA_VISIBLE_DEVICES`` in that worker), None for no change.
+    """
+
+    def __init__(self, workers: int, initializer: Callable | None = None, initargs: tuple = (),
+                 devices: Sequence[str | None] | None = None):
         ctx = get_context("spawn")
         self.procs, self.conns = [], []
-        for _ in range(workers):
+        devices = list(devices or [None] * workers)
+        for w in range(workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, initializer, initargs), daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, initializer, initargs, devices[w]), daemon=True)
             proc.start()
             child.close()
             self.procs.append(proc)
@@ -158,8 +170,11 @@ class WorkerPool:
         else:
             self.terminate()
 
-    def imap_unordered(self, fn: Callable[[J], R], jobs: Sequence[J]) -> Iterator[tuple[int, R]]:
-        """Yield ``(index, fn(jobs[index]))`` as jobs finish; a free worker gets the next job, one at a time."""
+    def imap_unordered(self, fn: Callable[[J], R], jobs: Sequence[J], keep_going: bool = False) -> Iterator[tuple[int, R]]:
+        """Yield ``(index, fn(jobs[index]))`` as jobs finish; a free worker gets the next job, one at a time.
+
+        ``keep_going``: a job's own error is yielded as a :class:`JobFailed` result and the other jobs go on (a
+        dead worker process still stops the pool)."""
         queue = deque(enumerate(jobs))
         busy: dict[int, int] = {}  # worker -> job index
 
@@ -188,6 +203,10 @@ class WorkerPool:
                     report(payload)
                     continue
                 del busy[w]
+                if status == "error" and keep_going:
+                    feed(w)
+                    yield index, JobFailed(payload)
+                    continue
                 if status == "error":
                     raise payload
                 if status == "interrupted":
@@ -232,16 +251,46 @@ class WorkerPool:
                 proc.join(1)
 
 
-def map_in_workers(fn: Callable[[J], R], jobs: Sequence[J], workers: int, tensorflow: bool = True) -> list[R]:
+class JobFailed:
+    """The result of a job that raised (``keep_going``): the exception, for the caller to report at the end."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"JobFailed({self.error!r})"
+
+
+def map_in_workers(fn: Callable[[J], R], jobs: Sequence[J], workers: int, tensorflow: bool = True,
+                   devices: Sequence[str | None] | None = None, keep_going: bool = False) -> list[R]:
     """``[fn(job) for job in jobs]``, in ``workers`` spawned processes when more than one is asked for.
 
     ``fn`` must be a module-level function (it is pickled); results keep the order of ``jobs``. With
-    ``tensorflow`` each worker gets its share of the cores for TensorFlow's thread pools.
+    ``tensorflow`` each worker gets its share of the cores for TensorFlow's thread pools. ``devices``: worker
+    i's ``CUDA_VISIBLE_DEVICES`` (:func:`pipeline.devices.resolve_workers`); a single worker with a device
+    still runs in a spawned process, since this process may have started TensorFlow already. ``keep_going``:
+    a job's own error becomes a :class:`JobFailed` result instead of stopping the other jobs.
     """
     workers = max(1, min(workers, len(jobs)))
-    if workers == 1:
-        return [fn(job) for job in jobs]
+    devices = list(devices)[:workers] if devices else None
+    if workers == 1 and not (devices and devices[0] is not None):
+        if not keep_going:
+            return [fn(job) for job in jobs]
+        out: list = []
+        for job in jobs:
+            try:
+                out.append(fn(job))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported by the caller at the end
+                if not isinstance(exc, PipelineError):  # a bug, not bad input: its traceback, as a worker prints it
+                    traceback.print_exc(file=sys.stderr)
+                out.append(JobFailed(exc))
+        return out
     threads = max(1, (os.cpu_count() or 2) // workers)
     init, args = (limit_tf_threads, (threads,)) if tensorflow else (None, ())
-    with WorkerPool(workers, init, args) as pool:
-        return pool.map(fn, jobs)
+    with WorkerPool(workers, init, args, devices) as pool:
+        results: list = [None] * len(jobs)
+        for index, result in pool.imap_unordered(fn, jobs, keep_going):
+            results[index] = result
+        return results

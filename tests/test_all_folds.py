@@ -74,3 +74,45 @@ def test_train_with_an_all_folds_preset_asks_for_a_fold(tmp_path):
     with redirect_stdout(io.StringIO()), redirect_stderr(err):
         code = main(["train", str(tmp_path / "exp"), "--model", "v1_b0", "--config", str(preset)])
     assert code == 2 and "--fold K" in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
+
+
+def test_gradcam_with_no_methods_is_skipped_not_a_crash(dashboard_artifacts, tmp_path):
+    """Issue 23: `[gradcam] methods = []` (a natural way to skip Grad-CAM) passed validation, and `run` with
+    `fold = "all"` trained the first fold, then died in its gradcam stage: `ValueError: No objects to concatenate`."""
+    from conftest import copy_experiment
+    from pipeline.config import GradcamConfig
+    from pipeline.stages.gradcam import run_gradcam
+
+    exp = copy_experiment(dashboard_artifacts / "fixture", tmp_path / "fixture")
+    assert run_gradcam(exp, GradcamConfig(methods=[])).empty
+
+
+def test_run_skips_the_gradcam_stage_when_it_has_no_methods(dashboard_artifacts, tmp_path, capsys):
+    """The stage is shown as skipped (not run) when there is nothing to explain, in every fold of the protocol."""
+    from pipeline.runner import run_pipeline
+
+    data = dashboard_artifacts.parent / "data"
+    cfg = config_from_dict({"experiment": {"name": "nm", "data_root": str(data), "out_dir": str(tmp_path / "nm")},
+                            "split": {"mode": "patient", "ratios": [0.5, 0.25, 0.25], "folds": 2, "fold": "all"},
+                            "gradcam": {"methods": []}})
+    run_pipeline(cfg, only=["index", "split", "gradcam"])
+    for k in range(2):
+        status = json.loads((tmp_path / f"nm-fold{k}" / "pipeline_status.json").read_text())
+        assert {s["name"]: s["state"] for s in status["stages"]}["gradcam"] == "skipped"
+
+
+def test_several_presets_expand_to_one_schedule_of_experiments(tmp_path):
+    """`run --config image_level.toml patient.toml` (fold = "all", 3 folds): four experiments in one schedule; two
+    presets writing one folder are refused before anything runs."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.schedule import expand
+
+    image = config_from_dict({"experiment": {"name": "img", "data_root": "x", "out_dir": str(tmp_path / "img")},
+                              "split": {"mode": "paper"}})
+    patient = config_from_dict({"experiment": {"name": "pat", "data_root": "x", "out_dir": str(tmp_path / "pat")},
+                                "split": {"folds": 3, "fold": "all"}})
+    names = [c.experiment.name for c in expand([image, patient])]
+    assert names == ["img", "pat-fold0", "pat-fold1", "pat-fold2"]
+    assert [c.split.fold for c in expand([patient])] == [0, 1, 2]
+    with pytest.raises(PipelineError, match="two experiments write"):
+        expand([image, image])

@@ -110,3 +110,15 @@ def test_training_curves_one_colour_per_run_and_a_log_scale(dashboard_artifacts,
     assert spec["layout"]["yaxis"]["type"] == "log"  # loss: log scale by default, so one spike cannot flatten the rest
     at.toggle(key="curves_log_loss").set_value(False).run()
     assert json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["yaxis"].get("type") in (None, "linear")
+
+
+def test_pipeline_page_says_where_a_remote_run_trains(tmp_path, monkeypatch):
+    """A run on a Ray worker (or a GPU worker of the pool) carries node, pid and device in the status file."""
+    status = planted_status(time.time())
+    status["runs"]["running"][0].update(node="gpu-node-2", pid=777, device="GPU 1")
+    exp = tmp_path / "live"
+    exp.mkdir()
+    (exp / "pipeline_status.json").write_text(json.dumps(status))
+    at = open_pipeline_page(monkeypatch, tmp_path)
+    bars = [unescaped(p.proto.text) for p in at.get("progress")]
+    assert "v1_b0: epoch 4/10 (50% of this epoch, loss 0.612), ETA 0:43, on gpu-node-2 GPU 1" in bars

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from pipeline.artifacts.io import write_json  # noqa: E402
 from pipeline.artifacts.provenance import library_versions
 from pipeline.artifacts.catalog import Catalog  # noqa: E402
+from tools.bench_executors import bench_ray_overhead  # noqa: E402
 from pipeline.config import PROJECT_ROOT  # noqa: E402
 
 SAMPLE = Path(os.environ.get("BREAKHIS_SAMPLE", PROJECT_ROOT.parent / "shared" / "breakhis-sample"))
@@ -390,6 +391,8 @@ def render_markdown(report: dict) -> str:
                     + (f", t-SNE {r['tsne_one_run_s']:.0f} s per run" if "tsne_one_run_s" in r else "")
                     + f"; planted leak found (rate >= {r['planted_rate_min']:.2f})")
             base, ratio = f"{r['sklearn_s']:.1f} s ({r['baseline']})", f"{r['ratio']:.2f}x"
+        elif "ours_text" in r:  # a row that renders itself (tools.bench_executors)
+            ours, base, ratio = r["ours_text"], r["baseline_text"], r["ratio_text"]
         elif name.startswith("Vahadane"):
             ours = f"{r['ours_images_per_s']:.2f} img/s"
             base = (f"{r['staintools_images_per_s']:.2f} img/s, max |dW| {r['max_stain_matrix_difference']:.4f}"
@@ -409,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: minutes instead of ~15")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "artifacts" / "bench"))
     parser.add_argument("--only", nargs="*",
-                        help="input prediction prediction-study ensemble neighbours gradcam vahadane dashboard browser")
+                        help="input prediction prediction-study ensemble neighbours gradcam vahadane dashboard browser ray")
     args = parser.parse_args(argv)
     from pipeline.ml.runtime import quiet_tensorflow
 
@@ -425,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                    "ensemble": lambda: bench_ensemble(args.quick), "neighbours": lambda: bench_neighbours(args.quick),
                    "gradcam": lambda: bench_gradcam(exp, args.quick),
                    "vahadane": lambda: bench_vahadane(exp, args.quick), "dashboard": lambda: bench_dashboard(args.quick),
-                   "browser": lambda: bench_browser(args.quick)}
+                   "browser": lambda: bench_browser(args.quick), "ray": lambda: bench_ray_overhead(args.quick)}
         results = []
         for key, fn in benches.items():
             if args.only and key not in args.only:

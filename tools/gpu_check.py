@@ -2,8 +2,9 @@
 
 Trains V1-B0 and V2-B0 for 2 epochs at 224 px on the real BreakHis sample with the ``paper`` preset's
 [train] recipe (ImageNet weights when Keras's cache holds them, else ``none``, and it says which), once
-per precision setting, and prints training and prediction images/s. Training images/s is the last
-epoch's (the first one includes graph tracing / XLA compilation); prediction images/s is a second,
+per precision setting, and prints training and prediction images/s. First, ``run``'s built-in pool with two
+workers given the same GPU (memory growth on) against one worker alone: B0, float32, combined training
+images/s. Training images/s is the last epoch's (the first one includes graph tracing / XLA compilation); prediction images/s is a second,
 timed pass over the val+test images after a warm-up pass. On a machine without a GPU it says so and
 exits with status 1 (``--allow-cpu`` runs it anyway, slowly, e.g. to check the script itself).
 
@@ -75,6 +76,26 @@ def _predict_rate(exp: Path, info: dict, mixed: bool, jit: bool, batch_size: int
         return len(images) / (time.perf_counter() - start)
 
 
+def _two_workers_on_one_gpu(exp: Path, cfg, gpu: str) -> list[tuple[str, float, float]]:
+    """``run``'s built-in pool with two workers given the same GPU (memory growth on): the two runs' combined
+    training rate against one worker alone, same model and settings. Spawned workers only: this process has not
+    touched the GPU yet, so it holds none of its memory."""
+    from pipeline.runner import _train_job
+    from pipeline.workers import map_in_workers
+
+    exps = [exp, exp.parent / "exp-twin"]
+    shutil.copytree(exp, exps[1], dirs_exist_ok=True)
+    jobs = [{"exp_dir": str(e), "model": "efficientnet_b0", "cfg": cfg, "epochs": cfg.epochs, "force": True,
+             "run_id": "v1_b0"} for e in exps]
+    rows = []
+    for label, todo, devices in (("1 worker on GPU " + gpu, jobs[:1], [gpu, gpu]), ("2 workers on GPU " + gpu, jobs, [gpu, gpu])):
+        start = time.perf_counter()
+        infos = map_in_workers(_train_job, todo, 2, devices=devices)  # one job: one spawned worker with the device
+        wall = time.perf_counter() - start
+        rows.append((label, sum(i["train_images_per_s"] for i in infos), wall))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
@@ -104,9 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu-check: {', '.join(devices)}; TensorFlow {tf.__version__}; paper recipe, {args.epochs} epochs at "
           f"{args.image_size} px, batch {paper.batch_size}; weights {weights_note}")
     work = Path(tempfile.mkdtemp(prefix="histocompare-gpu-check-"))
-    rows = []
+    rows, shared = [], []
     try:
         exp = _experiment(work)
+        if gpu_present():  # first, while this process holds no GPU memory
+            gpu = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+            shared = _two_workers_on_one_gpu(exp, dataclasses.replace(paper, epochs=args.epochs, image_size=args.image_size,
+                                                                      weights=weights, checkpoint_seconds=1e9), gpu)
         for model in MODELS:
             for label, mixed, jit in VARIANTS:
                 cfg = dataclasses.replace(paper, epochs=args.epochs, image_size=args.image_size, weights=weights,
@@ -121,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     for model, label, train_rate, predict_rate, train_s, mixed, xla in rows:
         effect = ", ".join(name for name, on in (("mixed_float16", mixed), ("XLA", xla)) if on) or "float32"
         print(f"| {model} | {label} | {train_rate:.1f} | {predict_rate:.1f} | {train_s:.0f} | {effect} |")
+    if shared:  # `run` with two workers sharing one GPU (each with memory growth), float32, B0
+        print(f"\n| efficientnet_b0, float32 | train img/s (sum of the runs, epoch {args.epochs}) | wall s |")
+        print("|---|---|---|")
+        for label, rate, wall in shared:
+            print(f"| {label} | {rate:.1f} | {wall:.0f} |")
     sys.stdout.flush()
     return 0
 

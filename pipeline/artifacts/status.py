@@ -10,9 +10,12 @@ runner rewrites it atomically about once a second while anything changes, and at
      "started": ISO, "updated": ISO, "updated_unix": float, "error": str | null, "changes": int,
      "stages": [{"name": "train", "state": "waiting" | "running" | "done" | "failed" | "skipped", "seconds": float | null}],
      "runs": {"total": 11, "done": 3, "running": [{"run": "v1_b0", "epoch": 4, "epochs": 10, "seen": 48, "of": 92,
-                                                  "eta_s": 31.0, "loss": 0.61, "accuracy": 0.7}]},
+                                                  "eta_s": 31.0, "loss": 0.61, "accuracy": 0.7,
+                                                  "node": "host", "pid": 4242, "device": "GPU 1" | "CPU"}]},
      "log": ["last", "lines"]}
 
+``node``/``pid``/``device`` say where a run trains (a local worker or a Ray worker on any node); a schedule of
+several experiments (``fold = "all"``, several presets) writes each experiment's runs into its own file.
 ``changes`` counts finished stages and finished runs: a dashboard page reruns when it moves, so it picks up the
 new artifacts without a reload.
 """

@@ -49,7 +49,7 @@ def single_runs(exp_dir: Path | str) -> list[str]:
 
 
 def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs: list[str] | None = None, fold: int = 0,
-                workers: int | None = None, force: bool = False) -> pd.DataFrame:
+                workers: int | None = None, force: bool = False, executor=None) -> pd.DataFrame:
     """Maps + scores for every (method, run); ``workers`` (default ``cfg.workers``) > 1 explains runs in parallel.
 
     Each (method, run) is up to date when its model, its predictions, the explained images and the settings are
@@ -70,7 +70,15 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
     for job in jobs:
         if job not in stale:
             up_to_date(f"gradcam {job[1]} {job[2]}")
-    if stale:
+    if stale and executor is not None:  # e.g. Ray: one task per (method, run); failures reported together
+        from pipeline.executors import JobFailed, Task
+
+        results = executor.map([Task(f"gradcam {job[1]} {job[2]}", _explain_run_job, (*job, True)) for job in stale])
+        failed = [(job, r.error) for job, r in zip(stale, results) if isinstance(r, JobFailed)]
+        if failed:
+            lines = [f"{job[1]} {job[2]}: {(str(err).strip() or type(err).__name__).splitlines()[0]}" for job, err in failed]
+            raise PipelineError(f"gradcam failed for {len(failed)} run(s): " + "; ".join(lines))
+    elif stale:
         map_in_workers(_explain_run_job, [(*job, True) for job in stale], workers or cfg.workers)
     out = []
     for method in cfg.methods:
@@ -84,7 +92,7 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
         write_parquet(scores, catalog.gradcam_scores(method))
         stamp.record([catalog.gradcam_scores(method)])
         out.append(scores)
-    return pd.concat(out, ignore_index=True)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()  # methods = []: nothing to explain
 
 
 def select_images(image_ids: list[str], preds: pd.DataFrame, split: str, max_images: int = 0) -> list[str]:

@@ -49,6 +49,7 @@ from pipeline.config import TrainConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import stable_hash
 from pipeline.core.model_specs import ModelSpec, get_spec
+from pipeline.devices import place
 from pipeline.ml.data import load_images, make_dataset
 from pipeline.ml.distribute import is_chief, is_multiworker, make_strategy, prepare_multiworker_fit, replicas
 from pipeline.ml.models import (FEATURE_LAYER, augmentation_layers, build_classifier, check_weights_available, compile_classifier,
@@ -497,6 +498,8 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         "model": spec.name, "stain": stain, "image_size": size,
         "mixed_precision": keras.mixed_precision.global_policy().name == MIXED_POLICY, "replicas": replicas(strategy),
         "strategy": cfg.strategy, "xla": bool(net.jit_compile) if net is not None else bool(cfg.jit_compile),
+        # where it trained: the host and the device its worker was given ("GPU 1"; "CPU" without one)
+        **{k: v for k, v in place().items() if k in ("node", "device")},
     }
     write_json(info, files.info)  # the commit of a finished run
     if retrain:
