@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.core.estimate import GFLOPS, makespan, protocol_hours, run_seconds
+from tools.estimate import GFLOPS, makespan, protocol_hours, run_seconds
 
 
 def test_run_seconds_by_hand():
