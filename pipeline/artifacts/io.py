@@ -17,6 +17,7 @@ one place they occur, so the CLI prints one line instead of a traceback.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -172,13 +173,56 @@ def write_json(obj: Any, path: Path | str) -> Path:
     return Path(path)
 
 
-def read_json(path: Path | str) -> Any:
-    """Parse a JSON artifact; an unreadable or cut-short file is a PipelineError naming it."""
+MAX_JSON_DEPTH = 64  # the deepest artifact the pipeline writes nests 6 levels (a stamp's fingerprints)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise ValueError(f"number {text[:20]} is not finite")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth, computed without recursion (a hostile file must not exhaust the stack here either)."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                return depth
+            todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` for artifacts: only finite numbers, nesting at most MAX_JSON_DEPTH; else ValueError.
+
+    Why: ``NaN``, ``Infinity`` and ``1e999`` are valid to Python's parser and then crash arithmetic and
+    formatting far from the file; a 100,000-deep array raises RecursionError, which no reader expects.
+    """
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        obj = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
+def read_json(path: Path | str, hint: str = "re-run the stage that writes it") -> Any:
+    """Parse a JSON artifact; an unreadable, cut-short, non-finite or too deeply nested file is a PipelineError
+    naming it (the one-line message says which command rewrites it)."""
+    try:
+        return parse_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise PipelineError(f"{path} is not a readable JSON file ({type(exc).__name__}: {_why(exc)}); "
-                            "re-run the stage that writes it") from None
+        raise UnreadableArtifact(f"{path} is not a readable JSON file ({type(exc).__name__}: {_why(exc)}); {hint}",
+                                 path, f"{type(exc).__name__}: {_why(exc)}") from None
 
 
 def write_text_if_changed(path: Path | str, text: str) -> bool:
