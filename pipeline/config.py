@@ -355,10 +355,26 @@ def config_from_dict(raw: dict, require_data_root: bool = True) -> Config:
     parse_ratios(cfg.split.ratios)
     if require_data_root and not cfg.experiment.data_root:
         raise PipelineError("config key 'experiment.data_root' is required")
+    check_out_dir(cfg)
     for m in cfg.gradcam.methods:
         if m not in ("gradcam", "gradcam++", "scorecam"):
             raise PipelineError(f"config key 'gradcam.methods' has unknown method {m!r} (gradcam, gradcam++, scorecam)")
     return cfg
+
+
+def check_out_dir(cfg: Config) -> None:
+    """The experiment folder must not be ``/`` nor lie in (or be) the data root: a synthetic preset regenerates its
+    data root when its sizes change, which would delete an experiment inside it; a real one would index itself."""
+    if cfg.experiment.out_dir and Path(cfg.experiment.out_dir).resolve() == Path("/"):
+        raise PipelineError("config key 'experiment.out_dir' must not be / (give a folder of its own, e.g. artifacts/NAME)")
+    if not cfg.experiment.data_root:
+        return
+    out, data = cfg.out_dir.resolve(), cfg.data_root.resolve()
+    if out == Path("/"):
+        raise PipelineError("config key 'experiment.out_dir' must not be / (give a folder of its own, e.g. artifacts/NAME)")
+    if out == data or data in out.parents:
+        raise PipelineError(f"config key 'experiment.out_dir' ({out}) lies inside experiment.data_root ({data}); "
+                            "put the experiment folder elsewhere")
 
 
 def load_config(path: Path | str, overrides: Sequence[str] = ()) -> Config:
@@ -380,6 +396,8 @@ def read_preset(path: Path | str) -> dict:
         raise PipelineError(f"cannot read config {path}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PipelineError(f"{path} is not valid TOML: nested too deeply") from None
 
 
 def resolve_config(path: Path | str | None, overrides: Sequence[str] = (), require_data_root: bool = True) -> Config:
@@ -412,7 +430,7 @@ def apply_override(raw: dict, item: str) -> None:
     text = text.strip()
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         value = text
     if hints[name] is str and not isinstance(value, str):
         value = text

@@ -146,7 +146,7 @@ def _normalise(col: pd.Series) -> pd.Series:
     return col
 
 
-def _kind_problem(col: pd.Series, kind: str, nullable: bool) -> str | None:
+def _kind_problem(col: pd.Series, kind: str, nullable: bool, has_rule: bool = False) -> str | None:
     if kind == T:
         if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
             return f"column {col.name} is {col.dtype}, not text"
@@ -161,7 +161,7 @@ def _kind_problem(col: pd.Series, kind: str, nullable: bool) -> str | None:
         values = col.to_numpy(dtype=np.float64)
         if not np.isfinite(values).all() or (values != np.round(values)).any():
             return f"column {col.name} holds values that are not whole numbers"
-    elif not nullable and col.isna().any():
+    elif not nullable and not has_rule and col.isna().any():
         return f"column {col.name} has missing values"
     return None
 
@@ -188,7 +188,7 @@ def check_frame(entry: Entry | str, frame: pd.DataFrame, path: Path | str, exp_d
     frame = frame.copy()
     for column in entry.columns:
         col = _normalise(frame[column.name])
-        problem = _kind_problem(col, column.kind, column.nullable)
+        problem = _kind_problem(col, column.kind, column.nullable, column.rule is not None)
         if problem is None and column.rule is not None and len(col):
             problem = column.rule(col, frame)
         if problem:
