@@ -13,7 +13,6 @@ Three promises:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ import streamlit as st
 from PIL import Image
 
 from pipeline.artifacts.catalog import Catalog, check_stain_method
-from pipeline.artifacts.io import UnreadableArtifact, read_parquet_file
+from pipeline.artifacts.io import UnreadableArtifact, opened_inside, parse_json, read_parquet_file
+from pipeline.artifacts.schemas import InvalidArtifact, check_frame, entry_for
 from pipeline.artifacts.predictions import probability_matrix
 from pipeline.core.ensemble import fit_weights
 from pipeline.core.errors import PipelineError
@@ -59,16 +59,37 @@ def list_experiments(root: Path | None = None) -> list[str]:
     if not root.is_dir():
         return []
     # an experiment whose pipeline has only just started (no manifest yet) is listed too: its Pipeline page follows it
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and (Catalog(p).manifest.exists() or Catalog(p).pipeline_status.exists()))
+    names, skipped = [], []
+    try:
+        folders = sorted(root.iterdir())
+    except OSError:
+        return []
+    for p in folders:
+        try:
+            p.name.encode("utf-8")  # a name that is not UTF-8 cannot be shown, linked or put in a URL
+            if p.is_dir() and (Catalog(p).manifest.exists() or Catalog(p).pipeline_status.exists()):
+                names.append(p.name)
+        except (OSError, UnicodeError):
+            skipped.append(p.name.encode("utf-8", "replace").decode("utf-8", "replace"))
+    if skipped:
+        _report_skipped(root, skipped)
     sources = {name: source_of(root / name) for name in names}
     return sorted(names, key=lambda n: (sources[n] if sources[n] in sources else n, sources[n] is not None, n))
+
+
+def _report_skipped(root: Path, skipped: list[str]) -> None:
+    """Sibling folders the picker cannot read or name: said once per script run, the other experiments still listed."""
+    try:
+        report_problem(f"Skipped {len(skipped)} folder(s) under {root} that cannot be read or named: {', '.join(skipped[:3])}.")
+    except Exception:  # called outside a Streamlit script run (a plain import or a test): nothing to show it on
+        pass
 
 
 def source_of(path: Path) -> str | None:
     """The folder name of the experiment that ``path`` externally validates (``dataset.json``), or None."""
     try:
-        record = json.loads(Catalog(path).dataset.read_text())
-    except (OSError, ValueError):
+        record = parse_json(Catalog(path).dataset.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, non-finite or deeply nested: not an external validation
         return None
     external = record.get("external") if isinstance(record, dict) else None
     name = external.get("source_name") if isinstance(external, dict) else None
@@ -82,13 +103,16 @@ def _stamp(path: Path) -> tuple[float, int]:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read_parquet(path: str, stamp: tuple) -> pd.DataFrame:
-    return read_parquet_file(path)
+    """Read and validate against the catalog entry of the file (pipeline/artifacts/schemas.py), cached when valid."""
+    frame = read_parquet_file(path)
+    entry = entry_for(path)
+    return check_frame(entry, frame, path) if entry else frame
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read_json(path: str, stamp: tuple) -> object:
     with open(path, "rb") as fh:
-        return json.loads(fh.read())
+        return parse_json(fh.read().decode("utf-8"))
 
 
 def _cli_dir(path: Path) -> str:
@@ -139,6 +163,9 @@ class Experiment:
             return None
         try:
             return _read_parquet(str(path), _stamp(path))
+        except InvalidArtifact as exc:  # readable, but breaks its catalog entry: say how, and which command rewrites it
+            report_problem(f"{path} {exc.problem}. Rewrite it.", self.command(artifact, corrupt=True, **command_args))
+            return None
         except Exception as exc:  # read_parquet_file raises UnreadableArtifact with pyarrow's reason
             reason = exc.reason.split(":")[0] if isinstance(exc, UnreadableArtifact) else type(exc).__name__
             report_problem(f"{path} cannot be read ({reason}: the file is corrupt or truncated). Rewrite it.",
@@ -150,8 +177,9 @@ class Experiment:
             return None
         try:
             data = _read_json(str(path), _stamp(path))
-        except (OSError, ValueError) as exc:
-            report_problem(f"{path} cannot be read ({type(exc).__name__}). Rewrite it.", self.command(artifact, True))
+        except (OSError, ValueError) as exc:  # also non-finite numbers and nesting deeper than MAX_JSON_DEPTH
+            report_problem(f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}). "
+                           "Rewrite it.", self.command(artifact, True))
             return None
         return data if isinstance(data, dict) else None
 
@@ -197,7 +225,13 @@ class Experiment:
             report_problem(f"Images are not shown: {self.catalog.dataset} names data_root {root!r}, which is not an "
                            "absolute path to an existing folder.", self.command("dataset"))
             return None
-        return Path(root).resolve()
+        resolved = Path(root).resolve()
+        here = self.path.resolve()
+        if resolved == Path("/") or resolved == here or resolved in here.parents:  # would serve any file on the machine
+            report_problem(f"Images are not shown: {self.catalog.dataset} names data_root {root!r}, which is / or a folder "
+                           "that holds the experiments; it must be the dataset's own folder.", self.command("dataset"))
+            return None
+        return resolved
 
     def manifest(self) -> pd.DataFrame | None:
         return self._frame(self.catalog.manifest, "manifest")
@@ -308,14 +342,19 @@ def decode_image(path: str | Path, width: int | None = None) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)
-def load_image(path: str, stamp: tuple, width: int | None = None) -> np.ndarray:
-    return decode_image(path, width)
+def load_image(path: str, stamp: tuple, width: int | None = None, _opened: str | None = None) -> np.ndarray:
+    """Cached on (path, stamp, width); ``_opened`` (not hashed) is the already opened and checked file to decode."""
+    return decode_image(_opened or path, width)
 
 
 def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: str = "none") -> np.ndarray | None:
     """The (optionally stain-normalized) image of ``image_id`` as RGB, or None if missing, refused or corrupt."""
     relative = exp.image_paths().get(str(image_id))
     if relative is None:
+        return None
+    if Path(relative).name != f"{image_id}.png":  # the layout the index writes: a path naming another file is refused
+        report_problem(f"The manifest's path {relative!r} for image {image_id!r} does not name {image_id}.png; not shown.",
+                       exp.command("manifest"))
         return None
     root = exp.data_root() if stain == "none" else exp.stain_root(stain)
     if root is None:
@@ -324,7 +363,11 @@ def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: st
     if path is None:
         return None
     try:
-        return load_image(str(path), _stamp(path), width)
+        with opened_inside(root, path) as name:  # the file opened is the one checked, whatever a link swap does
+            return load_image(str(path), _stamp(path), width, name)
+    except PipelineError as exc:
+        report_problem(f"Image not shown: {exc}")
+        return None
     except Exception as exc:  # corrupt, truncated, decompression bomb, unsupported mode
         if stain == "none":
             report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Replace the file, then re-index "

@@ -166,6 +166,30 @@ def read_parquet(path: Path | str, what: str = "", hint: str = "") -> pd.DataFra
     return read_parquet_file(path, hint)
 
 
+@contextmanager
+def opened_inside(root: Path | str, path: Path | str) -> Iterator[str]:
+    """Open ``path`` once, check that the *opened* file lies inside ``root``, and yield a name of that very file.
+
+    Why: a path checked with ``resolve()`` and then opened again can be swapped for a symlink in between. Here the
+    last component is opened with ``O_NOFOLLOW`` and the open descriptor's real path (``/proc/self/fd/N``) is what
+    is checked; readers then open ``/proc/self/fd/N``, which is the checked inode whatever the name points to now.
+    Raises PipelineError when the file is outside ``root``, a link, or cannot be opened.
+    """
+    root = Path(root).resolve()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise PipelineError(f"cannot open {path}: {_why(exc)}") from None
+    try:
+        proc = f"/proc/self/fd/{fd}"
+        real = Path(os.readlink(proc)) if os.path.islink(proc) else Path(path).resolve()
+        if real != root and root not in real.parents:
+            raise PipelineError(f"{path} resolves to {real}, outside {root}")
+        yield proc if os.path.exists(proc) else str(real)
+    finally:
+        os.close(fd)
+
+
 def write_json(obj: Any, path: Path | str) -> Path:
     """Write JSON atomically, sorted and indented so diffs between runs are readable."""
     with atomic_path(path, ".json") as tmp:
