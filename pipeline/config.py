@@ -226,6 +226,16 @@ def _name(v: str) -> str | None:  # becomes a folder name under artifacts/: neve
     return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) else f"must be a simple name (letters, digits, . _ -), got {v!r}"
 
 
+def _ratios_rule(v: Any) -> str | None:
+    from pipeline.core.splits import parse_ratios
+
+    try:
+        parse_ratios(v)
+    except PipelineError as exc:
+        return str(exc)
+    return None
+
+
 # The value rules of every numeric (and a few string) settings, keyed "section.key"; runs[i] keys as "runs.key".
 LIMITS: dict[str, Callable[[Any], str | None]] = {
     "experiment.name": _name,
@@ -233,6 +243,7 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "experiment.demo_patients": _at_least(8),
     "experiment.demo_images_per_patient": _at_least(1),
     "split.folds": _at_least(1),
+    "split.ratios": _ratios_rule,
     "split.fold": lambda v: None if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) else
     f"must be >= 0 (or \"all\" in a preset), got {v!r}",
     "train.epochs": _at_least(1),
@@ -252,7 +263,8 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "runs.epochs": _at_least(0),  # 0: [train] epochs
     "ensemble.threshold": _open_unit,
     "ensemble.stacking_epochs": _at_least(1),
-    "ensemble.top_subsets": _at_least(1),
+    "ensemble.stacking_batch_size": _at_least(1),
+    "ensemble.stacking_patience": _at_least(0),  # 0: train every epoch, keep the best
     "evaluate.bootstrap": _at_least(1),
     "evaluate.ci": _open_unit,
     "evaluate.ece_bins": _at_least(1),
@@ -260,6 +272,7 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "gradcam.max_images": _at_least(0),
     "gradcam.batch_size": _at_least(1),
     "gradcam.deletion_steps": _at_least(1),
+    "gradcam.workers": _at_least(1),
     "neighbours.k": _at_least(1),
 }
 
@@ -356,6 +369,9 @@ def config_from_dict(raw: dict, require_data_root: bool = True) -> Config:
     if require_data_root and not cfg.experiment.data_root:
         raise PipelineError("config key 'experiment.data_root' is required")
     check_out_dir(cfg)
+    if not cfg.gradcam.methods:
+        raise PipelineError("config key 'gradcam.methods' is empty; name at least one of gradcam, gradcam++, scorecam "
+                            "(or set [gradcam] enabled = false to skip Grad-CAM)")
     for m in cfg.gradcam.methods:
         if m not in ("gradcam", "gradcam++", "scorecam"):
             raise PipelineError(f"config key 'gradcam.methods' has unknown method {m!r} (gradcam, gradcam++, scorecam)")
