@@ -82,7 +82,10 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as exc:  # the writer's own OSError: a full disk, a quota, a read-only remount mid-write
+            raise PipelineError(f"cannot write {final}: {_why(exc)}") from None
         try:
             if tmp_path.exists():
                 os.chmod(tmp_path, 0o666 & ~_umask())
@@ -122,13 +125,59 @@ def file_lock(path: Path | str) -> Iterator[None]:
     import fcntl
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b")
+    except OSError as exc:  # a read-only experiment, a full disk: one line, not a traceback
+        raise PipelineError(f"cannot write {path}: {_why(exc)} (a read-only experiment can be read, not changed)") from None
+    with fh:
+        _acquire(fh, path)
         try:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+LOCK_NOTICE_SECONDS = 3.0  # a wait longer than this is said once, with the holder's process id
+
+
+def _acquire(fh: Any, path: Path) -> None:
+    """Take the lock; when another process holds it for more than LOCK_NOTICE_SECONDS, say who, once, and keep waiting."""
+    import fcntl
+    import time
+
+    start, told = time.monotonic(), False
+    while True:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if not told and time.monotonic() - start >= LOCK_NOTICE_SECONDS:
+            holder = lock_holder(path)
+            print(f"waiting for the lock held by process {holder if holder is not None else '(unknown)'} on {path}", flush=True)
+            told = True
+        time.sleep(0.1)
+
+
+def lock_holder(path: Path | str) -> int | None:
+    """The process id holding an flock on ``path`` (Linux ``/proc/locks``), or None when it cannot be told."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            _, _, inode = fields[5].split(":")
+            if int(inode) == st.st_ino:
+                return int(fields[4])
+        except ValueError:
+            continue
+    return None
 
 
 def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:
