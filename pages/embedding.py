@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard import nav, state, ui
 from dashboard.data import image_for
 from dashboard.text import code, plain
+from dashboard.text import plain_figure
 from pipeline.artifacts.catalog import is_run_id
 
 COLOURS = ["class", "patient", "magnification", "split", "correctness"]
@@ -90,7 +91,7 @@ def figure(points: pd.DataFrame, colour: str) -> tuple[go.Figure, list[np.ndarra
 
 fig, trace_rows = figure(points, colour)
 n_cat = points[colour].nunique()
-event = st.plotly_chart(fig, key="em_chart", on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch")
+event = st.plotly_chart(plain_figure(fig), key="em_chart", on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch")
 st.caption(f"{len(points):,} images of {code(run)} ({MAP_NAMES[method]}); circles train, diamonds val, squares test"
            + (f"; {n_cat} {colour} values, colours repeat (hover a point)" if n_cat > LEGEND_LIMIT else "")
            + ". Draw a box or lasso to list the images.")
