@@ -220,13 +220,14 @@ def opened_inside(root: Path | str, path: Path | str) -> Iterator[str]:
     """Open ``path`` once, check that the *opened* file lies inside ``root``, and yield a name of that very file.
 
     Why: a path checked with ``resolve()`` and then opened again can be swapped for a symlink in between. Here the
-    last component is opened with ``O_NOFOLLOW`` and the open descriptor's real path (``/proc/self/fd/N``) is what
+    file is opened first and the open descriptor's real path (``/proc/self/fd/N``) is what
     is checked; readers then open ``/proc/self/fd/N``, which is the checked inode whatever the name points to now.
-    Raises PipelineError when the file is outside ``root``, a link, or cannot be opened.
+    (Links are followed on open, so a dataset whose files are links inside it keeps working; a link that leads out
+    is refused by the check.) Raises PipelineError when the opened file is outside ``root`` or cannot be opened.
     """
     root = Path(root).resolve()
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise PipelineError(f"cannot open {path}: {_why(exc)}") from None
     try:
