@@ -102,16 +102,17 @@ def _stamp(path: Path) -> tuple[float, int]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read_parquet(path: str, stamp: tuple) -> pd.DataFrame:
-    """Read and validate against the catalog entry of the file (pipeline/artifacts/schemas.py), cached when valid."""
-    frame = read_parquet_file(path)
+def _read_parquet(path: str, stamp: tuple, _opened: str | None = None) -> pd.DataFrame:
+    """Read and validate against the catalog entry of the file (pipeline/artifacts/schemas.py), cached when valid.
+    ``_opened`` (not hashed): the already opened and checked file (see ``Experiment._frame``)."""
+    frame = read_parquet_file(_opened or path)
     entry = entry_for(path)
     return check_frame(entry, frame, path) if entry else frame
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read_json(path: str, stamp: tuple) -> object:
-    with open(path, "rb") as fh:
+def _read_json(path: str, stamp: tuple, _opened: str | None = None) -> object:
+    with open(_opened or path, "rb") as fh:
         return parse_json(fh.read().decode("utf-8"))
 
 
@@ -162,9 +163,18 @@ class Experiment:
         if not path.is_file():
             return None
         try:
-            return _read_parquet(str(path), _stamp(path))
+            with opened_inside(self.path, path) as name:  # an artifact that is a link leading out is not read
+                return _read_parquet(str(path), _stamp(path), name)
         except InvalidArtifact as exc:  # readable, but breaks its catalog entry: say how, and which command rewrites it
             report_problem(f"{path} {exc.problem}. Rewrite it.", self.command(artifact, corrupt=True, **command_args))
+            return None
+        except PipelineError as exc:
+            if not isinstance(exc, UnreadableArtifact):  # outside the experiment, or cannot be opened at all
+                report_problem(f"{path} is not read: {exc}.", self.command(artifact, corrupt=True, **command_args))
+                return None
+            reason = exc.reason.split(":")[0]
+            report_problem(f"{path} cannot be read ({reason}: the file is corrupt or truncated). Rewrite it.",
+                           self.command(artifact, corrupt=True, **command_args))
             return None
         except Exception as exc:  # read_parquet_file raises UnreadableArtifact with pyarrow's reason
             reason = exc.reason.split(":")[0] if isinstance(exc, UnreadableArtifact) else type(exc).__name__
@@ -176,7 +186,11 @@ class Experiment:
         if not path.is_file():
             return None
         try:
-            data = _read_json(str(path), _stamp(path))
+            with opened_inside(self.path, path) as name:  # an artifact that is a link leading out is not read
+                data = _read_json(str(path), _stamp(path), name)
+        except PipelineError as exc:
+            report_problem(f"{path} is not read: {exc}.", self.command(artifact, True))
+            return None
         except (OSError, ValueError) as exc:  # also non-finite numbers and nesting deeper than MAX_JSON_DEPTH
             report_problem(f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}). "
                            "Rewrite it.", self.command(artifact, True))
@@ -382,7 +396,8 @@ def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: st
 @st.cache_data(show_spinner=False, max_entries=32)
 def member_matrices(preds_path: str, stamp: tuple, members: tuple[str, ...], splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Probability matrices of ``members`` per split (the ensemble builder's cached arrays)."""
-    preds = read_parquet_file(preds_path)
+    with opened_inside(Path(preds_path).parent, preds_path) as name:  # the experiment's own file, not a link out
+        preds = read_parquet_file(name)
     return {split: probability_matrix(preds, list(members), split) for split in splits}
 
 

@@ -21,7 +21,7 @@ RECORDING = [False]
 
 def _audit(event, args):
     """Every file open in this process (builtins.open, io.open, os.open, and what PIL/pyarrow/numpy call)."""
-    if RECORDING[0] and event == "open" and isinstance(args[0], (str, bytes, Path)):
+    if RECORDING[0] and event == "open" and isinstance(args[0], (str, bytes, Path)) and not str(args[0]).startswith(("/proc/", "b'/proc/")):
         OPENED.append(str(args[0] if not isinstance(args[0], bytes) else args[0].decode(errors="replace")))
 
 

@@ -214,7 +214,7 @@ RECORDING = [False]
 
 
 def _audit(event, args):
-    if RECORDING[0] and event == "open" and isinstance(args[0], (str, bytes, Path)):
+    if RECORDING[0] and event == "open" and isinstance(args[0], (str, bytes, Path)) and not os.fsdecode(args[0]).startswith("/proc/"):
         OPENED.append(os.fsdecode(args[0]) if isinstance(args[0], bytes) else str(args[0]))
 
 
@@ -229,6 +229,7 @@ PLOTLY_TAG = re.compile(r"<(a|img|b)\b|\\u003c(a|img|b)\b", re.I)
 @example(mutation=("fs", "dataset.json", "sibling-deep", 0, 2, ""), page="overview")  # a deep sibling dataset.json
 @example(mutation=("fs", "dataset.json", "sibling-bytes", 0, 2, ""), page="confusion")  # a non-UTF-8 sibling name
 @example(mutation=("parquet", "runs/v1_b0/history.parquet", "drop", 2, 2, ""), page="training_curves")  # no `loss`
+@example(mutation=("fs", "predictions.parquet", "symlink", 0, 2, ""), page="overview")  # found by the fuzzer: a link out
 def test_dashboard_pages_never_raise_open_outside_or_serve_live_links(mutation, page, dashboard_artifacts, loopback):
     from conftest import render_page
 

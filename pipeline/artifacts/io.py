@@ -226,6 +226,9 @@ def opened_inside(root: Path | str, path: Path | str) -> Iterator[str]:
     is refused by the check.) Raises PipelineError when the opened file is outside ``root`` or cannot be opened.
     """
     root = Path(root).resolve()
+    named = Path(path).resolve()
+    if named != root and root not in named.parents:  # a link that already leads out is not even opened
+        raise PipelineError(f"{path} resolves to {named}, outside {root}")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
