@@ -28,7 +28,7 @@ from pipeline.artifacts.schemas import InvalidArtifact, check_frame, entry_for
 from pipeline.artifacts.predictions import probability_matrix
 from pipeline.core.ensemble import fit_weights
 from pipeline.core.errors import PipelineError
-from pipeline.core.images import read_rgb
+from pipeline.core.images import UnreadableImage, read_rgb
 from dashboard.text import code, plain
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +88,9 @@ def _report_skipped(root: Path, skipped: list[str]) -> None:
 def source_of(path: Path) -> str | None:
     """The folder name of the experiment that ``path`` externally validates (``dataset.json``), or None."""
     try:
-        record = parse_json(Catalog(path).dataset.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # unreadable, not UTF-8, non-finite or deeply nested: not an external validation
+        with opened_inside(path, Catalog(path).dataset) as name:  # a link out of the experiment is not followed
+            record = parse_json(Path(name).read_text(encoding="utf-8"))
+    except (OSError, ValueError, PipelineError):  # unreadable, a link out, not UTF-8, non-finite or too deep
         return None
     external = record.get("external") if isinstance(record, dict) else None
     name = external.get("source_name") if isinstance(external, dict) else None
@@ -380,16 +381,23 @@ def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: st
         with opened_inside(root, path) as name:  # the file opened is the one checked, whatever a link swap does
             return load_image(str(path), _stamp(path), width, name)
     except PipelineError as exc:
-        report_problem(f"Image not shown: {exc}")
-        return None
+        if not isinstance(exc, UnreadableImage):  # opened_inside: the file left the root or cannot be opened
+            report_problem(f"Image not shown: {exc}")
+            return None
+        return _undecodable(exp, path, stain, exc)
     except Exception as exc:  # corrupt, truncated, decompression bomb, unsupported mode
-        if stain == "none":
-            report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Replace the file, then re-index "
-                           "(unreadable files go to rejects.parquet).", exp.command("manifest"))
-        else:
-            report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Delete it and re-run the stain stage.",
-                           f"python -m pipeline stain {exp.cli_dir} --method {stain}")
-        return None
+        return _undecodable(exp, path, stain, exc)
+
+
+def _undecodable(exp: Experiment, path: Path, stain: str, exc: Exception) -> None:
+    """Report an image that cannot be decoded, with the command that replaces it."""
+    if stain == "none":
+        report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Replace the file, then re-index "
+                       "(unreadable files go to rejects.parquet).", exp.command("manifest"))
+    else:
+        report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Delete it and re-run the stain stage.",
+                       f"python -m pipeline stain {exp.cli_dir} --method {stain}")
+    return None
 
 
 # -- ensembles ---------------------------------------------------------------------------------------------

@@ -230,6 +230,7 @@ PLOTLY_TAG = re.compile(r"<(a|img|b)\b|\\u003c(a|img|b)\b", re.I)
 @example(mutation=("fs", "dataset.json", "sibling-bytes", 0, 2, ""), page="confusion")  # a non-UTF-8 sibling name
 @example(mutation=("parquet", "runs/v1_b0/history.parquet", "drop", 2, 2, ""), page="training_curves")  # no `loss`
 @example(mutation=("fs", "predictions.parquet", "symlink", 0, 2, ""), page="overview")  # found by the fuzzer: a link out
+@example(mutation=("fs", "dataset.json", "symlink", 0, 2, ""), page="overview")  # found by the fuzzer: the picker followed it
 def test_dashboard_pages_never_raise_open_outside_or_serve_live_links(mutation, page, dashboard_artifacts, loopback):
     from conftest import render_page
 

@@ -81,6 +81,12 @@ def _fraction_or_nan(col: pd.Series, frame: pd.DataFrame) -> str | None:
     return None if not bad.any() else f"has {col.name} {_show(values[bad][0])} (must be in [0, 1] or n/a)"
 
 
+def _not_infinite(col: pd.Series, frame: pd.DataFrame) -> str | None:
+    values = col.to_numpy(dtype=np.float64)
+    bad = np.isinf(values)
+    return None if not bad.any() else f"has {col.name} {_show(values[bad][0])} (must be a finite number or n/a)"
+
+
 def _finite(col: pd.Series, frame: pd.DataFrame) -> str | None:
     values = col.to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
@@ -121,7 +127,7 @@ ENTRIES: dict[str, Entry] = {e.name: e for e in (
           key=("run_id", "split", "image_id")),
     Entry("metrics", "python -m pipeline evaluate {dir} --force",
           (Column("run_id", T), Column("split", T), Column("group_type", T), Column("group", T),
-           Column("accuracy", N, _fraction_or_nan, nullable=True)),
+           Column("accuracy", N, _not_infinite, nullable=True)),
           key=("run_id", "split", "group_type", "group")),
     Entry("history", "python -m pipeline train {dir} --model MODEL --force",
           (Column("epoch", I, _positive), Column("loss", N, nullable=True), Column("val_loss", N, nullable=True)),
