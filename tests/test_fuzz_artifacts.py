@@ -11,7 +11,7 @@ a symlink to a secret file) into a copy of a small experiment built without trai
   and its data root (an audit hook; the planted secret never), no live link or image in any Markdown element and no
   HTML tag from an artifact in any Plotly spec.
 
-Seeded (``derandomize``) and bounded for ``make test``: HISTOCOMPARE_FUZZ_EXAMPLES (default 12) examples per target;
+Seeded (``derandomize``) and bounded for ``make test``: HISTOCOMPARE_FUZZ_EXAMPLES (default 40) examples per target;
 set it higher for a longer hunt. Counterexamples found while writing it are fixed and kept as rows in
 tests/test_bad_input.py and the explicit examples below.
 """
@@ -38,7 +38,7 @@ from pipeline.artifacts.predictions import load_predictions
 from pipeline.cli import main
 from pipeline.core.errors import PipelineError
 
-EXAMPLES = int(os.environ.get("HISTOCOMPARE_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("HISTOCOMPARE_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
 
