@@ -352,6 +352,9 @@ ROWS = [
         planted_predictions(lambda t: pd.concat([t, t.iloc[:1]], ignore_index=True))),
     Row("evaluate-predictions-foreign-columns", "evaluate {exp}", r"predictions.parquet lacks column\(s\) run_id",
         planted_predictions(lambda t: t.rename(columns={"run_id": "run"}))),
+    Row("predict-labels-duplicate-columns", "predict {exp} --data {tmp}/imgs --out {tmp}/new --labels {tmp}/labels.csv",
+        r"labels.csv has duplicate column\(s\) label",
+        chain(fake_trained_run, image_folder("a.png", labels="image,label, Label\na.png,benign,malignant\n"))),
     Row("ensemble-predictions-categorical-kind-bad", "ensemble {exp}", r"predictions.parquet has kind 'mystery'",
         planted_predictions(lambda t: t.assign(kind=pd.Categorical(["mystery"] * len(t))))),
 ]

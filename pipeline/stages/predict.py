@@ -92,6 +92,10 @@ def read_labels(labels_file: Path, manifest: pd.DataFrame, rejects: pd.DataFrame
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PipelineError(f"{labels_file} is not a readable CSV ({why})") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
+    dup = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if dup:  # "label" and " Label" name one column once normalised: which one is meant cannot be guessed
+        raise PipelineError(f"{labels_file} has duplicate column(s) {', '.join(dup)} (headers are compared trimmed, "
+                            "ignoring case); keep one")
     missing_cols = [c for c in ("image", "label") if c not in table]
     if missing_cols:
         raise PipelineError(f"{labels_file} lacks column(s) {', '.join(missing_cols)} (expected image,label[,patient])")
