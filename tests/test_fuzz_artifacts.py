@@ -188,6 +188,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 @example(mutation=("parquet", "predictions.parquet", "null", 8, 2, ""), command=COMMANDS[1])  # NaN probabilities
 @example(mutation=("json", "pipeline_run.json", "list", 2, 2, ""), command=COMMANDS[3])  # a foreign run record
 @example(mutation=("json", "stamps/index.json", "deep", 5000, 2, ""), command=COMMANDS[2])  # a damaged stamp
+@example(mutation=("json", "runs/v1_b0/run.json", "deep", 2, 2, ""), command=COMMANDS[0])  # found: run.json a list
 def test_cli_stages_exit_0_or_one_line_and_lose_no_row(mutation, command, dashboard_artifacts):
     with Sandbox(dashboard_artifacts / "fixture") as box:
         plant(box.exp, mutation, box.secret)
@@ -231,6 +232,7 @@ PLOTLY_TAG = re.compile(r"<(a|img|b)\b|\\u003c(a|img|b)\b", re.I)
 @example(mutation=("parquet", "runs/v1_b0/history.parquet", "drop", 2, 2, ""), page="training_curves")  # no `loss`
 @example(mutation=("fs", "predictions.parquet", "symlink", 0, 2, ""), page="overview")  # found by the fuzzer: a link out
 @example(mutation=("fs", "dataset.json", "symlink", 0, 2, ""), page="overview")  # found by the fuzzer: the picker followed it
+@example(mutation=("parquet", "gradcam/gradcam/scores.parquet", "drop", 4, 2, ""), page="gradcam")  # found: no prob_target
 def test_dashboard_pages_never_raise_open_outside_or_serve_live_links(mutation, page, dashboard_artifacts, loopback):
     from conftest import render_page
 
@@ -244,7 +246,9 @@ def test_dashboard_pages_never_raise_open_outside_or_serve_live_links(mutation, 
             RECORDING[0] = False
         data = (dashboard_artifacts.parent / "data").resolve()
         inside = [Path(p).resolve() for p in OPENED if Path(p).is_absolute() and box.dir.resolve() in Path(p).resolve().parents]
-        outside = [p for p in inside if box.exp.resolve() not in p.parents and p.name != "dataset.json"]
+        # the picker reads each sibling's dataset.json; the compare page reads sibling experiments on purpose
+        mine = box.artifacts.resolve() if page == "compare_experiments" else box.exp.resolve()
+        outside = [p for p in inside if mine not in p.parents and p.name != "dataset.json"]
         assert not outside and box.secret.resolve() not in inside, (mutation, page, outside)
         assert all(data in Path(p).resolve().parents for p in OPENED if str(p).endswith(".png") and box.dir.resolve()
                    not in Path(p).resolve().parents and Path(p).is_absolute()), (mutation, page)

@@ -302,6 +302,15 @@ def read_json(path: Path | str, hint: str = "re-run the stage that writes it") -
                                  path, f"{type(exc).__name__}: {_why(exc)}") from None
 
 
+def read_json_object(path: Path | str, hint: str = "re-run the stage that writes it") -> dict:
+    """``read_json`` for records that must be a JSON object (``run.json``, ``target.json``): a list or a number in
+    their place is refused in one line, not an AttributeError at the first ``.get``."""
+    record = read_json(path, hint)
+    if not isinstance(record, dict):
+        raise UnreadableArtifact(f"{path} is not a JSON object (found {type(record).__name__}); {hint}", path, "not an object")
+    return record
+
+
 def write_text_if_changed(path: Path | str, text: str) -> bool:
     """Write ``text`` atomically unless the file already holds exactly it (a rerun then touches nothing)."""
     path = Path(path)

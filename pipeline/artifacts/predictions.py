@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, parse_run_id
-from pipeline.artifacts.io import file_lock, read_json, read_parquet_file, write_parquet
+from pipeline.artifacts.io import file_lock, read_json_object, read_parquet_file, write_parquet
 from pipeline.artifacts.schemas import ENTRIES, check_frame
 from pipeline.core.errors import PipelineError
 from pipeline.core.model_specs import MODEL_SPECS
@@ -68,7 +68,7 @@ def completed_runs(exp_dir: Path | str) -> list[str]:
         files = catalog.run(run_id)
         if files.predictions.exists() and files.info.exists():
             try:
-                complete = read_json(files.info).get("status") == "complete"
+                complete = read_json_object(files.info).get("status") == "complete"
             except PipelineError:
                 complete = False
             if complete:

@@ -141,7 +141,9 @@ ENTRIES: dict[str, Entry] = {e.name: e for e in (
     Entry("neighbours", "python -m pipeline neighbours {dir} --force",
           (Column("run_id", T), Column("image_id", T))),
     Entry("gradcam_scores", "python -m pipeline gradcam {dir} --force",
-          (Column("method", T), Column("run_id", T), Column("image_id", T)), key=("method", "run_id", "image_id")),
+          (Column("method", T), Column("run_id", T), Column("image_id", T), Column("prob_target", N, nullable=True),
+           Column("deletion_auc", N, nullable=True), Column("mean_iou", N, nullable=True)),
+          key=("method", "run_id", "image_id")),
 )}
 
 

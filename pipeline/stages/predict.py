@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog, ensemble_run_id
 from pipeline.artifacts.experiment import load_split_frame, require_stain_target
-from pipeline.artifacts.io import atomic_path, ensure_dir, read_json, read_parquet, write_json, write_parquet
+from pipeline.artifacts.io import atomic_path, ensure_dir, read_json, read_json_object, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import completed_runs, load_predictions, make_rows, merge_predictions, probability_matrix
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.errors import PipelineError
@@ -275,7 +275,7 @@ def _score_run(source: Path, out: Path, data_root: Path, run_id: str, frame: pd.
     from pipeline.stages.train import predict_with_features
 
     src, dst = Catalog(source).run(run_id), Catalog(out).run(run_id)
-    info = read_json(src.info)
+    info = read_json_object(src.info)
     stain, size = info.get("stain", "none"), int(info["image_size"])
     train_cfg = (info.get("resolved_config") or {}).get("train") or {}
     resize = train_cfg.get("resize", "square")
@@ -457,7 +457,7 @@ def run_export(source: Path | str, run_id: str, out: Path | str) -> Path:
     lacking = [m for m in members if m not in runs]
     if lacking:
         raise PipelineError(f"member run(s) {lacking} of {run_id} have no trained model in {source}")
-    infos = {m: read_json(catalog.run(m).info) for m in members}
+    infos = {m: read_json_object(catalog.run(m).info) for m in members}
     padded = [m for m, info in infos.items() if ((info.get("resolved_config") or {}).get("train") or {}).get("resize") == "pad"]
     if padded:
         raise PipelineError(f"member(s) {padded} were trained on padded images (resize = pad), which export does not reproduce")
