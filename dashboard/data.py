@@ -13,7 +13,6 @@ Three promises:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +24,12 @@ from PIL import Image
 from pipeline.artifacts.catalog import Catalog, check_stain_method
 from pipeline.artifacts.home import artifacts_root as home_artifacts_root
 from pipeline.artifacts.io import UnreadableArtifact, read_parquet_file
+from pipeline.artifacts.io import opened_inside, parse_json
+from pipeline.artifacts.schemas import InvalidArtifact, check_frame, entry_for
 from pipeline.artifacts.predictions import probability_matrix
 from pipeline.core.ensemble import fit_weights
 from pipeline.core.errors import PipelineError
-from pipeline.core.images import read_rgb
+from pipeline.core.images import UnreadableImage, read_rgb
 from dashboard.text import code, plain
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,16 +61,38 @@ def list_experiments(root: Path | None = None) -> list[str]:
     if not root.is_dir():
         return []
     # an experiment whose pipeline has only just started (no manifest yet) is listed too: its Pipeline page follows it
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and (Catalog(p).manifest.exists() or Catalog(p).pipeline_status.exists()))
+    names, skipped = [], []
+    try:
+        folders = sorted(root.iterdir())
+    except OSError:
+        return []
+    for p in folders:
+        try:
+            p.name.encode("utf-8")  # a name that is not UTF-8 cannot be shown, linked or put in a URL
+            if p.is_dir() and (Catalog(p).manifest.exists() or Catalog(p).pipeline_status.exists()):
+                names.append(p.name)
+        except (OSError, UnicodeError):
+            skipped.append(p.name.encode("utf-8", "replace").decode("utf-8", "replace"))
+    if skipped:
+        _report_skipped(root, skipped)
     sources = {name: source_of(root / name) for name in names}
     return sorted(names, key=lambda n: (sources[n] if sources[n] in sources else n, sources[n] is not None, n))
+
+
+def _report_skipped(root: Path, skipped: list[str]) -> None:
+    """Sibling folders the picker cannot read or name: said once per script run, the other experiments still listed."""
+    try:
+        report_problem(f"Skipped {len(skipped)} folder(s) under {root} that cannot be read or named: {', '.join(skipped[:3])}.")
+    except Exception:  # called outside a Streamlit script run (a plain import or a test): nothing to show it on
+        pass
 
 
 def source_of(path: Path) -> str | None:
     """The folder name of the experiment that ``path`` externally validates (``dataset.json``), or None."""
     try:
-        record = json.loads(Catalog(path).dataset.read_text())
-    except (OSError, ValueError):
+        with opened_inside(path, Catalog(path).dataset) as name:  # a link out of the experiment is not followed
+            record = parse_json(Path(name).read_text(encoding="utf-8"))
+    except (OSError, ValueError, PipelineError):  # unreadable, a link out, not UTF-8, non-finite or too deep
         return None
     external = record.get("external") if isinstance(record, dict) else None
     name = external.get("source_name") if isinstance(external, dict) else None
@@ -82,14 +105,18 @@ def _stamp(path: Path) -> tuple[float, int]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read_parquet(path: str, stamp: tuple) -> pd.DataFrame:
-    return read_parquet_file(path)
+def _read_parquet(path: str, stamp: tuple, _opened: str | None = None) -> pd.DataFrame:
+    """Read and validate against the catalog entry of the file (pipeline/artifacts/schemas.py), cached when valid.
+    ``_opened`` (not hashed): the already opened and checked file (see ``Experiment._frame``)."""
+    frame = read_parquet_file(_opened or path)
+    entry = entry_for(path)
+    return check_frame(entry, frame, path) if entry else frame
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read_json(path: str, stamp: tuple) -> object:
-    with open(path, "rb") as fh:
-        return json.loads(fh.read())
+def _read_json(path: str, stamp: tuple, _opened: str | None = None) -> object:
+    with open(_opened or path, "rb") as fh:
+        return parse_json(fh.read().decode("utf-8"))
 
 
 def _cli_dir(path: Path) -> str:
@@ -139,7 +166,19 @@ class Experiment:
         if not path.is_file():
             return None
         try:
-            return _read_parquet(str(path), _stamp(path))
+            with opened_inside(self.path, path) as name:  # an artifact that is a link leading out is not read
+                return _read_parquet(str(path), _stamp(path), name)
+        except InvalidArtifact as exc:  # readable, but breaks its catalog entry: say how, and which command rewrites it
+            report_problem(f"{path} {exc.problem}. Rewrite it.", self.command(artifact, corrupt=True, **command_args))
+            return None
+        except PipelineError as exc:
+            if not isinstance(exc, UnreadableArtifact):  # outside the experiment, or cannot be opened at all
+                report_problem(f"{path} is not read: {exc}.", self.command(artifact, corrupt=True, **command_args))
+                return None
+            reason = exc.reason.split(":")[0]
+            report_problem(f"{path} cannot be read ({reason}: the file is corrupt or truncated). Rewrite it.",
+                           self.command(artifact, corrupt=True, **command_args))
+            return None
         except Exception as exc:  # read_parquet_file raises UnreadableArtifact with pyarrow's reason
             reason = exc.reason.split(":")[0] if isinstance(exc, UnreadableArtifact) else type(exc).__name__
             report_problem(f"{path} cannot be read ({reason}: the file is corrupt or truncated). Rewrite it.",
@@ -150,9 +189,14 @@ class Experiment:
         if not path.is_file():
             return None
         try:
-            data = _read_json(str(path), _stamp(path))
-        except (OSError, ValueError) as exc:
-            report_problem(f"{path} cannot be read ({type(exc).__name__}). Rewrite it.", self.command(artifact, True))
+            with opened_inside(self.path, path) as name:  # an artifact that is a link leading out is not read
+                data = _read_json(str(path), _stamp(path), name)
+        except PipelineError as exc:
+            report_problem(f"{path} is not read: {exc}.", self.command(artifact, True))
+            return None
+        except (OSError, ValueError) as exc:  # also non-finite numbers and nesting deeper than MAX_JSON_DEPTH
+            report_problem(f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}). "
+                           "Rewrite it.", self.command(artifact, True))
             return None
         return data if isinstance(data, dict) else None
 
@@ -203,7 +247,13 @@ class Experiment:
             report_problem(f"Images are not shown: {self.catalog.dataset} names data_root {root!r}, which is not an "
                            "absolute path to an existing folder.", self.command("dataset"))
             return None
-        return Path(root).resolve()
+        resolved = Path(root).resolve()
+        here = self.path.resolve()
+        if resolved == Path("/") or resolved == here or resolved in here.parents:  # would serve any file on the machine
+            report_problem(f"Images are not shown: {self.catalog.dataset} names data_root {root!r}, which is / or a folder "
+                           "that holds the experiments; it must be the dataset's own folder.", self.command("dataset"))
+            return None
+        return resolved
 
     def manifest(self) -> pd.DataFrame | None:
         return self._frame(self.catalog.manifest, "manifest")
@@ -314,14 +364,19 @@ def decode_image(path: str | Path, width: int | None = None) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)
-def load_image(path: str, stamp: tuple, width: int | None = None) -> np.ndarray:
-    return decode_image(path, width)
+def load_image(path: str, stamp: tuple, width: int | None = None, _opened: str | None = None) -> np.ndarray:
+    """Cached on (path, stamp, width); ``_opened`` (not hashed) is the already opened and checked file to decode."""
+    return decode_image(_opened or path, width)
 
 
 def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: str = "none") -> np.ndarray | None:
     """The (optionally stain-normalized) image of ``image_id`` as RGB, or None if missing, refused or corrupt."""
     relative = exp.image_paths().get(str(image_id))
     if relative is None:
+        return None
+    if Path(relative).name != f"{image_id}.png":  # the layout the index writes: a path naming another file is refused
+        report_problem(f"The manifest's path {relative!r} for image {image_id!r} does not name {image_id}.png; not shown.",
+                       exp.command("manifest"))
         return None
     root = exp.data_root() if stain == "none" else exp.stain_root(stain)
     if root is None:
@@ -330,22 +385,34 @@ def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: st
     if path is None:
         return None
     try:
-        return load_image(str(path), _stamp(path), width)
+        with opened_inside(root, path) as name:  # the file opened is the one checked, whatever a link swap does
+            return load_image(str(path), _stamp(path), width, name)
+    except PipelineError as exc:
+        if not isinstance(exc, UnreadableImage):  # opened_inside: the file left the root or cannot be opened
+            report_problem(f"Image not shown: {exc}")
+            return None
+        return _undecodable(exp, path, stain, exc)
     except Exception as exc:  # corrupt, truncated, decompression bomb, unsupported mode
-        if stain == "none":
-            report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Replace the file, then re-index "
-                           "(unreadable files go to rejects.parquet).", exp.command("manifest"))
-        else:
-            report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Delete it and re-run the stain stage.",
-                           f"python -m pipeline stain {exp.cli_dir} --method {stain}")
-        return None
+        return _undecodable(exp, path, stain, exc)
+
+
+def _undecodable(exp: Experiment, path: Path, stain: str, exc: Exception) -> None:
+    """Report an image that cannot be decoded, with the command that replaces it."""
+    if stain == "none":
+        report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Replace the file, then re-index "
+                       "(unreadable files go to rejects.parquet).", exp.command("manifest"))
+    else:
+        report_problem(f"{path} cannot be decoded ({type(exc).__name__}). Delete it and re-run the stain stage.",
+                       f"python -m pipeline stain {exp.cli_dir} --method {stain}")
+    return None
 
 
 # -- ensembles ---------------------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=32)
 def member_matrices(preds_path: str, stamp: tuple, members: tuple[str, ...], splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Probability matrices of ``members`` per split (the ensemble builder's cached arrays)."""
-    preds = read_parquet_file(preds_path)
+    with opened_inside(Path(preds_path).parent, preds_path) as name:  # the experiment's own file, not a link out
+        preds = read_parquet_file(name)
     return {split: probability_matrix(preds, list(members), split) for split in splits}
 
 

@@ -29,3 +29,56 @@ def code(value: object) -> str:
     """``value`` as an inline code span (shown literally; a backtick inside cannot close the span)."""
     text = " ".join(str(value).split()).replace("`", "'")
     return f"`{text}`"
+
+
+_ANGLES = str.maketrans({"<": "&lt;", ">": "&gt;"})
+
+
+def _plotly_plain(value: object) -> object:
+    """Strings (alone or in arrays) with ``<``/``>`` as entities: Plotly then shows them instead of rendering tags."""
+    if isinstance(value, str):
+        return value.translate(_ANGLES)
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        items = list(value)
+        if any(isinstance(v, str) and ("<" in v or ">" in v) for v in items):
+            return [_plotly_plain(v) for v in items]
+    return value
+
+
+def plain_figure(fig):
+    """Every text a Plotly figure shows from data (trace names, legend groups, texts, categories, titles, annotations)
+    through the plain path: Plotly renders a subset of HTML, so ``<a href>`` in a run id or folder name would be a live
+    link. Hover templates are the page's own markup and are left alone. Returns ``fig`` (changed in place)."""
+    for trace in fig.data:
+        for attr in ("name", "legendgroup", "text", "hovertext", "x", "y", "labels", "z"):
+            if attr in trace and trace[attr] is not None:
+                if attr == "z" and trace.type != "heatmap":
+                    continue
+                new = _plotly_plain(trace[attr])
+                if new is not trace[attr]:
+                    trace[attr] = new
+    layout = fig.layout
+    for obj in (layout.title, layout.legend.title, *(layout[a].title for a in layout if a.startswith(("xaxis", "yaxis")))):
+        if obj is not None and obj.text:
+            obj.text = _plotly_plain(obj.text)
+    for axis in (layout[a] for a in layout if a.startswith(("xaxis", "yaxis"))):
+        if axis.ticktext:
+            axis.ticktext = _plotly_plain(axis.ticktext)
+    for note in layout.annotations or ():
+        if note.text:
+            note.text = _plotly_plain(note.text)
+    return fig
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame):
+    """A copy of ``frame`` whose text cells cannot run as spreadsheet formulas: a cell starting with = + - @ (or a tab
+    or carriage return) gets a leading apostrophe, the OWASP advice for CSV injection. Numbers are left as numbers."""
+    out = frame.copy()
+    for name in out.columns:
+        col = out[name]
+        if col.dtype == object or str(col.dtype) in ("str", "string", "category"):
+            out[name] = col.map(lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return out

@@ -15,7 +15,7 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.data import PROJECT_ROOT, Experiment, artifacts_root, get_experiment, list_experiments, reset_problems, source_of
-from dashboard.text import code, plain
+from dashboard.text import code, plain, plain_figure
 from pipeline.artifacts.status import format_seconds, is_stale, read_status
 from pipeline.core.errors import PipelineError
 from pipeline.core.heatmaps import colorize
@@ -257,7 +257,7 @@ def confusion_figure(counts: dict, title: str, normalize: bool = False, selected
                       xaxis=dict(axis, ticktext=["pred benign", "pred malignant"]),
                       yaxis=dict(axis, ticktext=["true benign", "true malignant"], range=[1.6, -0.6]),
                       clickmode="event+select", dragmode=False, plot_bgcolor="white")
-    return fig
+    return plain_figure(fig)
 
 
 def difference_figure(counts_a: dict, counts_b: dict, title: str) -> go.Figure:
@@ -277,7 +277,7 @@ def difference_figure(counts_a: dict, counts_b: dict, title: str) -> go.Figure:
                       xaxis=dict(axis, ticktext=["pred benign", "pred malignant"]),
                       yaxis=dict(axis, ticktext=["true benign", "true malignant"], range=[1.6, -0.6]),
                       dragmode=False, plot_bgcolor="white")
-    return fig
+    return plain_figure(fig)
 
 
 def colour_bar(where=st) -> None:

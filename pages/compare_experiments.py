@@ -14,6 +14,7 @@ from dashboard.data import get_experiment, list_experiments
 from dashboard.experiments import COMPARED, baseline_of, collapse, comparison_table, overall_rows, protocols, shared_train_test_patients
 from dashboard.runs import display_names
 from dashboard.text import code, plain
+from dashboard.text import plain_figure
 from pipeline.artifacts.catalog import is_run_id, parse_run_id
 from pipeline.artifacts.run_names import run_colour, run_sort_key
 from pipeline.core.decision import INVERTED, INVERTED_MEANING, auc_inverted, ci_label
@@ -136,7 +137,7 @@ for i, proto in enumerate(protos):
                       annotation=dict(text=f"baseline {ui.for_plotly(proto.label)}: {base:.3f}", font=dict(size=10)))
 fig.update_layout(height=max(300, 26 * len(labels) + 130), margin=dict(l=10, r=10, t=40, b=10),
                   legend=dict(orientation="h", y=-0.12), xaxis_title=NAMES[metric])
-st.plotly_chart(fig, width="stretch", key="cx_chart")
+st.plotly_chart(plain_figure(fig), width="stretch", key="cx_chart")
 image_level = [n for n in tables if exps[n].ci_unit == "image"]
 st.caption("One row per model; one marker per experiment, joined by a bar (the gap). Error bars: patient-bootstrap 95% CI for "
            "one experiment, ± 1 sd across folds for a fold protocol (open markers: each fold). Dotted lines: the baseline each "

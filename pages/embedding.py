@@ -13,7 +13,7 @@ import streamlit as st
 from dashboard import cached, nav, state, ui
 from dashboard.data import image_for
 from dashboard.runs import identify
-from dashboard.text import plain
+from dashboard.text import plain, plain_figure
 from pipeline.artifacts.catalog import is_run_id
 from pipeline.core.sampling import in_box, in_polygon
 
@@ -123,7 +123,7 @@ drawn = cached.shown_rows(len(points), len(points) if draw_all else POINT_BUDGET
 files = tuple(cached.fingerprint(f) for f in (exp.catalog.embedding, exp.catalog.manifest, exp.catalog.predictions))
 fig, trace_rows = cached_figure((files, run, method, only_same), colour, tuple(drawn.tolist()))
 n_cat = points[colour].nunique()
-event = st.plotly_chart(fig, key="em_chart", on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch")
+event = st.plotly_chart(plain_figure(fig), key="em_chart", on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch")
 st.caption(f"{len(points):,} images of {plain(names.get(run, run))} ({MAP_NAMES[method]})"
            + (f", {len(drawn):,} drawn (a seeded sample)" if len(drawn) < len(points) else "")
            + "; circles train, diamonds val, squares test"

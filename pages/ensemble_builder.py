@@ -18,6 +18,7 @@ from dashboard import nav, state, ui
 from dashboard.data import cached_weights, member_matrices, stamp, validation_arrays
 from dashboard.runs import BuiltEnsemble, page_runs, save_token, token_label
 from dashboard.text import code, plain
+from dashboard.text import csv_safe, plain_figure
 from pipeline.artifacts.catalog import parse_run_id
 from pipeline.core.decision import (
     aurc,
@@ -115,7 +116,7 @@ def referral(y: np.ndarray, score: np.ndarray, pred: np.ndarray, member_rows: np
     fig.add_vline(x=1 - referred.mean(), line=dict(dash="dot", color="#cf222e"))
     fig.update_layout(title="Risk-coverage", xaxis_title="coverage (share of images the model decides)",
                       yaxis_title="accuracy on them", height=300, margin=dict(t=40, b=10), xaxis=dict(range=[0, 1.02]))
-    right.plotly_chart(fig, width="stretch", key="ens_referral")
+    right.plotly_chart(plain_figure(fig), width="stretch", key="ens_referral")
 
 
 def calibration(y: np.ndarray, score: np.ndarray, method: str) -> None:
@@ -133,7 +134,7 @@ def calibration(y: np.ndarray, score: np.ndarray, method: str) -> None:
     fig.update_layout(title="Reliability", xaxis_title="mean predicted P(malignant) in the bin",
                       yaxis_title="observed malignant share", height=340, margin=dict(t=40, b=10),
                       xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
-    st.plotly_chart(fig, width="stretch", key="ens_reliability")
+    st.plotly_chart(plain_figure(fig), width="stretch", key="ens_reliability")
     st.caption(f"10 equal-width bins (marker size: images). ECE {ui.fmt(binary_metrics(y, score)['ece'])}: the image-weighted "
                "mean gap between a bin's predicted and observed malignant share.")
 
@@ -290,7 +291,7 @@ def builder() -> None:
                 st.toast(f"Saved {name}: every run picker now offers it.", icon=":material/bookmark:")
         def csv() -> bytes:  # made on click, not on every toggle (thousands of rows at full scale)
             return pd.DataFrame({"image_id": meta["image_id"].to_numpy(), "label": y, "score": score,
-                                 "pred": pred}).to_csv(index=False).encode()
+                                 "pred": pred}).pipe(csv_safe).to_csv(index=False).encode()
 
         st.download_button("Download its predictions (CSV)", csv, file_name=f"{exp.name}_built_{split}.csv",
                            mime="text/csv", key="ens_csv", icon=":material/download:")
@@ -360,7 +361,7 @@ def roc_panel(y: np.ndarray, score: np.ndarray, pred: np.ndarray, chosen: list[s
     fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=440,
                       margin=dict(t=40, b=10), legend=dict(font=dict(size=10), orientation="v"),
                       xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
-    st.plotly_chart(fig, width="stretch", key="ens_roc")
+    st.plotly_chart(plain_figure(fig), width="stretch", key="ens_roc")
 
 
 def contributions(chosen: list[str], singles: dict, accuracy: float, subset_accuracy) -> None:
@@ -386,7 +387,7 @@ def agreement(chosen: list[str], member_rows: np.ndarray, threshold: float) -> N
     low = float(agree.values.min())
     heatmap = go.Heatmap(z=agree.values, x=names, y=names, zmin=low if low < 1 else 0.0, zmax=1, colorscale="Viridis",
                          text=agree.round(2).values, texttemplate="%{text}", colorbar=dict(title="agree"))
-    st.plotly_chart(go.Figure(heatmap).update_layout(height=max(220, 60 * len(names) + 80), margin=dict(t=10, b=10),
+    st.plotly_chart(plain_figure(go.Figure(heatmap)).update_layout(height=max(220, 60 * len(names) + 80), margin=dict(t=10, b=10),
                                                      yaxis=dict(autorange="reversed")), width="stretch", key="ens_agree")
 
 def study_reference() -> None:
@@ -430,7 +431,7 @@ def best_subsets() -> None:
                                 "val_log_loss": st.column_config.NumberColumn("Val log-loss", format="%.4f",
                                                                               help="Tie-breaker: log-loss of the soft mean")})
     st.caption("Select a row to load that subset (and its rule) into the builder above.")
-    st.download_button("Download all subsets (CSV)", subsets.to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
+    st.download_button("Download all subsets (CSV)", csv_safe(subsets).to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
                        mime="text/csv", key="ens_subsets_csv", icon=":material/download:")
 
 builder()

@@ -11,6 +11,7 @@ from dashboard import compare, nav, state, ui
 from dashboard.runs import identify, notice_skipped
 from dashboard.verdict import STUDY_PROTOCOL, TIE_RULE, paired_verdict, pick_best, study_comparable
 from dashboard.text import plain
+from dashboard.text import csv_safe, plain_figure
 from pipeline.artifacts.catalog import parse_run_id
 from pipeline.artifacts.run_names import model_alias, run_sort_key
 from pipeline.core.decision import INVERTED, INVERTED_MEANING, auc_inverted, ci_label
@@ -205,7 +206,7 @@ if table is not None and not table.empty:
         fig.add_vline(x=base, line=dict(dash="dot", color="#cf222e", width=1), row=1, col=c)
     fig.update_layout(height=max(300, 26 * len(labels) + 110), margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.08 if len(labels) > 6 else -0.2))
-    st.plotly_chart(fig, width="stretch", key="ov_chart")
+    st.plotly_chart(plain_figure(fig), width="stretch", key="ov_chart")
     st.caption(f"Dots: this experiment, with its {ci_label(exp.ci_unit)}s. Open diamonds: the study's reported test accuracy "
                "for the same model or family ensemble (its split is image-level, so patients are shared). Dotted red lines: "
                f"the baselines to beat (majority-class accuracy {base_acc:.4f}; ROC AUC 0.5).")
@@ -263,7 +264,7 @@ if table is not None and not table.empty:
                 st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=chosen[0], split=split_choice))
         else:
             st.caption("Select one row to browse its errors, or two to compare them.")
-        ui_csv = table[["run_id", "run", *[c for c in shown if c in table]]]
+        ui_csv = csv_safe(table[["run_id", "run", *[c for c in shown if c in table]]])
         st.download_button("Download CSV", ui_csv.to_csv(index=False).encode(), file_name=f"{exp.name}_{split_choice}_metrics.csv",
                            mime="text/csv", key="ov_csv", icon=":material/download:")
 

@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import state, ui
 from dashboard.runs import identify
 from dashboard.text import code
+from dashboard.text import plain_figure
 from pipeline.artifacts.catalog import parse_run_id
 
 exp = ui.page_start("Training curves")
@@ -44,7 +45,7 @@ for run in chosen:
 fig.update_layout(xaxis_title="epoch", yaxis_title=metric, height=480)
 if log_scale:  # labels at 1, 2, 5 of each decade only: plotly's default labels every digit and they pile up
     fig.update_yaxes(type="log", dtick="D2", tickformat=".2~g", minor=dict(showgrid=True))
-st.plotly_chart(fig, width="stretch", key="curves_chart")
+st.plotly_chart(plain_figure(fig), width="stretch", key="curves_chart")
 st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
     "run": st.column_config.TextColumn("Run", pinned=True),
     **{c: st.column_config.NumberColumn(format="%.4f") for c in ("best val accuracy", "test accuracy")},

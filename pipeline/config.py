@@ -244,6 +244,16 @@ def _name(v: str) -> str | None:  # becomes a folder name under artifacts/: neve
     return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) else f"must be a simple name (letters, digits, . _ -), got {v!r}"
 
 
+def _ratios_rule(v: Any) -> str | None:
+    from pipeline.core.splits import parse_ratios
+
+    try:
+        parse_ratios(v)
+    except PipelineError as exc:
+        return str(exc)
+    return None
+
+
 # The value rules of every numeric (and a few string) settings, keyed "section.key"; runs[i] keys as "runs.key".
 LIMITS: dict[str, Callable[[Any], str | None]] = {
     "experiment.name": _name,
@@ -251,6 +261,7 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "experiment.demo_patients": _at_least(8),
     "experiment.demo_images_per_patient": _at_least(1),
     "split.folds": _at_least(1),
+    "split.ratios": _ratios_rule,
     "split.fold": lambda v: None if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) else
     f"must be >= 0 (or \"all\" in a preset), got {v!r}",
     "train.epochs": _at_least(1),
@@ -274,7 +285,8 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "runs.epochs": _at_least(0),  # 0: [train] epochs
     "ensemble.threshold": _open_unit,
     "ensemble.stacking_epochs": _at_least(1),
-    "ensemble.top_subsets": _at_least(1),
+    "ensemble.stacking_batch_size": _at_least(1),
+    "ensemble.stacking_patience": _at_least(0),  # 0: train every epoch, keep the best
     "evaluate.bootstrap": _at_least(1),
     "evaluate.ci": _open_unit,
     "evaluate.ece_bins": _at_least(1),
@@ -282,6 +294,7 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "gradcam.max_images": _at_least(0),
     "gradcam.batch_size": _at_least(1),
     "gradcam.deletion_steps": _at_least(1),
+    "gradcam.workers": _at_least(1),
     "neighbours.k": _at_least(1),
     "neighbours.approximate_above": _at_least(1),
 }
@@ -378,10 +391,27 @@ def config_from_dict(raw: dict, require_data_root: bool = True) -> Config:
     parse_ratios(cfg.split.ratios)
     if require_data_root and not cfg.experiment.data_root:
         raise PipelineError("config key 'experiment.data_root' is required")
+    check_out_dir(cfg)
+    # An empty [gradcam] methods is the way to skip Grad-CAM: `run` shows the stage as skipped (tests/test_all_folds.py)
     for m in cfg.gradcam.methods:
         if m not in ("gradcam", "gradcam++", "scorecam"):
             raise PipelineError(f"config key 'gradcam.methods' has unknown method {m!r} (gradcam, gradcam++, scorecam)")
     return cfg
+
+
+def check_out_dir(cfg: Config) -> None:
+    """The experiment folder must not be ``/`` nor lie in (or be) the data root: a synthetic preset regenerates its
+    data root when its sizes change, which would delete an experiment inside it; a real one would index itself."""
+    if cfg.experiment.out_dir and Path(cfg.experiment.out_dir).resolve() == Path("/"):
+        raise PipelineError("config key 'experiment.out_dir' must not be / (give a folder of its own, e.g. artifacts/NAME)")
+    if not cfg.experiment.data_root:
+        return
+    out, data = cfg.out_dir.resolve(), cfg.data_root.resolve()
+    if out == Path("/"):
+        raise PipelineError("config key 'experiment.out_dir' must not be / (give a folder of its own, e.g. artifacts/NAME)")
+    if out == data or data in out.parents:
+        raise PipelineError(f"config key 'experiment.out_dir' ({out}) lies inside experiment.data_root ({data}); "
+                            "put the experiment folder elsewhere")
 
 
 def load_config(path: Path | str, overrides: Sequence[str] = ()) -> Config:
@@ -415,6 +445,8 @@ def read_preset(path: Path | str) -> dict:
         raise PipelineError(f"cannot read config {path}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PipelineError(f"{path} is not valid TOML: nested too deeply") from None
 
 
 def resolve_config(path: Path | str | None, overrides: Sequence[str] = (), require_data_root: bool = True) -> Config:
@@ -447,7 +479,7 @@ def apply_override(raw: dict, item: str) -> None:
     text = text.strip()
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         value = text
     if hints[name] is str and not isinstance(value, str):
         value = text

@@ -139,6 +139,49 @@ def wrong_schema_split(path: Path) -> None:
     write_parquet(pd.DataFrame({"image_id": ["a"], "split": ["train"]}), path)
 
 
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # RecursionError in json.loads
+
+
+def text_at(relative: str, text: str) -> Callable:
+    """Write ``text`` at ``relative`` under tmp (``{exp}`` and ``{tmp}`` are formatted in)."""
+    def setup(tmp: Path, exp: Path, data: Path) -> None:
+        path = Path(relative.format(exp=exp, tmp=tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return setup
+
+
+def planted_predictions(mutate: Callable[[pd.DataFrame], pd.DataFrame] = lambda t: t) -> Callable:
+    """A predictions table of two runs over the experiment's val/test images (no run folders), then ``mutate``d."""
+    def setup(tmp: Path, exp: Path, data: Path) -> None:
+        from pipeline.artifacts.predictions import make_rows
+
+        frame = pd.read_parquet(exp / "manifest.parquet").merge(pd.read_parquet(exp / "split.parquet"), on="image_id")
+        frame = frame[frame["split"] != "train"].reset_index(drop=True)
+        rows = [make_rows(run, "single", run, run[:2], "none", frame, np.linspace(0.1, 0.9, len(frame))) for run in ("v1_b0", "v2_b0")]
+        write_parquet(mutate(pd.concat(rows, ignore_index=True)), exp / "predictions.parquet")
+    return setup
+
+
+def set_value(column: str, value) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def mutate(table: pd.DataFrame) -> pd.DataFrame:
+        table = table.copy()
+        if column == "label":
+            table[column] = table[column].astype("int64")
+        table.loc[0, column] = value
+        return table
+    return mutate
+
+
+def dummy_metrics(tmp: Path, exp: Path, data: Path) -> None:
+    write_parquet(pd.DataFrame({"run_id": ["v1_b0"], "split": ["test"], "group_type": ["all"], "group": ["all"],
+                                "accuracy": [0.5]}), exp / "metrics.parquet")
+
+
+SPLIT_CSV = "image_id,split,fold\n"
+SYNTH_PRESET = '[experiment]\nname = "x"\nsynthetic = true\ndata_root = "{tmp}/demo"\nout_dir = "%s"\n'
+
+
 GOOD_PRESET = '[experiment]\nname = "x"\ndata_root = "{data}"\nout_dir = "{tmp}/out"\n'
 RUNS = '[[runs]]\nmodel = "efficientnet_b0"\n'
 
@@ -276,6 +319,44 @@ ROWS = [
         lambda tmp, exp, data: (tmp / "preset.toml").write_bytes(b"\xff\xfe[")),
     Row("run-out-dir-a-file", "run --config {tmp}/preset.toml --only index", r"experiment folder .*out exists and is a file",
         chain(a_file("out"), preset(GOOD_PRESET + RUNS))),
+    # issue 22: data loss and one-line errors found by a careless user, a copied folder and hostile artifacts
+    Row("split-from-header-only", "split {exp} --from {tmp}/s.csv", r"s.csv has no rows", text_at("{tmp}/s.csv", SPLIT_CSV)),
+    Row("split-from-fold-65536", "split {exp} --from {tmp}/s.csv", r"fold value\(s\) .*65536",
+        text_at("{tmp}/s.csv", SPLIT_CSV + "x,train,65536\n")),
+    Row("split-from-fold-1e20", "split {exp} --from {tmp}/s.csv", r"fold value\(s\) .*1e\+?20",
+        text_at("{tmp}/s.csv", SPLIT_CSV + "x,train,1e20\n")),
+    Row("split-from-fold-inf", "split {exp} --from {tmp}/s.csv", r"fold value\(s\) .*inf",
+        text_at("{tmp}/s.csv", SPLIT_CSV + "x,train,inf\n")),
+    Row("split-export-onto-split", "split {exp} --export {exp}/split.parquet", r"--export .*split.parquet.* artifact"),
+    Row("summarize-folds-out-is-input", "summarize-folds {exp} --out {exp}/metrics.parquet", r"--out .*inside the input experiment",
+        dummy_metrics),
+    Row("summarize-folds-foreign-run-record", "summarize-folds {exp} --out {tmp}/f.parquet", r"pipeline_run.json is not a record",
+        chain(dummy_metrics, text_at("{exp}/pipeline_run.json", "[1, 2]"))),
+    Row("run-synthetic-out-inside-data-root", "run --config {tmp}/preset.toml", r"out_dir.* inside .*data_root",
+        preset(SYNTH_PRESET % "{tmp}/demo/exp" + RUNS)),
+    Row("run-out-dir-slash", "run --config {tmp}/preset.toml", r"'experiment.out_dir' must not be /", preset(SYNTH_PRESET % "/" + RUNS)),
+    Row("run-out-dir-is-data-root", "run --config {tmp}/preset.toml", r"out_dir.* inside .*data_root",
+        preset(GOOD_PRESET.replace("{tmp}/out", "{data}") + RUNS)),
+    Row("run-toml-5000-deep", "run --config {tmp}/preset.toml", r"preset.toml is not valid TOML.*nested",
+        lambda tmp, exp, data: (tmp / "preset.toml").write_text("x = " + "[" * 5000 + "]" * 5000)),
+    Row("stain-dataset-json-deep", "stain {exp}", r"dataset.json is not a readable JSON file .*nested",
+        text_at("{exp}/dataset.json", DEEP_JSON)),
+    Row("stain-dataset-json-1e999", "stain {exp}", r"dataset.json is not a readable JSON file .*not finite",
+        text_at("{exp}/dataset.json", '{"data_root": 1e999}')),
+    Row("train-stain-target-deep", "train {exp} --model efficientnet_b0 --stain vahadane", r"target.json is not a readable JSON file",
+        text_at("{exp}/stain/vahadane/target.json", DEEP_JSON)),
+    Row("evaluate-predictions-label-2", "evaluate {exp}", r"predictions.parquet has label 2 ", planted_predictions(set_value("label", 2))),
+    Row("evaluate-predictions-nan-prob", "evaluate {exp}", r"predictions.parquet has prob_malignant nan",
+        planted_predictions(set_value("prob_malignant", float("nan")))),
+    Row("evaluate-predictions-duplicate-key", "evaluate {exp}", r"predictions.parquet has duplicate rows for \(run_id, split, image_id\)",
+        planted_predictions(lambda t: pd.concat([t, t.iloc[:1]], ignore_index=True))),
+    Row("evaluate-predictions-foreign-columns", "evaluate {exp}", r"predictions.parquet lacks column\(s\) run_id",
+        planted_predictions(lambda t: t.rename(columns={"run_id": "run"}))),
+    Row("predict-labels-duplicate-columns", "predict {exp} --data {tmp}/imgs --out {tmp}/new --labels {tmp}/labels.csv",
+        r"labels.csv has duplicate column\(s\) label",
+        chain(fake_trained_run, image_folder("a.png", labels="image,label, Label\na.png,benign,malignant\n"))),
+    Row("ensemble-predictions-categorical-kind-bad", "ensemble {exp}", r"predictions.parquet has kind 'mystery'",
+        planted_predictions(lambda t: t.assign(kind=pd.Categorical(["mystery"] * len(t))))),
 ]
 
 

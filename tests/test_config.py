@@ -1,5 +1,6 @@
 """Presets load and validate; a typo or a wrong type is an error that names the key."""
 
+import re
 import pytest
 from conftest import copy_experiment
 
@@ -143,3 +144,44 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and "\n" not in err, err
+
+
+# -- issue 22: one rule table that covers every number -------------------------------------------------------------
+def _numeric_fields():
+    import dataclasses
+    import typing
+
+    from pipeline.config import Config, RunSpec
+
+    sections = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config) if f.name != "runs"}
+    sections["runs"] = RunSpec
+    for section, cls in sections.items():
+        for name, typ in typing.get_type_hints(cls).items():
+            members = typing.get_args(typ) or (typ,)
+            if any(t in (int, float) for t in members):
+                yield f"{section}.{name}"
+
+
+def test_every_numeric_setting_has_a_rule_and_every_rule_a_setting():
+    from pipeline.config import LIMITS
+
+    numeric = set(_numeric_fields())
+    assert {"ensemble.stacking_batch_size", "ensemble.stacking_patience", "gradcam.workers"} <= numeric  # the walk sees them
+    assert sorted(numeric - set(LIMITS)) == []
+    import dataclasses
+    import typing
+
+    from pipeline.config import Config, RunSpec
+    known = {f"{s.name}.{n}" for s in dataclasses.fields(Config) if s.name != "runs"
+             for n in typing.get_type_hints(typing.get_type_hints(Config)[s.name])} | {f"runs.{n}" for n in typing.get_type_hints(RunSpec)}
+    assert sorted(set(LIMITS) - known) == []
+
+
+@pytest.mark.parametrize("text, problem", [("[ensemble]\nstacking_batch_size = 0\n", "'ensemble.stacking_batch_size' must be >= 1"),
+                                           ("[ensemble]\nstacking_patience = -1\n", "'ensemble.stacking_patience' must be >= 0")])
+def test_stacking_settings_are_refused_in_one_line(text, problem):
+    from pipeline.config import config_from_dict
+    import tomllib
+
+    with pytest.raises(PipelineError, match=re.escape(problem)):
+        config_from_dict(tomllib.loads('[experiment]\ndata_root = "/tmp"\n' + text))

@@ -21,7 +21,7 @@ RECORDING = [False]
 
 def _audit(event, args):
     """Every file open in this process (builtins.open, io.open, os.open, and what PIL/pyarrow/numpy call)."""
-    if RECORDING[0] and event == "open" and isinstance(args[0], (str, bytes, Path)):
+    if RECORDING[0] and event == "open" and isinstance(args[0], (str, bytes, Path)) and not str(args[0]).startswith(("/proc/", "b'/proc/")):
         OPENED.append(str(args[0] if not isinstance(args[0], bytes) else args[0].decode(errors="replace")))
 
 
@@ -100,12 +100,13 @@ def test_artifact_text_reaches_markdown_only_escaped(hostile_pages):
     assert checked > 100
 
 
-@pytest.mark.parametrize("data_root", ["relative/data", "missing", "a_file"])
+@pytest.mark.parametrize("data_root", ["relative/data", "missing", "a_file", "slash", "ancestor"])
 def test_a_bad_data_root_is_refused(dashboard_artifacts, tmp_path, data_root):
     artifacts = tmp_path / "artifacts"
     shutil.copytree(dashboard_artifacts / "fixture", artifacts / "bad", ignore=shutil.ignore_patterns("gradcam", "stain", "runs"))
     (tmp_path / "a_file").write_text("not a folder")
-    value = {"relative/data": "relative/data", "missing": str(tmp_path / "nowhere"), "a_file": str(tmp_path / "a_file")}[data_root]
+    value = {"relative/data": "relative/data", "missing": str(tmp_path / "nowhere"), "a_file": str(tmp_path / "a_file"),
+             "slash": "/", "ancestor": str(tmp_path)}[data_root]  # issue 22: both would serve any file below them
     info = json.loads((artifacts / "bad" / "dataset.json").read_text())
     (artifacts / "bad" / "dataset.json").write_text(json.dumps({**info, "data_root": value}))
     at = render("misclassified", artifacts, "bad", run="v1_b0")

@@ -97,3 +97,18 @@ def test_an_image_that_stopped_decoding_is_named_not_a_tensorflow_traceback(tmp_
     with pytest.raises(PipelineError, match=r"cut.png no longer decodes as a PNG .*re-run `index`"):
         load_images(tmp_path / "exp", tmp_path, frame, 8)
     assert not (tmp_path / "exp" / "cache").exists() or not any((tmp_path / "exp" / "cache").rglob("*.npy"))
+
+
+def test_an_image_swapped_for_a_link_out_of_the_root_after_index_is_refused(tmp_path):
+    """Issue 22: `train` re-reads images by path (TensorFlow); one that now resolves outside the data root is refused."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.ml.data import load_images
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "good.png").write_bytes(CASES["rgb16"])
+    (tmp_path / "secret.png").write_bytes(CASES["rgb16"])
+    (root / "swapped.png").symlink_to(tmp_path / "secret.png")
+    frame = pd.DataFrame({"image_id": ["good", "swapped"], "path": ["good.png", "swapped.png"]})
+    with pytest.raises(PipelineError, match=r"1 image file\(s\) now resolve outside .*swapped.png -> .*secret.png"):
+        load_images(tmp_path / "exp", root, frame, 8)

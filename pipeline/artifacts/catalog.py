@@ -187,6 +187,12 @@ class Catalog:
         return self.root / "ensemble_predictions.parquet"
 
     @property
+    def adopted_predictions(self) -> Path:
+        """Rows of runs that have no completed ``runs/<id>/`` part (a copy shared without ``runs/``, a pruned run
+        folder, a table written by the user's own models), kept as their part so a merge never drops them."""
+        return self.root / "adopted_predictions.parquet"
+
+    @property
     def predictions_lock(self) -> Path:
         """Lock file that serialises merges of ``predictions.parquet`` between processes."""
         return self.root / ".predictions.lock"

@@ -8,6 +8,7 @@ import pandas as pd
 
 from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog
 from pipeline.artifacts.io import read_json, read_parquet
+from pipeline.artifacts.schemas import check_frame
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import frame_fingerprint
 
@@ -31,6 +32,7 @@ def load_manifest(exp_dir: Path | str) -> pd.DataFrame:
     them (stain mirrors ``path`` under the experiment), so a hostile row must never leave the data root."""
     path, hint = Catalog(exp_dir).manifest, INDEX_HINT.format(dir=exp_dir)
     manifest = _require_columns(read_parquet(path, "image manifest", hint), MANIFEST_REQUIRED, path, hint)
+    manifest = check_frame("manifest", manifest, path, exp_dir)
     paths, ids = manifest["path"].astype(str), manifest["image_id"].astype(str)
     escaping = paths[paths.str.startswith("/") | paths.str.contains(r"(?:^|/)\.\.(?:/|$)|\\", regex=True)]
     if len(escaping):
@@ -44,6 +46,7 @@ def load_manifest(exp_dir: Path | str) -> pd.DataFrame:
 def load_split(exp_dir: Path | str) -> pd.DataFrame:
     path, hint = Catalog(exp_dir).split, SPLIT_HINT.format(dir=exp_dir)
     split = _require_columns(read_parquet(path, "train/val/test split", hint), SPLIT_REQUIRED, path, hint)
+    split = check_frame("split", split, path, exp_dir)
     unknown = sorted(set(split["split"].astype(str)) - SPLIT_VALUES)
     if unknown:
         raise PipelineError(f"{path} has split value(s) {unknown} (expected train, val, test, external); re-create it with: {hint}")

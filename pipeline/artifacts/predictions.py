@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, ensemble_run_id, parse_run_id
-from pipeline.artifacts.io import file_lock, read_json, read_parquet_file, write_parquet
+from pipeline.artifacts.io import file_lock, read_json_object, read_parquet_file, write_parquet
+from pipeline.artifacts.schemas import ENTRIES, check_frame
 from pipeline.core.ensemble import combine
 from pipeline.core.errors import PipelineError
 from pipeline.core.model_specs import MODEL_SPECS
@@ -36,6 +37,10 @@ def make_rows(run_id: str, kind: str, model: str, family: str, stain: str, frame
     prob = np.asarray(prob_malignant, dtype=np.float32)
     if len(prob) != len(frame):
         raise PipelineError(f"{run_id}: {len(prob)} probabilities for {len(frame)} images")
+    bad = ~np.isfinite(prob) | (prob < 0) | (prob > 1)
+    if bad.any():  # a diverged model: its rows must never reach the table, and the run must not count as complete
+        raise PipelineError(f"{run_id}: {int(bad.sum())} of {len(prob)} predicted probabilities are not finite numbers in "
+                            "[0, 1] (the model diverged); the run is not complete: retrain it with a lower learning rate")
     out = pd.DataFrame({
         "run_id": run_id, "kind": kind, "model": model, "family": family, "stain": stain,
         "image_id": frame["image_id"].to_numpy(), "split": frame["split"].to_numpy(),
@@ -49,10 +54,11 @@ def make_rows(run_id: str, kind: str, model: str, family: str, stain: str, frame
 
 
 def load_predictions(exp_dir: Path | str) -> pd.DataFrame:
+    """The experiment's table, checked against its catalog entry (columns, labels, finite probabilities, unique keys)."""
     path = predictions_path(exp_dir)
     if not path.exists():
         return pd.DataFrame(columns=PREDICTION_COLUMNS + META_COLUMNS)
-    return read_parquet_file(path)
+    return check_frame("predictions", read_parquet_file(path, ENTRIES["predictions"].command.format(dir=exp_dir)), path, exp_dir)
 
 
 def completed_runs(exp_dir: Path | str) -> list[str]:
@@ -63,7 +69,7 @@ def completed_runs(exp_dir: Path | str) -> list[str]:
         files = catalog.run(run_id)
         if files.predictions.exists() and files.info.exists():
             try:
-                complete = read_json(files.info).get("status") == "complete"
+                complete = read_json_object(files.info).get("status") == "complete"
             except PipelineError:
                 complete = False
             if complete:
@@ -72,10 +78,16 @@ def completed_runs(exp_dir: Path | str) -> list[str]:
 
 
 def prediction_parts(exp_dir: Path | str) -> list[Path]:
-    """The files ``predictions.parquet`` is built from: each completed run's rows, then the ensembles' rows."""
+    """The files ``predictions.parquet`` is built from: each completed run's rows, the rows adopted from runs that
+    have no part (see :func:`_adopt_orphans`), then the ensembles' rows."""
     catalog = Catalog(exp_dir)
     parts = [catalog.run(r).predictions for r in completed_runs(exp_dir)]
-    return parts + ([catalog.ensemble_predictions] if catalog.ensemble_predictions.exists() else [])
+    extra = [p for p in (catalog.adopted_predictions, catalog.ensemble_predictions) if p.exists()]
+    return parts + extra
+
+
+def _read_part(path: Path, exp_dir: Path | str) -> pd.DataFrame:
+    return check_frame("predictions", read_parquet_file(path, ENTRIES["predictions"].command.format(dir=exp_dir)), path, exp_dir)
 
 
 def merge_predictions(exp_dir: Path | str) -> bool:
@@ -83,6 +95,12 @@ def merge_predictions(exp_dir: Path | str) -> bool:
 
     Returns True when the table was rewritten. Every caller (a finishing run, the ensemble stage, ``run``)
     merges *all* current parts, so whichever merge comes last includes everyone's rows.
+
+    Never fewer runs: before the table is replaced, rows of single runs that have no completed part (a copy
+    shared without ``runs/``, a pruned run folder, a table written by the user's own models) become their part
+    (``adopted_predictions.parquet``), and ensemble rows become the ensemble part when it is missing. A run that
+    completes again supersedes its adopted rows. Every part is validated first; an unreadable or invalid table or
+    part is refused in one line and nothing is written.
     """
     from pipeline.artifacts.stamps import Stamp
 
@@ -92,22 +110,75 @@ def merge_predictions(exp_dir: Path | str) -> bool:
         parts = prediction_parts(exp_dir)
         if not parts and not catalog.predictions.exists():  # nothing trained yet: nothing to write
             return False
-        stamp = Stamp(catalog, "predictions", {"version": 1}, inputs=parts)
+        stamp = Stamp(catalog, "predictions", {"version": 2}, inputs=parts)
         if stamp.is_current():
             return False
-        frames = [read_parquet_file(p) for p in parts]
+        done = set(completed_runs(exp_dir))
+        old_runs = _adopt_orphans(catalog, exp_dir, done)
+        parts = prediction_parts(exp_dir)
+        stamp = Stamp(catalog, "predictions", {"version": 2}, inputs=parts)
+        frames = []
+        for p in parts:
+            frame = _read_part(p, exp_dir)
+            if p == catalog.adopted_predictions:
+                frame = frame[~frame["run_id"].isin(done)]
+            frames.append(frame)
         merged = (pd.concat(frames, ignore_index=True) if frames
                   else pd.DataFrame(columns=PREDICTION_COLUMNS + META_COLUMNS))
+        lost = sorted(old_runs - set(merged.loc[merged["kind"] == "single", "run_id"].astype(str)))
+        if lost:  # cannot happen by construction; the promise is worth a check before the old table goes
+            raise PipelineError(f"refusing to rewrite {catalog.predictions}: it would lose the rows of run(s) {lost}")
+        check_frame("predictions", merged, catalog.predictions, exp_dir)  # e.g. one run id in two parts
         write_parquet(merged, catalog.predictions)
         stamp.record([catalog.predictions], parts=len(parts), rows=len(merged))
         return True
+
+
+def _adopt_orphans(catalog: Catalog, exp_dir: Path | str, done: set[str]) -> set[str]:
+    """Keep the current table's rows that no part holds; return the single runs it held.
+
+    The table is read and validated first: an unreadable one is refused (it may hold the only copy of some runs'
+    rows), with the way out in the message.
+    """
+    if not catalog.predictions.exists():
+        return set()
+    hint = (f"if every run still has its runs/<id>/predictions.parquet, delete {catalog.predictions} and it is rebuilt "
+            "from them")
+    try:
+        table = check_frame("predictions", read_parquet_file(catalog.predictions), catalog.predictions, exp_dir)
+    except PipelineError as exc:
+        raise PipelineError(f"{str(exc).split('; re-create it')[0]}; {hint}") from None
+    singles = table[table["kind"] == "single"]
+    old_runs = set(singles["run_id"].astype(str))
+    adopted = (_read_part(catalog.adopted_predictions, exp_dir) if catalog.adopted_predictions.exists()
+               else table.iloc[:0])
+    keep = adopted[~adopted["run_id"].isin(done)]
+    orphans = singles[~singles["run_id"].isin(done) & ~singles["run_id"].isin(set(keep["run_id"]))]
+    if len(orphans) or len(keep) != len(adopted):
+        new = pd.concat([keep, orphans], ignore_index=True)
+        if len(new):
+            write_parquet(new, catalog.adopted_predictions)
+            if len(orphans):
+                print(f"kept the rows of {orphans['run_id'].nunique()} run(s) without a runs/<id>/ part in "
+                      f"{catalog.adopted_predictions.name}: {', '.join(sorted(orphans['run_id'].astype(str).unique()))}")
+        else:
+            catalog.adopted_predictions.unlink(missing_ok=True)
+    ensembles = table[table["kind"] == "ensemble"]
+    if len(ensembles) and not catalog.ensemble_predictions.exists():
+        write_parquet(ensembles.reset_index(drop=True), catalog.ensemble_predictions)
+    return old_runs
 
 
 def _split_legacy_table(catalog: Catalog) -> None:
     """Experiments written before per-run parts existed: move each run's rows into its own part, once."""
     if catalog.stamp("predictions").exists() or not catalog.predictions.exists():
         return
-    table = read_parquet_file(catalog.predictions)
+    try:
+        table = read_parquet_file(catalog.predictions)
+    except PipelineError:
+        return  # refused, with the way out, by _adopt_orphans
+    if "kind" not in table or "run_id" not in table:
+        return
     for run_id, rows in table[table["kind"] == "single"].groupby("run_id"):
         files = catalog.run(str(run_id))
         if files.info.exists() and not files.predictions.exists():

@@ -183,6 +183,9 @@ def _names(values, shown: int = 5) -> str:
     return ", ".join(values[:shown]) + (f" and {len(values) - shown} more" if len(values) > shown else "")
 
 
+MAX_FOLD = 999  # folds are stored as int16; no protocol has more than a handful
+
+
 def import_split(manifest: pd.DataFrame, table: pd.DataFrame, source: str = "the file", allow_leakage: bool = False) -> pd.DataFrame:
     """Check a published split (``image_id``, ``split``, optional ``fold``) against the manifest; return split rows.
 
@@ -199,10 +202,13 @@ def import_split(manifest: pd.DataFrame, table: pd.DataFrame, source: str = "the
     table["split"] = table["split"].astype(str).str.strip().str.lower()
     if "fold" not in table:
         table["fold"] = 0
-    folds = pd.to_numeric(table["fold"], errors="coerce")
-    if folds.isna().any() or (folds < 0).any() or (folds != folds.round()).any():
-        bad_folds = table.loc[folds.isna() | (folds < 0) | (folds != folds.round()), "fold"].unique()
-        raise PipelineError(f"{source} has fold value(s) that are not whole numbers >= 0: {_names(bad_folds)}")
+    if table.empty:
+        raise PipelineError(f"{source} has no rows (a split must place every image of the manifest)")
+    folds = pd.to_numeric(table["fold"], errors="coerce").astype("float64")
+    wrong = folds.isna() | ~np.isfinite(folds) | (folds < 0) | (folds > MAX_FOLD) | (folds != folds.round())
+    if wrong.any():  # 65536 would wrap to fold 0 in the int16 column
+        bad_folds = table.loc[wrong, "fold"].astype(str).unique()
+        raise PipelineError(f"{source} has fold value(s) that are not whole numbers from 0 to {MAX_FOLD}: {_names(bad_folds)}")
     table["fold"] = folds.astype("int16")
     bad = sorted(set(table["split"]) - set(SPLITS))
     if bad:

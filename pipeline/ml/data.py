@@ -70,6 +70,11 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
     if missing:
         hint = "re-run `index`" if stain == "none" else f"re-run `stain --method {stain}`"
         raise PipelineError(f"{len(missing)} image file(s) listed in the manifest are missing, e.g. {missing[0]}; {hint}")
+    real_root = root.resolve()
+    leaving = [p for p in paths if real_root not in Path(p).resolve().parents]
+    if leaving:  # a file swapped for a link after `index` checked it: TensorFlow would read wherever it points
+        raise PipelineError(f"{len(leaving)} image file(s) now resolve outside {root}, e.g. {leaving[0]} -> "
+                            f"{Path(leaving[0]).resolve()}; replace them and re-run `index`")
     target = cache_path(exp_dir, ids, size, resize, stain, source_identity(exp_dir, Path(data_root), frame, stain))
     if target.exists():
         return np.load(target, mmap_mode="r")

@@ -24,6 +24,7 @@ from pipeline.artifacts.catalog import Catalog, is_run_id, parse_run_id
 from pipeline.artifacts.experiment import load_manifest
 from pipeline.artifacts.io import read_json, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import load_predictions, merge_predictions
+from pipeline.artifacts.schemas import check_frame
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import EvaluateConfig
 from pipeline.core.decision import aurc, certainty_from_members, certainty_from_score, majority_accuracy, threshold_from_validation
@@ -168,6 +169,17 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
     return metrics
 
 
+def _recorded_fold(record: object, path: Path, default: int) -> int:
+    """The fold a ``pipeline_run.json`` says its experiment trained on (``default`` when it says nothing)."""
+    if not isinstance(record, dict):
+        raise PipelineError(f"{path} is not a record that `run` writes; delete it or re-run the experiment")
+    split = (record.get("config") or {}).get("split") if isinstance(record.get("config"), dict) else None
+    fold = split.get("fold", default) if isinstance(split, dict) else default
+    if not isinstance(fold, int) or isinstance(fold, bool):
+        raise PipelineError(f"{path} records fold {fold!r}, not a fold number; delete it or re-run the experiment")
+    return fold
+
+
 def summarize_folds(exp_dirs: list[Path | str], out: Path | str) -> pd.DataFrame:
     """Mean +- sd of every metric across experiments that differ only in the fold they trained on.
 
@@ -175,13 +187,17 @@ def summarize_folds(exp_dirs: list[Path | str], out: Path | str) -> pd.DataFrame
     experiment per fold and calls this (or set ``split.fold`` in copies of the preset and summarise them here).
     """
     frames = []
+    target = Path(out).resolve()
+    for d in exp_dirs:  # validate, then act: the summary must never replace one of its own inputs
+        if Path(d).resolve() == target or Path(d).resolve() in target.parents:
+            raise PipelineError(f"--out {out} is inside the input experiment {d}; write the summary next to the experiments")
     for i, d in enumerate(exp_dirs):
         catalog = Catalog(d)
         if not catalog.metrics.exists():
             raise PipelineError(f"{catalog.metrics} is missing; run `python -m pipeline evaluate {d}` first")
         run = read_json(catalog.pipeline_run) if catalog.pipeline_run.exists() else {}
-        fold = run.get("config", {}).get("split", {}).get("fold", i)
-        m = read_parquet(catalog.metrics)
+        fold = _recorded_fold(run, catalog.pipeline_run, i)
+        m = check_frame("metrics", read_parquet(catalog.metrics), catalog.metrics, d)
         frames.append(m[m["group_type"] == "all"].assign(fold=fold, experiment=catalog.name))
     allm = pd.concat(frames, ignore_index=True)
     if allm["fold"].nunique() < len(exp_dirs):

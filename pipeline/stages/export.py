@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.io import atomic_path, read_json
+from pipeline.artifacts.io import atomic_path, read_json, read_json_object
 from pipeline.core.errors import PipelineError
 from pipeline.stages.predict import trained_runs
 
@@ -46,7 +46,7 @@ def run_export(source: Path | str, run_id: str, out: Path | str) -> Path:
     lacking = [m for m in members if m not in runs]
     if lacking:
         raise PipelineError(f"member run(s) {lacking} of {run_id} have no trained model in {source}")
-    infos = {m: read_json(catalog.run(m).info) for m in members}
+    infos = {m: read_json_object(catalog.run(m).info) for m in members}
     padded = [m for m, info in infos.items() if ((info.get("resolved_config") or {}).get("train") or {}).get("resize") == "pad"]
     if padded:
         raise PipelineError(f"member(s) {padded} were trained on padded images (resize = pad), which export does not reproduce")

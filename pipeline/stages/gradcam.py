@@ -20,7 +20,7 @@ import pandas as pd
 from pipeline.artifacts.catalog import GRADCAM_METHODS, Catalog, parse_run_id
 from pipeline.artifacts.experiment import data_root_of, load_split_frame
 from pipeline.artifacts.gradcam_cache import load_maps
-from pipeline.artifacts.io import atomic_path, read_json, read_parquet, write_json, write_parquet
+from pipeline.artifacts.io import atomic_path, read_json, read_json_object, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import load_predictions
 from pipeline.artifacts.stamps import Stamp, content_digest, up_to_date
 from pipeline.config import GradcamConfig
@@ -120,7 +120,7 @@ def explain_key(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     catalog = Catalog(exp_dir)
     files = catalog.run(run_id)
     check_completed_runs(exp_dir, [run_id])
-    info = read_json(files.info)
+    info = read_json_object(files.info)
     frame = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
     images = source_identity(exp_dir, data_root_of(exp_dir), frame, info["stain"])
     return stable_hash({"version": GRADCAM_VERSION, "method": method, "model": info.get("model_sha256") or info["config_hash"],
@@ -151,7 +151,7 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     from pipeline.ml.explain import compute_maps, deletion_auc
     from pipeline.ml.models import GRADCAM_LAYER, load_classifier
 
-    info = read_json(files.info)
+    info = read_json_object(files.info)
     part = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
     model = load_classifier(files.model)
     grid = model.get_layer(GRADCAM_LAYER).output.shape[1]

@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog
 from pipeline.artifacts.experiment import load_split_frame, require_stain_target
-from pipeline.artifacts.io import atomic_path, ensure_dir, read_json, read_parquet, write_json, write_parquet
+from pipeline.artifacts.io import atomic_path, ensure_dir, read_json, read_json_object, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import completed_runs, ensemble_rows, load_predictions, make_rows, merge_predictions
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.errors import PipelineError
@@ -92,6 +92,10 @@ def read_labels(labels_file: Path, manifest: pd.DataFrame, rejects: pd.DataFrame
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PipelineError(f"{labels_file} is not a readable CSV ({why})") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
+    dup = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if dup:  # "label" and " Label" name one column once normalised: which one is meant cannot be guessed
+        raise PipelineError(f"{labels_file} has duplicate column(s) {', '.join(dup)} (headers are compared trimmed, "
+                            "ignoring case); keep one")
     missing_cols = [c for c in ("image", "label") if c not in table]
     if missing_cols:
         raise PipelineError(f"{labels_file} lacks column(s) {', '.join(missing_cols)} (expected image,label[,patient])")
@@ -270,7 +274,7 @@ def _score_run(source: Path, out: Path, data_root: Path, run_id: str, frame: pd.
     from pipeline.stages.train import predict_with_features
 
     src, dst = Catalog(source).run(run_id), Catalog(out).run(run_id)
-    info = read_json(src.info)
+    info = read_json_object(src.info)
     stain, size = info.get("stain", "none"), int(info["image_size"])
     train_cfg = (info.get("resolved_config") or {}).get("train") or {}
     resize = train_cfg.get("resize", "square")

@@ -22,6 +22,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.splits import export_table, import_split, leakage_report, make_split
 
 SPLIT_VERSION = 1
+ARTIFACT_SUFFIXES = (".parquet", ".json", ".keras", ".npz", ".lock")  # what the pipeline writes itself
 
 
 def run_split(exp_dir: Path | str, mode: str, ratios: tuple[float, float, float], seed: int = 0,
@@ -49,8 +50,10 @@ def run_split(exp_dir: Path | str, mode: str, ratios: tuple[float, float, float]
 
 def export_split(exp_dir: Path | str, out: Path | str) -> Path:
     """Write the experiment's split as CSV (``image_id, patient_id, patient_num, split, fold``), atomically."""
-    table = export_table(load_manifest(exp_dir), load_split(exp_dir))
     out = Path(out)
+    if out.suffix.lower() in ARTIFACT_SUFFIXES and Path(exp_dir).resolve() in out.resolve().parents:
+        raise PipelineError(f"--export {out} would overwrite an artifact of the experiment; give a .csv file name")
+    table = export_table(load_manifest(exp_dir), load_split(exp_dir))
     with atomic_path(out, ".csv") as tmp:
         table.to_csv(tmp, index=False)
     print(f"wrote {out}: {len(table)} rows, {table['fold'].nunique()} fold(s)")

@@ -26,7 +26,7 @@ from PIL import Image
 
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.experiment import data_root_of, load_split_frame, read_stain_target
-from pipeline.artifacts.io import atomic_path, read_parquet, write_json, write_parquet
+from pipeline.artifacts.io import atomic_path, opened_inside, read_parquet, write_json, write_parquet
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import file_sha256, stable_hash
@@ -38,8 +38,13 @@ from pipeline.workers import WorkerPool, one_blas_thread
 STAIN_VERSION = 1
 
 
-def _load(path: Path) -> np.ndarray:
-    return read_rgb(path)  # the pixels training sees (16-bit and palette PNGs included)
+def _load(path: Path, root: Path | str | None = None) -> np.ndarray:
+    """The pixels training sees (16-bit and palette PNGs included). With ``root``: the file is opened once and the
+    opened file must lie inside ``root``, so an image swapped for a symlink after `index` checked it is refused."""
+    if root is None:
+        return read_rgb(path)
+    with opened_inside(root, path) as name:
+        return read_rgb(name)
 
 
 def choose_target(frame: pd.DataFrame, data_root: Path, method: str, seed: int = 0, sample: int = 24) -> str:
@@ -52,7 +57,7 @@ def choose_target(frame: pd.DataFrame, data_root: Path, method: str, seed: int =
     matrices, ids = [], []
     for _, row in picked.iterrows():
         try:
-            img = _load(data_root / row["path"])
+            img = _load(data_root / row["path"], data_root)
             matrices.append(stain_matrix(img, "vahadane" if method == "reinhard" else method, seed).ravel())
             ids.append(row["image_id"])
         except StainError:
@@ -64,10 +69,10 @@ def choose_target(frame: pd.DataFrame, data_root: Path, method: str, seed: int =
     return ids[int(np.argmin(distance))]
 
 
-def _normalize_one(args: tuple[str, str, dict, int]) -> tuple[str, str]:
-    src, dst, target_dict, seed = args
+def _normalize_one(args: tuple) -> tuple[str, str]:
+    src, dst, target_dict, seed, root = args
     target = StainTarget.from_dict(target_dict)
-    img = _load(Path(src))
+    img = _load(Path(src), root)
     try:
         out = normalize(img, target, seed)
         status = "ok"
@@ -115,7 +120,7 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     target_row = frame.set_index("image_id").loc[target_id]
     target_path = data_root / target_row["path"]
     try:
-        fitted = fit_target(_load(target_path), method, seed)
+        fitted = fit_target(_load(target_path, data_root), method, seed)
     except StainError as exc:
         raise PipelineError(f"stain target {target_id} cannot be fitted ({exc}); choose another --target") from None
     key = stable_hash({"method": method, "target": target_id, "sha": file_sha256(target_path), "seed": seed}, 10)
@@ -131,7 +136,7 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
         dst = out_root / row["path"]
         if known.get(row["image_id"]) == sha and dst.exists():
             continue
-        todo.append((str(data_root / row["path"]), str(dst), fitted.to_dict(), seed, row["image_id"], sha))
+        todo.append((str(data_root / row["path"]), str(dst), fitted.to_dict(), seed, row["image_id"], sha, str(data_root)))
     start = time.perf_counter()
     finished = 0
     try:
@@ -177,7 +182,7 @@ def _previous_target(exp_dir: Path, method: str) -> dict:
 
 def _normalize_all(todo: list[tuple], workers: int):
     """Yield ``(job index, (dst, status))`` as images finish, in worker processes when there are enough."""
-    jobs = [t[:4] for t in todo]
+    jobs = [(*t[:4], t[6]) for t in todo]
     if workers <= 1 or len(jobs) < 8:
         for n, job in enumerate(jobs):
             yield n, _normalize_one(job)
