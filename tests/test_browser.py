@@ -152,7 +152,8 @@ def test_builder_to_the_built_ensembles_errors_in_one_click(live, preds, dashboa
     accuracy = page.locator(".st-key-ensemble_metrics [data-testid='stMetricValue']").first
     expect(accuracy).to_have_text(f"{acc(members):.4f}", timeout=60_000)
     clicked = time.perf_counter()
-    page.locator(".st-key-ens_member_pick").get_by_role("button", name=f"Remove {aliases(preds)[toggled]}", exact=True).click()  # set-up, not counted
+    remove = page.locator(".st-key-ens_member_pick").get_by_role("button", name=f"Remove {aliases(preds)[toggled]}", exact=True)
+    remove.click()  # set-up, not counted
     expect(accuracy).to_have_text(f"{acc(chosen):.4f}", timeout=30_000)
     latency_ms = (time.perf_counter() - clicked) * 1000  # reported, never asserted
     user = Clicker(page)

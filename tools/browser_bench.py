@@ -1,10 +1,11 @@
 """``python -m tools.browser_bench --artifacts DIR --experiment NAME``: click-to-updated-metric in a real browser.
 
-What a user feels when toggling an ensemble member: from the click that removes a member's chip (or the Enter that adds it back) in the members multiselect until the builder's summary line
-(members, rule, images) shows the new member count, in headless Chromium against a ``streamlit run`` server. Measured
-with 1 and with 6 concurrent browser sessions (one Chromium, isolated contexts, clicking at the same time), because every
-session's rerun shares the server's cores. Prints one JSON line (p50/p90 per concurrency). Speed is measured here,
-never asserted in tests. Goal (issue 13): p50 < 250 ms alone, p90 < 1 s with six.
+What a user feels when toggling an ensemble member: from the click that removes a member's chip (or the Enter that
+adds it back) in the members multiselect until the builder's summary line (members, rule, images) shows the new member
+count, in headless Chromium against a ``streamlit run`` server. Measured with 1 and with 6 concurrent browser sessions
+(one Chromium, isolated contexts, clicking at the same time), because every session's rerun shares the server's cores.
+Prints one JSON line (p50/p90 per concurrency). Speed is measured here, never asserted in tests. Goal (issue 13): p50
+< 250 ms alone, p90 < 1 s with six.
 """
 
 from __future__ import annotations
