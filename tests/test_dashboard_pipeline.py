@@ -146,3 +146,17 @@ def test_pipeline_page_keeps_the_last_real_duration_after_a_no_op_rerun(tmp_path
     day, clock = when.split("T")
     year, month, dom = day.split("-")
     assert finished == f"Finished at {int(dom)} {time.strftime('%b', time.strptime(month, '%m'))} {year}, {clock}."
+
+
+def test_training_curves_table_reads_n_a_not_none(dashboard_artifacts, monkeypatch):
+    """Issue 27: the fixture's run.json records no test accuracy or images/s: the table says n/a, never None."""
+    from fixtures import MEMBERS
+
+    run = list(MEMBERS)[0]
+    info = json.loads((dashboard_artifacts / "fixture" / "runs" / run / "run.json").read_text())
+    assert "test_accuracy" not in info and "train_images_per_s" not in info  # what this test is about
+    at = render_page(dashboard_artifacts, "fixture", "training_curves", monkeypatch, runs=[run])
+    row = at.dataframe[0].value.iloc[0]
+    assert row["best val accuracy"] == f"{info['best_val_accuracy']:.4f}"
+    assert row["test accuracy"] == "n/a" and row["img/s"] == "n/a"
+    assert "None" not in {str(v) for v in row.to_numpy()}
