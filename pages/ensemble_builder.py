@@ -51,16 +51,14 @@ arrays = member_matrices(str(path), stamp(path), tuple(members), tuple(exp.eval_
 tie_break = exp.hard_tie_break()  # the rule the experiment's own hard votes used (ensembles.json)
 TIE_WORDS = {"mean_prob": "ties -> mean probability", "benign": "ties -> benign, the study's scipy.stats.mode rule"}
 
-# -- members (their on/off state is in the URL as ?members=...) ----------------------------------------------------
-url_members = set(st.query_params.get_all("members")) if "members" in st.query_params else set(members)
-for m in members:
-    if f"member_{m}" not in st.session_state:
-        st.session_state[f"member_{m}"] = m in url_members
+# -- members (chosen in one multiselect; the choice is in the URL as ?members=...) -----------------------------------
+# One widget, not a checkbox per member: a rerun sends one element for the members instead of one per member (plus
+# their row containers), which is most of what the builder sends besides the metrics (issue 27, six users at once).
+MEMBER_KEY = "ens_member_pick"
 
 
 def load_members(names: list[str], rule: str | None = None) -> None:
-    for m in members:
-        st.session_state[f"member_{m}"] = m in names
+    st.session_state[MEMBER_KEY] = [m for m in members if m in names]
     if rule:
         st.session_state["ens_method"] = rule
 
@@ -164,22 +162,11 @@ def builder() -> None:
     threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
                              default=0.5, step=0.05, where=c2, disabled=method == "stacking" or from_val)
     split = state.radio("Evaluate on", exp.eval_splits, key="ens_split", param="split", where=c3, horizontal=True)
-    st.caption("Members (toggle to add or remove; the study ensembled the V1 family and the V2 family separately)"
-               + ("; stacking ensembles have the members they were fitted on" if method == "stacking" else ""))
-    chosen = []
-    # Horizontal containers, not st.columns: every column is one more message per rerun before the metrics reach
-    # the browser (measured: ~45 messages and ~150 ms between the server writing the accuracy and the browser showing it).
-    with st.container(key="ens_members"):
-        for family in ("v1", "v2"):
-            row = [m for m in members if parse_run_id(m).family == family]
-            if not row:
-                continue
-            with st.container(horizontal=True, gap="medium"):
-                for name in row:
-                    if st.checkbox(plain(runs.label(name)), key=f"member_{name}", help=runs.tip[name],
-                                   disabled=method == "stacking", width="content"):
-                        chosen.append(name)
-    state.publish("members", chosen, members)
+    picked = state.multiselect(
+        "Members" + (" (stacking ensembles have the members they were fitted on)" if method == "stacking" else ""),
+        members, key=MEMBER_KEY, param="members", default=members, format_func=runs.label, disabled=method == "stacking",
+        help="Add or remove members; the study ensembled the V1 family and the V2 family separately")
+    chosen = [m for m in members if m in picked]  # the members' order, whatever order they were picked in
 
 
     t0 = time.perf_counter()

@@ -46,8 +46,8 @@ if only_all_wrong and not singles.empty:
 wanted = st.query_params.get("img")
 if wanted and wanted not in images and wanted in set(preds["image_id"].astype(str)):
     # the linked image stays the panel's image (and in the URL); its tiles say why a map is missing
-    st.warning(f"No {method} map was computed for image {code(wanted)}: the gradcam stage explains every error of its split "
-               f"and then correct images up to its limit ({plain(str(len(images)))} images here). Compute more with "
+    st.warning(f"No {method} map was computed for image {code(wanted)}: the gradcam stage explains every error of val "
+               f"and test and then correct images of its split up to its limit ({plain(str(len(images)))} images here). Compute more with "
                f"{code(f'python -m pipeline gradcam {exp.cli_dir} --method {method} --split val')}.")
     images = [wanted, *images]
     choices = [wanted, *choices] if wanted not in choices else choices

@@ -51,6 +51,27 @@ NUMBERS = ["accuracy", "precision", "recall", "specificity", "f1", "balanced_acc
            "patient_recognition_rate", "majority_accuracy", "patient_accuracy", "patient_roc_auc", "aurc", "threshold",
            "same_patient_neighbour_rate"]
 
+MISSING = "n/a"  # what a missing value reads as (a hard vote's Brier score, a metric a stage did not compute)
+SHOWN = " (shown)"  # suffix of the text column the table shows for a metric column (the frame keeps the numbers)
+
+
+def readable(values: pd.Series, column: str) -> list[str]:
+    """A column as the text people read: 4 decimals, whole counts, ``n/a`` where a value is missing.
+
+    Why text: Streamlit draws a missing number as "None" whatever the format or styler says (checked in Chromium).
+    Text sorts like the numbers here: every metric lies in [0, 1] and is written with 4 decimals."""
+    def one(v: object) -> str:
+        if v is None or (not isinstance(v, str) and pd.isna(v)) or v == "":
+            return MISSING
+        if column in NUMBERS:
+            return f"{float(v):.4f}"
+        if column in ("n", "patients"):
+            return f"{int(v)}"
+        return str(v)
+
+    return [one(v) for v in values]
+
+
 exp = ui.page_start("Overview")
 manifest, split, metrics, preds = exp.manifest(), exp.split(), exp.metrics(), exp.predictions()
 split_choice = state.radio("Split", exp.eval_splits, key="ov_split", param="split", horizontal=True,
@@ -246,12 +267,12 @@ if table is not None and not table.empty:
                                                   "description column and in every picker's tooltip")}
     for c in shown:
         name, tip, _ = COLUMNS[c]
-        config[c] = (st.column_config.NumberColumn(name, help=tip, format="%.4f") if c in NUMBERS
-                     else st.column_config.TextColumn(name, help=tip))
+        table[f"{c}{SHOWN}"] = readable(table[c], c)
+        config[f"{c}{SHOWN}"] = st.column_config.TextColumn(name, help=tip, alignment="right" if c in NUMBERS else None)
     table["description"] = [runs.tip[r] for r in table["run_id"]]
     config["description"] = st.column_config.TextColumn("Description", help="What the run is, with every member", width="large")
-    selection = st.dataframe(table, hide_index=True, column_order=["run", *shown, "description"], column_config=config,
-                             on_select="rerun", selection_mode="multi-row", key="ov_table")
+    selection = st.dataframe(table, hide_index=True, column_order=["run", *(f"{c}{SHOWN}" for c in shown), "description"],
+                             column_config=config, on_select="rerun", selection_mode="multi-row", key="ov_table")
     chosen = [table["run_id"].iloc[i] for i in selection.selection.rows] if selection else []
     with st.container(horizontal=True, key="ov_actions"):
         if len(chosen) == 2:

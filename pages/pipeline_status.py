@@ -10,7 +10,7 @@ import streamlit as st
 
 from dashboard import ui
 from dashboard.text import code, plain
-from pipeline.artifacts.status import format_seconds, is_stale, read_status, seconds_since_update
+from pipeline.artifacts.status import format_seconds, format_when, is_stale, read_status, seconds_since_update
 from pipeline.core.errors import PipelineError
 
 REFRESH_SECONDS = 2
@@ -29,25 +29,32 @@ def headline(status: dict) -> None:
                    icon=":material/hourglass_disabled:")
     elif state == "running":
         stage = next((s["name"] for s in status.get("stages", []) if s["state"] == "running"), "starting")
-        st.info(f"Running: stage **{plain(stage)}**, since {plain(status.get('started', '?'))} (process "
+        st.info(f"Running: stage **{plain(stage)}**, since {format_when(status.get('started'))} (process "
                 f"{int(status.get('pid') or 0)}). This page refreshes itself, and the other pages fill in as stages and "
                 "runs finish.", icon=":material/sync:")
     elif state == "finished":
-        st.success(f"Finished at {plain(status.get('updated', '?'))}.", icon=":material/check_circle:")
+        st.success(f"Finished at {format_when(status.get('updated'))}.", icon=":material/check_circle:")
     elif state == "stopped":
-        st.warning(f"Stopped at {plain(status.get('updated', '?'))} (Ctrl-C). Finished work is kept: "
+        st.warning(f"Stopped at {format_when(status.get('updated'))} (Ctrl-C). Finished work is kept: "
                    f"{code(ui.run_command(exp))} resumes.", icon=":material/pause_circle:")
     else:
-        st.error(f"Failed at {plain(status.get('updated', '?'))}: {plain(status.get('error') or 'see the log below')}. "
+        st.error(f"Failed at {format_when(status.get('updated'))}: {plain(status.get('error') or 'see the log below')}. "
                  f"Fix the cause, then {code(ui.run_command(exp))} resumes.", icon=":material/error:")
 
 
 def stages_table(status: dict) -> None:
-    rows = [{"stage": s["name"], "state": f"{STATE_ICONS.get(s['state'], '')} {s['state']}",
-             "seconds": s.get("seconds")} for s in status.get("stages", [])]
+    """One row per stage. ``Seconds`` is the stage's last real duration: a rerun that found it up to date says so in
+    the state and keeps the duration of the run that did the work (``pipeline.progress.Board``)."""
+    rows = []
+    for s in status.get("stages", []):
+        fresh = s["state"] == "done" and s.get("up_to_date")
+        state = "up to date" if fresh else s["state"]
+        rows.append({"stage": s["name"], "state": f"{STATE_ICONS.get(s['state'], '')} {state}", "seconds": s.get("seconds")})
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="pl_stages", column_config={
         "stage": st.column_config.TextColumn("Stage"), "state": st.column_config.TextColumn("State"),
-        "seconds": st.column_config.NumberColumn("Seconds", format="%.1f", help="Wall time of a finished stage")})
+        "seconds": st.column_config.NumberColumn("Seconds", format="%.1f",
+                                                 help="Wall time of the stage's last real run (a rerun that finds it "
+                                                      "up to date keeps it); empty while unknown")})
 
 
 def runs_panel(status: dict) -> None:

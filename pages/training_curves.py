@@ -11,6 +11,17 @@ from dashboard.text import code
 from dashboard.text import plain_figure
 from pipeline.artifacts.catalog import parse_run_id
 
+
+
+def _text(value: object, decimals: int) -> str:
+    """A number as people read it; ``n/a`` when a run did not record it (Streamlit draws a missing number as "None")."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if pd.isna(number) else f"{number:.{decimals}f}"
+
+
 exp = ui.page_start("Training curves")
 on_disk = [r for r in exp.catalog.run_ids_on_disk() if exp.catalog.run(r).history.exists()]
 if not on_disk:
@@ -38,17 +49,17 @@ for run in chosen:
     if len(best_row):
         fig.add_scatter(x=best_row.epoch, y=best_row[f"val_{metric}"], mode="markers", marker=dict(size=13, symbol="star", color=colour),
                         name=f"{name} best epoch {best}", legendgroup=run)
-    rows.append({"run": name, "epochs": len(hist), "best epoch": best, "best val accuracy": info.get("best_val_accuracy"),
-                 "test accuracy": info.get("test_accuracy"),
-                 "s/epoch (after 1st)": hist.seconds.iloc[1:].mean() if len(hist) > 1 else hist.seconds.mean(),
-                 "img/s": info.get("train_images_per_s")})
+    rows.append({"run": name, "epochs": len(hist), "best epoch": best, "best val accuracy": _text(info.get("best_val_accuracy"), 4),
+                 "test accuracy": _text(info.get("test_accuracy"), 4),
+                 "s/epoch (after 1st)": _text(hist.seconds.iloc[1:].mean() if len(hist) > 1 else hist.seconds.mean(), 1),
+                 "img/s": _text(info.get("train_images_per_s"), 1)})
 fig.update_layout(xaxis_title="epoch", yaxis_title=metric, height=480)
 if log_scale:  # labels at 1, 2, 5 of each decade only: plotly's default labels every digit and they pile up
     fig.update_yaxes(type="log", dtick="D2", tickformat=".2~g", minor=dict(showgrid=True))
 st.plotly_chart(plain_figure(fig), width="stretch", key="curves_chart")
 st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
     "run": st.column_config.TextColumn("Run", pinned=True),
-    **{c: st.column_config.NumberColumn(format="%.4f") for c in ("best val accuracy", "test accuracy")},
-    **{c: st.column_config.NumberColumn(format="%.1f") for c in ("s/epoch (after 1st)", "img/s")}})
+    **{c: st.column_config.TextColumn(c, alignment="right")
+       for c in ("best val accuracy", "test accuracy", "s/epoch (after 1st)", "img/s")}})
 st.caption("Dotted: training; solid: validation; star: the checkpoint kept (best validation accuracy). Each run has one "
            "colour on every page. The first epoch includes graph tracing, so its time is not representative.")

@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--runs", nargs="*", type=_checked(_single_run_id), help="run ids (default: every single-model run)")
     p.add_argument("--max-images", type=setting("gradcam.max_images"), default=0,
-                   help="0: every image of the split; else every misclassified image, then correct ones up to this many")
+                   help="0: every image of the split; else every misclassified image, then correct ones up to this many "
+                        "(the other evaluated split's errors are explained too, never capped)")
     p.add_argument("--target", default="predicted", choices=["predicted", "true"])
     p.add_argument("--panel", metavar="IMAGE_ID", help="save the study's 2x5 multi-model panel of this image as PNG")
     p.add_argument("--out", help="PNG path for --panel (default DIR/gradcam/panel_<image>_<method>.png)")

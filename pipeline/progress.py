@@ -22,7 +22,8 @@ from typing import Callable, Iterable, TypeVar
 
 from tqdm.auto import tqdm
 
-from pipeline.artifacts.io import write_json
+from pipeline.artifacts.io import read_json, write_json
+from pipeline.core.errors import PipelineError
 from pipeline.artifacts.status import HEARTBEAT_SECONDS, STATUS_VERSION, format_seconds, run_eta_seconds
 
 T = TypeVar("T")
@@ -105,6 +106,18 @@ def batch_event(run: str, epoch: int, epochs: int, seen: int, of: int, epoch_ela
             "loss": None if loss is None else float(loss), "accuracy": None if accuracy is None else float(accuracy)}
 
 
+def _previous_seconds(path: Path, experiment: str) -> dict[str, float]:
+    """Each stage's last real duration from the status file a previous run of ``experiment`` left (empty if none)."""
+    try:
+        previous = read_json(path)
+    except (OSError, ValueError, PipelineError):  # absent, unreadable or not JSON: no history, never a failed run
+        return {}
+    if not isinstance(previous, dict) or previous.get("experiment") != experiment:
+        return {}
+    return {s["name"]: float(s["seconds"]) for s in previous.get("stages") or []
+            if isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("seconds"), (int, float))}
+
+
 # -- the runner's board ----------------------------------------------------------------------------------------------
 class Board:
     """The runner's single progress display: the terminal and ``pipeline_status.json`` (see the module docstring).
@@ -121,6 +134,8 @@ class Board:
                        "started": now, "error": None, "changes": 0,
                        "stages": [{"name": s, "state": "waiting", "seconds": None} for s in stages],
                        "runs": {"total": 0, "done": 0, "running": []}, "log": []}
+        self.previous = _previous_seconds(self.path, experiment)  # each stage's last real duration, from the last run
+        self.lines_in_stage = {"up_to_date": 0, "other": 0}  # what the running stage printed: did it do any work?
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
         self.running: dict[str, dict] = {}  # run id -> its last batch event
         self.drawn = 0  # status lines currently on the terminal
@@ -156,11 +171,22 @@ class Board:
 
     # events
     def stage(self, name: str, state: str, seconds: float | None = None) -> None:
+        """A stage's new state. A stage that only printed "up to date" lines did no work: its ``seconds`` stay the
+        last real duration (carried over from the previous run's status file), and this run's check time goes to
+        ``checked_seconds`` with ``up_to_date: true``, so a no-op rerun never shows its seconds as the stage's cost."""
         with self.lock:
+            if state == "running":
+                self.lines_in_stage = {"up_to_date": 0, "other": 0}
+            noop = state == "done" and self.lines_in_stage["up_to_date"] > 0 and self.lines_in_stage["other"] == 0
             for stage in self.status["stages"]:
                 if stage["name"] == name:
                     stage["state"] = state
-                    if seconds is not None:
+                    if noop:
+                        stage["up_to_date"] = True
+                        stage["seconds"] = self.previous.get(name)
+                        if seconds is not None:
+                            stage["checked_seconds"] = round(seconds, 1)
+                    elif seconds is not None:
                         stage["seconds"] = round(seconds, 1)
             if state in ("done", "failed"):
                 self.status["changes"] += 1
@@ -173,6 +199,10 @@ class Board:
 
     def log(self, line: str) -> None:
         with self.lock:
+            if ": up to date" in line:  # the one line every stage (and every up-to-date run) prints when it skips
+                self.lines_in_stage["up_to_date"] += 1
+            elif line.strip() and not line.startswith("=== "):  # the runner's stage header is not work
+                self.lines_in_stage["other"] += 1
             self.log_lines.append(line)
             self._erase()
             print(line, file=self.out, flush=True)
@@ -192,6 +222,7 @@ class Board:
             elif kind == "batch":  # keeps the place its run_start gave
                 self.running[event["run"]] = {**self.running.get(event["run"], {}), **{k: v for k, v in event.items() if k != "kind"}}
             elif kind == "run_done":
+                self.lines_in_stage["other"] += 1  # a run trained: real work
                 self.running.pop(event["run"], None)
                 self.status["runs"]["done"] += 1
                 self.status["changes"] += 1

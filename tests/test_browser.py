@@ -143,14 +143,17 @@ def test_builder_to_the_built_ensembles_errors_in_one_click(live, preds, dashboa
     grid.scroll_into_view_if_needed()
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
+    picked = page.locator(".st-key-ens_member_pick [data-tag]")  # the chosen members' chips in the one multiselect
+    expect(picked).to_have_count(len(best), timeout=30_000)
     for m in members:
-        expect(page.locator(f".st-key-member_{m}").get_by_role("checkbox")).to_be_checked(checked=m in best, timeout=30_000)
+        expect(page.locator(f".st-key-ens_member_pick [data-tag][aria-label='{aliases(preds)[m]}']")).to_have_count(int(m in best))
     # ... then, from a fresh builder (every member ticked), one toggle and one click to the errors
     start(page, url, "/ensemble")
     accuracy = page.locator(".st-key-ensemble_metrics [data-testid='stMetricValue']").first
     expect(accuracy).to_have_text(f"{acc(members):.4f}", timeout=60_000)
     clicked = time.perf_counter()
-    page.locator(f".st-key-member_{toggled}").get_by_text(aliases(preds)[toggled]).click()  # set-up, not counted
+    remove = page.locator(".st-key-ens_member_pick").get_by_role("button", name=f"Remove {aliases(preds)[toggled]}", exact=True)
+    remove.click()  # set-up, not counted
     expect(accuracy).to_have_text(f"{acc(chosen):.4f}", timeout=30_000)
     latency_ms = (time.perf_counter() - clicked) * 1000  # reported, never asserted
     user = Clicker(page)

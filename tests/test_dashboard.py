@@ -171,22 +171,23 @@ def test_member_toggle_rescoring_matches_pure_functions(app, preds):
 
     metric = lambda: next(m.value for m in at.metric if m.label == "Accuracy")
     assert metric() == expected(members)
-    at.checkbox(key="member_v1_b0").uncheck().run()
+    assert len(at.checkbox) == 0 and len(at.multiselect) == 1  # one widget for the members, not one per member
+    at.multiselect(key="ens_member_pick").unselect("v1_b0").run()
     rest = [m for m in members if m != "v1_b0"]
     assert metric() == expected(rest)
     at.radio(key="ens_method").set_value("hard").run()
     assert metric() == expected(rest, "hard")
     assert at.query_params["rule"] == "hard" and set(at.query_params["members"]) == set(rest)
     assert at.session_state["ensemble_last_ms"] > 0
-    at.checkbox(key="member_v2_b1").uncheck().run()
-    at.checkbox(key="member_v1_b1").uncheck().run()
+    at.multiselect(key="ens_member_pick").unselect("v2_b1").run()
+    at.multiselect(key="ens_member_pick").unselect("v1_b1").run()
     assert metric() == expected([m for m in rest if m not in ("v2_b1", "v1_b1")], "hard")
 
 
 def test_builder_url_state_and_readable_weights(app, preds):
     chosen = ["v1_b0", "v1_b2", "v2_s"]
     at = app("ensemble_builder", members=chosen, rule="weighted", thr="0.4")
-    assert [m for m in MEMBERS if at.checkbox(key=f"member_{m}").value] == chosen
+    assert at.multiselect(key="ens_member_pick").value == chosen
     assert at.slider(key="ens_threshold").value == pytest.approx(0.4)
     # Independent of fit_weights: a brute-force grid over the 3-member simplex (step 0.01) of validation log-loss,
     # from a plain pandas pivot of the members' val rows.
@@ -341,8 +342,7 @@ def test_every_alias_is_unique_and_never_cut(app, preds):
     assert set(chart["data"][0]["y"]) == full
     assert set(at.dataframe[0].value["run"]) == full
     at = app("ensemble_builder")
-    labels = {c.label.replace("\\", "") for c in at.checkbox}
-    assert labels == {aliases[m] for m in MEMBERS}
+    assert set(at.multiselect(key="ens_member_pick").options) == {aliases[m] for m in MEMBERS}
     at = app("ensemble_builder", rule="stacking")
     assert set(at.selectbox(key="ens_stack").options) == {aliases[r] for r in ids if parse_run_id(r).method == "stacking"}
     at = app("training_curves", runs=list(MEMBERS))
@@ -469,3 +469,19 @@ def test_training_curves_plot_the_runs_history(app):
     if isinstance(ys, dict):  # plotly's binary encoding of a float array
         ys = np.frombuffer(base64.b64decode(ys["bdata"]), dtype=ys["dtype"])
     assert list(ys) == pytest.approx([0.7, 0.5, 0.4])
+
+
+def test_overview_table_shows_no_none_only_numbers_and_n_a(app, dashboard_artifacts):
+    """Issue 27: a missing value (a hard vote has no Brier score or ECE) reads "n/a", never "None"; every shown cell is
+    the metric to 4 decimals, from metrics.parquet read here."""
+    at = app("overview", cols=["accuracy", "brier", "ece"])
+    metrics = pd.read_parquet(dashboard_artifacts / "fixture" / "metrics.parquet")
+    test = metrics[(metrics["split"] == "test") & (metrics["group_type"] == "all")].set_index("run_id")
+    table = at.dataframe[0].value.set_index("run_id")
+    hard = [r for r in test.index if r.startswith("ensemble:hard")]
+    assert hard and test.loc[hard, "brier"].isna().all()  # the fixture has the missing values this test is about
+    for column in ("accuracy", "brier", "ece"):
+        shown = table[f"{column} (shown)"]
+        expected = {r: "n/a" if pd.isna(v) else f"{v:.4f}" for r, v in test[column].items()}
+        assert shown.to_dict() == {r: expected[r] for r in shown.index}
+    assert not table.filter(like="(shown)").isin(["None", "nan", ""]).any().any()

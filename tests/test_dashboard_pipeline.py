@@ -122,3 +122,41 @@ def test_pipeline_page_says_where_a_remote_run_trains(tmp_path, monkeypatch):
     at = open_pipeline_page(monkeypatch, tmp_path)
     bars = [unescaped(p.proto.text) for p in at.get("progress")]
     assert "v1_b0: epoch 4/10 (50% of this epoch, loss 0.612), ETA 0:43, on gpu-node-2 GPU 1" in bars
+
+
+def test_pipeline_page_keeps_the_last_real_duration_after_a_no_op_rerun(tmp_path, monkeypatch):
+    """Issue 27: the runner's board writes two runs (real work, then a rerun where every stage is up to date); the
+    page shows each stage's real duration with "up to date", and people's dates, not ISO timestamps."""
+    import io
+
+    from pipeline.progress import Board
+
+    path = tmp_path / "live" / "pipeline_status.json"
+    path.parent.mkdir()
+    for seconds, line in ((95.0, "v1_b0 epoch 1: loss 0.5"), (0.4, "v1_b0: up to date (config abc)")):
+        with Board(path, "live", ["train"], out=io.StringIO(), min_interval=0) as board:
+            board.stage("train", "running")
+            board.event({"kind": "log", "line": line})
+            board.stage("train", "done", seconds)
+    at = open_pipeline_page(monkeypatch, tmp_path)
+    table = at.dataframe[0].value
+    assert table.loc[0, "seconds"] == 95.0 and table.loc[0, "state"].endswith("up to date")
+    finished = next(s.value for s in at.success if s.value.startswith("Finished at"))
+    when = json.loads(path.read_text())["updated"]  # e.g. 2026-12-06T06:05:09
+    day, clock = when.split("T")
+    year, month, dom = day.split("-")
+    assert finished == f"Finished at {int(dom)} {time.strftime('%b', time.strptime(month, '%m'))} {year}, {clock}."
+
+
+def test_training_curves_table_reads_n_a_not_none(dashboard_artifacts, monkeypatch):
+    """Issue 27: the fixture's run.json records no test accuracy or images/s: the table says n/a, never None."""
+    from fixtures import MEMBERS
+
+    run = list(MEMBERS)[0]
+    info = json.loads((dashboard_artifacts / "fixture" / "runs" / run / "run.json").read_text())
+    assert "test_accuracy" not in info and "train_images_per_s" not in info  # what this test is about
+    at = render_page(dashboard_artifacts, "fixture", "training_curves", monkeypatch, runs=[run])
+    row = at.dataframe[0].value.iloc[0]
+    assert row["best val accuracy"] == f"{info['best_val_accuracy']:.4f}"
+    assert row["test accuracy"] == "n/a" and row["img/s"] == "n/a"
+    assert "None" not in {str(v) for v in row.to_numpy()}

@@ -237,7 +237,9 @@ def test_gradcam_maps_scores_and_tf_free_reading(two_member_experiment):
     preds = pd.read_parquet(exp / "predictions.parquet")
     test = preds[preds["split"] == "test"]
     errors = test.loc[test["pred"] != test["label"], "image_id"].nunique()  # every error is explained, then up to 6
-    n = min(max(6, errors), test["image_id"].nunique())
+    val = preds[preds["split"] == "val"]
+    val_errors = val.loc[val["pred"] != val["label"], "image_id"].nunique()  # and every val error (issue 27)
+    n = min(max(6, errors), test["image_id"].nunique()) + val_errors
     assert len(scores) == 2 * n and scores.deletion_auc.between(0, 1).all() and scores.mean_iou.between(0, 1).all()
     # reading cached maps must not need TensorFlow: check in a fresh interpreter
     code = (

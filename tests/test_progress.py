@@ -59,6 +59,40 @@ def test_board_writes_the_status_file_and_one_line_per_running_run(tmp_path):
     assert not is_stale(final)
 
 
+def test_a_no_op_rerun_keeps_each_stages_last_real_duration(tmp_path):
+    """Issue 27: a rerun that finds a stage up to date must not show its check time as the stage's duration."""
+    path = tmp_path / "pipeline_status.json"
+
+    def run(lines: dict[str, list[str]], seconds: dict[str, float], trained: bool = False) -> dict:
+        with Board(path, "exp", ["train", "evaluate"], out=io.StringIO(), min_interval=0) as board:
+            for name in ("train", "evaluate"):
+                board.stage(name, "running")
+                board.event({"kind": "log", "line": f"=== {name} ==="})
+                for line in lines[name]:
+                    board.event({"kind": "log", "line": line})
+                if name == "train" and trained:
+                    board.event({"kind": "run_done", "run": "v1_b0"})
+                board.stage(name, "done", seconds[name])
+        return {s["name"]: s for s in json.loads(path.read_text())["stages"]}
+
+    first = run({"train": ["v1_b0 epoch 1: loss 0.5"], "evaluate": ["evaluate: 3 runs"]}, {"train": 95.0, "evaluate": 12.0},
+                trained=True)
+    assert (first["train"]["seconds"], first["evaluate"]["seconds"]) == (95.0, 12.0) and "up_to_date" not in first["train"]
+    # the no-op rerun: both stages only print their "up to date" line (train: one per run)
+    second = run({"train": ["v1_b0: up to date (config abc)"], "evaluate": ["evaluate: up to date (3 runs and ensembles)"]},
+                 {"train": 0.4, "evaluate": 0.21})
+    assert second["train"] == {"name": "train", "state": "done", "seconds": 95.0, "up_to_date": True, "checked_seconds": 0.4}
+    assert second["evaluate"]["seconds"] == 12.0 and second["evaluate"]["checked_seconds"] == 0.2
+    # a second no-op still remembers; then real work in one stage replaces only that stage's duration
+    third = run({"train": ["v1_b0: up to date (config abc)"], "evaluate": ["evaluate: 4 runs"]}, {"train": 0.3, "evaluate": 7.0})
+    assert third["train"]["seconds"] == 95.0 and third["train"]["up_to_date"]
+    assert third["evaluate"]["seconds"] == 7.0 and "up_to_date" not in third["evaluate"]
+    # a rerun of another experiment's file (or a foreign file) carries nothing over
+    path.write_text("not json")
+    fourth = run({"train": ["v1_b0: up to date (config abc)"], "evaluate": ["evaluate: up to date"]}, {"train": 0.3, "evaluate": 0.1})
+    assert fourth["train"]["seconds"] is None and fourth["train"]["checked_seconds"] == 0.3
+
+
 @pytest.mark.parametrize("exc, state, error", [(KeyboardInterrupt, "stopped", "interrupted (Ctrl-C): run again to resume"),
                                                (ValueError("bad preset"), "failed", "bad preset")])
 def test_board_records_how_a_run_ended(tmp_path, exc, state, error):

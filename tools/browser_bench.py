@@ -1,10 +1,11 @@
 """``python -m tools.browser_bench --artifacts DIR --experiment NAME``: click-to-updated-metric in a real browser.
 
-What a user feels when toggling an ensemble member: from the click on a member checkbox until the builder's summary line
-(members, rule, images) shows the new member count, in headless Chromium against a ``streamlit run`` server. Measured
-with 1 and with 6 concurrent browser sessions (one Chromium, isolated contexts, clicking at the same time), because every
-session's rerun shares the server's cores. Prints one JSON line (p50/p90 per concurrency). Speed is measured here,
-never asserted in tests. Goal (issue 13): p50 < 250 ms alone, p90 < 1 s with six.
+What a user feels when toggling an ensemble member: from the click that removes a member's chip (or the Enter that
+adds it back) in the members multiselect until the builder's summary line (members, rule, images) shows the new member
+count, in headless Chromium against a ``streamlit run`` server. Measured with 1 and with 6 concurrent browser sessions
+(one Chromium, isolated contexts, clicking at the same time), because every session's rerun shares the server's cores.
+Prints one JSON line (p50/p90 per concurrency). Speed is measured here, never asserted in tests. Goal (issue 13): p50
+< 250 ms alone, p90 < 1 s with six.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ async def _session(browser, url: str, clicks: int, ready: asyncio.Barrier, out: 
         await page.goto(f"{url}/ensemble", timeout=120_000)
         await page.wait_for_selector(SUMMARY, timeout=120_000)
         await page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=120_000)
-        boxes = page.locator(".st-key-ens_members [data-testid='stCheckbox'] label")
-        await boxes.first.wait_for(timeout=120_000)
-        count = await boxes.count()
+        picker = page.locator(".st-key-ens_member_pick")
+        chips = picker.locator("[data-tag]")
+        await chips.first.wait_for(timeout=120_000)
+        names = [await chips.nth(k).get_attribute("aria-label") for k in range(await chips.count())]
     except BaseException:
         await ready.abort()  # the other sessions would wait for this one at the barrier forever
         raise
@@ -41,13 +43,24 @@ async def _session(browser, url: str, clicks: int, ready: asyncio.Barrier, out: 
     for i in range(clicks):
         try:
             before = await page.locator(SUMMARY).first.inner_text(timeout=120_000)
-            box = boxes.nth((i // 2) % count)  # uncheck then re-check the same member: the member count always changes
-            t = time.perf_counter()
-            await box.click(timeout=120_000)
+            name = names[(i // 2) % len(names)]  # remove then add back the same member: the member count always changes
+            if i % 2 == 0:
+                remove = picker.get_by_role("button", name=f"Remove {name}", exact=True)
+                t = time.perf_counter()
+                await remove.click(timeout=120_000)
+            else:
+                box = picker.locator("input")
+                await box.click(timeout=120_000)
+                await box.fill(name)
+                await page.get_by_role("option", name=name, exact=True).wait_for(timeout=120_000)
+                t = time.perf_counter()
+                await box.press("Enter")
             await page.wait_for_function(
                 "prev => { const el = [...document.querySelectorAll(\"[data-testid='stMarkdownContainer'] p\")]"
                 ".find(p => p.innerText.includes('member(s),')); return el && el.innerText !== prev; }",
                 arg=before, timeout=120_000)
+            if i % 2:
+                await page.keyboard.press("Escape")  # close the option list before the next click
         except PlaywrightTimeout:
             out.append(float("nan"))  # counted as a timeout, not a latency
             continue

@@ -8,12 +8,16 @@ runner rewrites it atomically about once a second while anything changes, and at
 
     {"version": 1, "experiment": "demo", "pid": 123, "state": "running" | "finished" | "failed" | "stopped",
      "started": ISO, "updated": ISO, "updated_unix": float, "error": str | null, "changes": int,
-     "stages": [{"name": "train", "state": "waiting" | "running" | "done" | "failed" | "skipped", "seconds": float | null}],
+     "stages": [{"name": "train", "state": "waiting" | "running" | "done" | "failed" | "skipped", "seconds": float | null,
+                 "up_to_date": true, "checked_seconds": float}],
      "runs": {"total": 11, "done": 3, "running": [{"run": "v1_b0", "epoch": 4, "epochs": 10, "seen": 48, "of": 92,
                                                   "eta_s": 31.0, "loss": 0.61, "accuracy": 0.7,
                                                   "node": "host", "pid": 4242, "device": "GPU 1" | "CPU"}]},
      "log": ["last", "lines"]}
 
+A stage's ``seconds`` is its last real duration: when a rerun finds it up to date (it only printed "up to date"
+lines), ``up_to_date`` is true, ``checked_seconds`` is the time that check took, and ``seconds`` is carried over from
+the previous run's file (null when that is unknown).
 ``node``/``pid``/``device`` say where a run trains (a local worker or a Ray worker on any node); a schedule of
 several experiments (``fold = "all"``, several presets) writes each experiment's runs into its own file.
 ``changes`` counts finished stages and finished runs: a dashboard page reruns when it moves, so it picks up the
@@ -76,6 +80,19 @@ def run_eta_seconds(epoch: int, epochs: int, seen: int, of: int, epoch_elapsed: 
         return None
     rest_of_this = this_epoch * (1 - fraction) if this_epoch is not None else per_epoch
     return max(0.0, rest_of_this + max(0, epochs - epoch) * per_epoch)
+
+
+def format_when(stamp: object) -> str:
+    """``2026-11-27T08:05:00`` (the runner's local time) -> ``27 Nov 2026, 08:05:00``; ``?`` when not such a time.
+
+    Why: the page is read by people; an ISO timestamp with its ``T`` reads as a machine value."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return "?"
+    return f"{when.day} {when:%b %Y, %H:%M:%S}"
 
 
 def format_seconds(seconds: float | None) -> str:

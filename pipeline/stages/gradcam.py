@@ -62,8 +62,7 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
     if not runs:
         raise PipelineError(f"no trained runs in {exp_dir}; run `train` first")
     frame = load_split_frame(exp_dir, fold)
-    part = frame[frame["split"] == cfg.split].sort_values("image_id")
-    image_ids = select_images(part["image_id"].tolist(), load_predictions(exp_dir), cfg.split, cfg.max_images)
+    image_ids = images_to_explain(frame, load_predictions(exp_dir), cfg.split, cfg.max_images)
     jobs = [(str(exp_dir), method, run_id, image_ids, cfg, fold) for method in cfg.methods for run_id in runs]
     keys = [explain_key(*job) for job in jobs]  # validates every run before any work starts
     stale = [job for job, key in zip(jobs, keys) if force or not _explained(catalog, job[1], job[2], key)]
@@ -107,6 +106,25 @@ def select_images(image_ids: list[str], preds: pd.DataFrame, split: str, max_ima
     if room < len(rest):
         rest = pd.Series(rest).sample(room, random_state=0).tolist()
     return sorted(chosen + rest)
+
+
+EVALUATED_SPLITS = ("val", "test")  # the splits evaluate scores and the dashboard shows errors of
+
+
+def images_to_explain(frame: pd.DataFrame, preds: pd.DataFrame, split: str, max_images: int = 0) -> list[str]:
+    """:func:`select_images` on ``split`` (its errors, then correct images up to ``max_images``), plus every error of
+    the other evaluated splits (val errors are browsed and linked to Grad-CAM too; never capped, and no correct
+    image of theirs is added). Sorted by id: one list for every run."""
+    def ids_of(name: str) -> list[str]:
+        return sorted(frame.loc[frame["split"] == name, "image_id"].astype(str))
+
+    chosen = set(select_images(ids_of(split), preds, split, max_images))
+    for other in EVALUATED_SPLITS:
+        if other != split:
+            mine = set(ids_of(other))
+            part = preds[(preds["split"] == other) & preds["image_id"].astype(str).isin(mine)]
+            chosen |= set(part.loc[part["pred"] != part["label"], "image_id"].astype(str))
+    return sorted(chosen)
 
 
 def _explain_run_job(job: tuple) -> pd.DataFrame:
