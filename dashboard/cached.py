@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipeline.artifacts.io import read_parquet_file
+from pipeline.artifacts.io import opened_inside, read_parquet_file
+from pipeline.artifacts.schemas import check_frame, entry_for
+from pipeline.core.errors import PipelineError
 from pipeline.core.sampling import decimate
 
 
@@ -29,6 +31,16 @@ def fingerprint(path: Path) -> tuple:
     except OSError:
         return ()
     return stat.st_mtime_ns, stat.st_size
+
+
+def _read_checked(path: str) -> pd.DataFrame:
+    """One of the experiment's parquet files read as the pages read it: opened inside its folder (a link leading out
+    is not followed) and validated against its catalog entry. Raises PipelineError when it is not what the catalog
+    declares, so a cache here never indexes a table the page itself refused."""
+    with opened_inside(Path(path).parent, path) as name:
+        frame = read_parquet_file(name)
+    entry = entry_for(path)
+    return check_frame(entry, frame, path) if entry else frame
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ class RowIndex:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _row_index(path: str, stamp: tuple) -> RowIndex:
-    frame = read_parquet_file(path)
+    frame = _read_checked(path)
     return RowIndex(frame, {key: np.asarray(pos) for key, pos in frame.groupby(["run_id", "split"], sort=False).indices.items()})
 
 
@@ -144,12 +156,15 @@ def accuracy_by_run(exp, preds: pd.DataFrame, split: str) -> pd.DataFrame:
 def embedding_points(emb_path: str, emb_stamp: tuple, manifest_path: str, manifest_stamp: tuple, preds_path: str,
                      preds_stamp: tuple, run: str, method: str) -> pd.DataFrame:
     """One run's 2-D map joined with the manifest and its predictions, with every colouring column."""
-    emb = read_parquet_file(emb_path)
+    emb = _read_checked(emb_path)
     points = emb[(emb["run_id"] == run) & (emb["method"] == method)][["image_id", "split", "x", "y"]]
-    manifest = read_parquet_file(manifest_path)
+    manifest = _read_checked(manifest_path)
     points = points.merge(manifest[["image_id", "label", "patient_id", "magnification", "subtype"]], on="image_id", how="left")
-    if preds_stamp:
-        index = _row_index(preds_path, preds_stamp)
+    try:  # predictions the page could not read leave the map uncoloured by correctness, not broken
+        index = _row_index(preds_path, preds_stamp) if preds_stamp else None
+    except (OSError, ValueError, PipelineError):
+        index = None
+    if index is not None:
         parts = [p for p in (index.rows(run, s) for s in ("val", "test", "external")) if p is not None]
         pred = (pd.concat(parts).drop_duplicates("image_id").set_index("image_id")["pred"] if parts
                 else pd.Series(dtype=float))
