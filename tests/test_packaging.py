@@ -62,14 +62,16 @@ def test_the_wheel_ships_the_three_trees_under_one_top_level_name(wheel):
 
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
-    """A fresh venv with the wheel installed (no dependencies: they come from this venv through a .pth file)."""
+    """A fresh venv with the wheel installed (no dependencies: they come from this venv through a .pth file).
+    ``--ignore-installed``: `make install` puts the checkout into this venv as an editable package, which pip would
+    otherwise see through the borrowed path and take as already installed (and install nothing)."""
     env = tmp_path_factory.mktemp("env") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
     site = Path(subprocess.run([str(env / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install", "--no-deps",
-                           "--no-index", "-q", str(wheel)], capture_output=True, text=True, timeout=300)
+                           "--ignore-installed", "--no-index", "-q", str(wheel)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return env
 
