@@ -81,8 +81,11 @@ def _stamp(path: Path) -> tuple[float, int]:
     return stat.st_mtime, stat.st_size
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def _read_parquet(path: str, stamp: tuple) -> pd.DataFrame:
+    """Shared, not copied: st.cache_data unpickled a fresh copy on every rerun (0.1-0.5 s for the ~0.5 M-row predictions
+    at ten times BreakHis, issue 26). Pages only read these frames; pandas' copy-on-write keeps edits to a derived
+    frame out of the shared one (tests/test_dashboard.py checks a page run leaves the cached frame unchanged)."""
     return read_parquet_file(path)
 
 
@@ -283,7 +286,7 @@ class Experiment:
         return _paths_by_id(str(self.catalog.manifest), _stamp(self.catalog.manifest), manifest)
 
 
-@st.cache_data(show_spinner=False, max_entries=8, hash_funcs={pd.DataFrame: lambda _: 0})
+@st.cache_resource(show_spinner=False, max_entries=8, hash_funcs={pd.DataFrame: lambda _: 0})  # shared, read-only
 def _paths_by_id(path: str, stamp: tuple, manifest: pd.DataFrame) -> dict[str, str]:
     return dict(zip(manifest["image_id"].astype(str), manifest["path"].astype(str)))
 
