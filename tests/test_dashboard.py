@@ -469,3 +469,18 @@ def test_training_curves_plot_the_runs_history(app):
     if isinstance(ys, dict):  # plotly's binary encoding of a float array
         ys = np.frombuffer(base64.b64decode(ys["bdata"]), dtype=ys["dtype"])
     assert list(ys) == pytest.approx([0.7, 0.5, 0.4])
+
+
+def test_pages_leave_the_shared_tables_unchanged(app, dashboard_artifacts):
+    """The loaded tables are shared between reruns and sessions (st.cache_resource, issue 26), not copied: after every
+    page has run, the cached predictions, manifest and split still equal a fresh read of their files."""
+    from dashboard.data import _read_parquet, _stamp
+
+    for page in PAGES:
+        app(page)
+    app("confusion", a="v1_b0", b="v2_b1")
+    app("misclassified", run="v1_b0")
+    for name in ("predictions", "manifest", "split", "metrics"):
+        path = dashboard_artifacts / "fixture" / f"{name}.parquet"
+        shared = _read_parquet(str(path), _stamp(path))
+        pd.testing.assert_frame_equal(shared, pd.read_parquet(path))
