@@ -347,8 +347,9 @@ def image_for(exp: Experiment, image_id: str, width: int | None = 320, stain: st
 # -- ensembles ---------------------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=32)
 def member_matrices(preds_path: str, stamp: tuple, members: tuple[str, ...], splits: tuple[str, ...] = ("val", "test")) -> dict:
-    """Probability matrices of ``members`` per split (the ensemble builder's cached arrays)."""
-    preds = read_parquet_file(preds_path)
+    """Probability matrices of ``members`` per split (the ensemble builder's cached arrays), from the shared table
+    (no second read of the file: ~0.4 s at ten times BreakHis)."""
+    preds = _read_parquet(preds_path, stamp)
     return {split: probability_matrix(preds, list(members), split) for split in splits}
 
 
