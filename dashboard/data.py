@@ -104,10 +104,13 @@ def _stamp(path: Path) -> tuple[float, int]:
     return stat.st_mtime, stat.st_size
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def _read_parquet(path: str, stamp: tuple, _opened: str | None = None) -> pd.DataFrame:
     """Read and validate against the catalog entry of the file (pipeline/artifacts/schemas.py), cached when valid.
-    ``_opened`` (not hashed): the already opened and checked file (see ``Experiment._frame``)."""
+    ``_opened`` (not hashed): the already opened and checked file (see ``Experiment._frame``).
+    Shared, not copied: st.cache_data unpickled a fresh copy on every rerun (0.1-0.5 s for the ~0.5 M-row predictions
+    at ten times BreakHis, issue 26). Pages only read these frames; pandas' copy-on-write keeps edits to a derived
+    frame out of the shared one (tests/test_dashboard.py checks a page run leaves the cached frame unchanged)."""
     frame = read_parquet_file(_opened or path)
     entry = entry_for(path)
     return check_frame(entry, frame, path) if entry else frame
@@ -333,7 +336,7 @@ class Experiment:
         return _paths_by_id(str(self.catalog.manifest), _stamp(self.catalog.manifest), manifest)
 
 
-@st.cache_data(show_spinner=False, max_entries=8, hash_funcs={pd.DataFrame: lambda _: 0})
+@st.cache_resource(show_spinner=False, max_entries=8, hash_funcs={pd.DataFrame: lambda _: 0})  # shared, read-only
 def _paths_by_id(path: str, stamp: tuple, manifest: pd.DataFrame) -> dict[str, str]:
     return dict(zip(manifest["image_id"].astype(str), manifest["path"].astype(str)))
 
@@ -410,9 +413,10 @@ def _undecodable(exp: Experiment, path: Path, stain: str, exc: Exception) -> Non
 # -- ensembles ---------------------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=32)
 def member_matrices(preds_path: str, stamp: tuple, members: tuple[str, ...], splits: tuple[str, ...] = ("val", "test")) -> dict:
-    """Probability matrices of ``members`` per split (the ensemble builder's cached arrays)."""
+    """Probability matrices of ``members`` per split (the ensemble builder's cached arrays), from the shared table
+    (no second read of the file: ~0.4 s at ten times BreakHis)."""
     with opened_inside(Path(preds_path).parent, preds_path) as name:  # the experiment's own file, not a link out
-        preds = read_parquet_file(name)
+        preds = _read_parquet(preds_path, stamp, name)
     return {split: probability_matrix(preds, list(members), split) for split in splits}
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from dashboard import compare, nav, state, ui
+from dashboard import cached, compare, nav, state, ui
 from dashboard.runs import identify, notice_skipped
 from dashboard.verdict import STUDY_PROTOCOL, TIE_RULE, paired_verdict, pick_best, study_comparable
 from dashboard.text import plain
@@ -16,7 +16,6 @@ from pipeline.artifacts.catalog import parse_run_id
 from pipeline.artifacts.run_names import model_alias, run_sort_key
 from pipeline.core.decision import INVERTED, INVERTED_MEANING, auc_inverted, ci_label
 from pipeline.core.reference import load_reference
-from pipeline.core.splits import leakage_report
 
 COLUMNS = {  # metrics column -> (readable name, tooltip, default shown)
     "rank": ("Rank", "By accuracy; '1 (tie)' when runs share a value", True),
@@ -115,7 +114,7 @@ def ci_text(row: pd.Series, metric: str = "accuracy") -> str:
 
 
 reference = load_reference()
-shared_patients = None if manifest is None or split is None else int(leakage_report(manifest, split)["shared_patient_num"].max())
+shared_patients = None if manifest is None or split is None else int(cached.leakage(exp, manifest, split)["shared_patient_num"].max())
 best: dict[str, tuple[str | None, list[str]]] = {}
 with st.container(key="headline"):
     cards = st.columns(5)
@@ -179,7 +178,7 @@ with st.container(key="headline"):
 # -- is the best ensemble better than the best single model? ---------------------------------------------------
 if best.get("single", (None,))[0] and best.get("ensemble", (None,))[0] and preds is not None:
     single, ensemble = best["single"][0], best["ensemble"][0]
-    frame = compare.paired_frame(preds, single, ensemble, split_choice)
+    frame = compare.paired_frame(cached.pair_rows(exp, preds, single, ensemble, split_choice), single, ensemble, split_choice)
     with st.container(key="ov_verdict"):
         if frame.empty:
             st.info("The best ensemble and the best single model share no images on this split: no paired verdict.")
@@ -320,23 +319,19 @@ if manifest is None:
     if not exp.is_corrupt(exp.catalog.manifest):
         st.info(f"The image manifest is not found. Produce it with `{exp.command('manifest')}`.")
 else:
-    folders = manifest[["class_name", "subtype", "patient_id"]].drop_duplicates()
+    counts = cached.manifest_summary(exp, manifest)  # once per manifest file
     cols = st.columns(4)
-    cols[0].metric("Images", len(manifest))
-    cols[1].metric("Benign / malignant", f"{(manifest.label == 0).sum()} / {(manifest.label == 1).sum()}")
-    cols[2].metric("Patient folders / numeric ids", f"{len(folders)} / {manifest.patient_num.nunique()}",
+    cols[0].metric("Images", counts["images"])
+    cols[1].metric("Benign / malignant", f"{counts['benign']} / {counts['malignant']}")
+    cols[2].metric("Patient folders / numeric ids", f"{counts['folders']} / {counts['patient_nums']}",
                    help="Folders: distinct (class, subtype, patient code) folders, as BreakHis counts them (a code can "
                         "appear under two subtypes). Numeric ids: distinct patient numbers, the stricter grouping.")
-    cols[3].metric("Subtypes", manifest.subtype.nunique())
+    cols[3].metric("Subtypes", counts["subtypes"])
     left, right = st.columns(2)
     left.caption("Images per class and magnification")
-    mags = sorted(manifest.magnification.dropna().unique(), key=lambda m: int(m))  # 40X, 100X, 200X, 400X: by number
-    by_mag = pd.Categorical(manifest.magnification.astype(str) + "X", categories=[f"{m}X" for m in mags], ordered=True)
-    left.dataframe(pd.crosstab(manifest.class_name, by_mag, margins=True, margins_name="total"))
+    left.dataframe(counts["by_magnification"])
     right.caption("Images and patient folders per subtype")
-    per_subtype = manifest.groupby(["class_name", "subtype_name"]).agg(images=("image_id", "size"),
-                                                                       patient_folders=("patient_id", "nunique"))
-    right.dataframe(per_subtype.reset_index(), hide_index=True, column_config={
+    right.dataframe(counts["per_subtype"], hide_index=True, column_config={
         "class_name": "Class", "subtype_name": "Subtype", "images": "Images", "patient_folders": "Patient folders"})
 
 st.subheader("Split and leakage")
@@ -344,10 +339,10 @@ if split is None or manifest is None:
     if not exp.is_corrupt(exp.catalog.split):
         st.info(f"No split yet: `{exp.command('split')}`")
 else:
-    report = leakage_report(manifest, split).rename(columns=lambda c: c.replace("_", " ").replace("num", "(numeric id)")
+    report = cached.leakage(exp, manifest, split).rename(columns=lambda c: c.replace("_", " ").replace("num", "(numeric id)")
                                                      .replace("patient id", "patient (folder code)"))
     st.dataframe(report, hide_index=True)
-    if int(leakage_report(manifest, split)["shared_patient_num"].max()):
+    if int(cached.leakage(exp, manifest, split)["shared_patient_num"].max()):
         st.error("Some patients appear in more than one of train/val/test: an image-level split. Accuracy on it is "
                  "optimistic (the model can recognise the patient, not the disease).")
     else:

@@ -485,3 +485,18 @@ def test_overview_table_shows_no_none_only_numbers_and_n_a(app, dashboard_artifa
         expected = {r: "n/a" if pd.isna(v) else f"{v:.4f}" for r, v in test[column].items()}
         assert shown.to_dict() == {r: expected[r] for r in shown.index}
     assert not table.filter(like="(shown)").isin(["None", "nan", ""]).any().any()
+
+
+def test_pages_leave_the_shared_tables_unchanged(app, dashboard_artifacts):
+    """The loaded tables are shared between reruns and sessions (st.cache_resource, issue 26), not copied: after every
+    page has run, the cached predictions, manifest and split still equal a fresh read of their files."""
+    from dashboard.data import _read_parquet, _stamp
+
+    for page in PAGES:
+        app(page)
+    app("confusion", a="v1_b0", b="v2_b1")
+    app("misclassified", run="v1_b0")
+    for name in ("predictions", "manifest", "split", "metrics"):
+        path = dashboard_artifacts / "fixture" / f"{name}.parquet"
+        shared = _read_parquet(str(path), _stamp(path))
+        pd.testing.assert_frame_equal(shared, pd.read_parquet(path))

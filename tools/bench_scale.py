@@ -84,7 +84,6 @@ def plant_runs(exp: Path, feature_runs: int, seed: int = 0) -> None:
     """Per run: predictions of val/test, run.json, a history; for the first ``feature_runs`` runs also features.npz of
     every split (float16, uncompressed). Fewer runs with features keep the neighbours stage (whose product grows with
     the square of the images) within a benchmark's time on two cores; its cost per run is what is compared."""
-    import pandas as pd
 
     from pipeline.artifacts.catalog import Catalog
     from pipeline.artifacts.experiment import load_split_frame
@@ -106,11 +105,22 @@ def plant_runs(exp: Path, feature_runs: int, seed: int = 0) -> None:
         files.dir.mkdir(parents=True, exist_ok=True)
         write_parquet(make_rows(run, "single", model, family, stain, frame[evals].reset_index(drop=True), prob[evals]),
                       files.predictions)
-        write_parquet(pd.DataFrame({"epoch": [1, 2], "loss": [0.6, 0.5], "accuracy": [0.7, 0.8], "val_loss": [0.6, 0.55],
-                                    "val_accuracy": [0.7, 0.75]}), files.history)
+        plant_history(files.history)
         write_json({"run_id": run, "best_epoch": 2, "best_val_accuracy": 0.75, "status": "complete"}, files.info)
         if i < feature_runs:
             plant_features(files.features, frame, width, rng)
+
+
+def plant_history(path: Path) -> None:
+    """history.parquet with every column train's on_epoch_end writes (the training-curves page reads ``seconds``)."""
+    import pandas as pd
+
+    from pipeline.artifacts.io import write_parquet
+
+    write_parquet(pd.DataFrame({"epoch": [1, 2], "loss": [0.6, 0.5], "accuracy": [0.7, 0.8], "val_loss": [0.6, 0.55],
+                                "val_accuracy": [0.7, 0.75], "lr_backbone": [1e-4, 1e-4], "lr_head": [1e-3, 1e-3],
+                                "seconds": [40.0, 30.0], "images_per_s": [100.0, 133.3],
+                                "phase": ["fine-tune", "fine-tune"]}), path)
 
 
 def plant_features(path: Path, frame, width: int, rng: np.random.Generator) -> None:
@@ -306,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-runs", type=int, default=2, help="runs planted with features (default 2 of 11: "
                         "v1_b0 at 1,280 and v1_b1 at 1,280 wide)")
     parser.add_argument("--pages-only", action="store_true",
-                        help="re-time only the pages on the experiments and stage results of the last run in --work")
+                        help="re-time only the pages on the experiments and stage results of the last run in --work "
+                             "(re-plants each run's history, so experiments built by an older version render too)")
     parser.add_argument("--ivf-only", action="store_true",
                         help="with --pages-only: also time the IVF index against exact search (re-plants one run's features)")
     parser.add_argument("--keep-features", action="store_true", help="keep the planted features.npz (disk: ~0.4 GB per run at 10x)")
@@ -315,12 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.pages_only:
+        from pipeline.artifacts.catalog import Catalog
+
         results = json.loads((work / "scale.json").read_text())
         for r in results:
             artifacts = work / f"x{r['factor']}" / "artifacts"
             exp = artifacts / f"scale{r['factor']}"
+            for run in [*WIDTHS, TWIN]:
+                plant_history(Catalog(exp).run(run).history)
             if args.ivf_only:
-                from pipeline.artifacts.catalog import Catalog
                 from pipeline.artifacts.experiment import load_split_frame
 
                 features = Catalog(exp).run(next(iter(WIDTHS))).features

@@ -187,15 +187,15 @@ def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:
     return Path(path)
 
 
-def read_parquet_file(path: Path | str, hint: str = "") -> pd.DataFrame:
-    """Read a parquet file through one open handle (see the module docstring).
+def read_parquet_file(path: Path | str, hint: str = "", columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a parquet file (only ``columns`` when given) through one open handle (see the module docstring).
 
     A missing, unreadable, truncated or non-parquet file is a :class:`PipelineError` naming the file
     (and ``hint``, the command that re-creates it), never a raw ``ArrowInvalid``.
     """
     try:
         with open(path, "rb") as fh:
-            return pd.read_parquet(fh)
+            return pd.read_parquet(fh, columns=columns)
     except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError and an ArrowException
         reason = f"{type(exc).__name__}: {_why(exc)}"
         raise UnreadableArtifact(f"{path} is not a readable parquet file ({reason}); re-create it{' with: ' + hint if hint else ''}",
