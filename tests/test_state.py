@@ -124,12 +124,14 @@ exp, run_id, rounds, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4
 import fcntl, os
 real_flock, contended = fcntl.flock, [0]
 
-def counting_flock(fd, op):  # the lock's own call, counting the times it had to wait for another holder
-    if op == fcntl.LOCK_EX:
+def counting_flock(fd, op):  # the lock's own call, counting the times it found another holder
+    if op & fcntl.LOCK_EX:
         try:
-            return real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return real_flock(fd, op | fcntl.LOCK_NB)
         except BlockingIOError:
             contended[0] += 1
+            if op & fcntl.LOCK_NB:  # the lock polls without blocking (to say who holds it): its own retry follows
+                raise
     return real_flock(fd, op)
 
 fcntl.flock = counting_flock

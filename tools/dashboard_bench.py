@@ -36,11 +36,11 @@ def measure(quick: bool) -> dict:
     at.switch_page("../pages/ensemble_builder.py")
     at.run()
     latencies = []
-    boxes = [c.key for c in at.checkbox if c.key and c.key.startswith("member_")]
-    for i in range(4 if quick else 12):
-        box = at.checkbox(key=boxes[i % len(boxes)])
+    members = list(at.multiselect(key="ens_member_pick").value)  # the builder's one member picker (issue 27)
+    for i in range(4 if quick else 12):  # remove a member, then add it back: every toggle re-scores
+        pick, member = at.multiselect(key="ens_member_pick"), members[(i // 2) % len(members)]
         t = time.perf_counter()
-        (box.uncheck() if box.value else box.check()).run()
+        (pick.unselect(member) if member in pick.value else pick.select(member)).run()
         latencies.append((time.perf_counter() - t) * 1000)
     return {**{f"first_render_ms_{p}": v for p, v in first.items()},
             "toggle_median_ms": float(np.median(latencies)), "toggle_max_ms": float(np.max(latencies)),

@@ -256,7 +256,8 @@ def _prepare_stain(source: Path, out: Path, data_root: Path, method: str, frame:
             shutil.rmtree(catalog.stain_dir(method))
         write_json(target, catalog.stain_target(method))
     out_root = catalog.stain_images(method, target["key"])
-    todo = [(str(data_root / p), str(out_root / p), target["target"], int(target.get("seed", 0)), i)
+    # the stain stage's job shape: (source, destination, target, seed, image id, content hash, root it must stay in)
+    todo = [(str(data_root / p), str(out_root / p), target["target"], int(target.get("seed", 0)), i, None, str(data_root))
             for p, i in zip(frame["path"], frame["image_id"]) if not (out_root / p).is_file()]
     statuses = []
     for n, (_, status) in _normalize_all(todo, workers=2):
@@ -387,8 +388,8 @@ def image_scores(source: Path | str, files: list[Path | str]) -> tuple[pd.DataFr
         folder = Path(tmp) / "images"
         folder.mkdir()
         for n, f in enumerate(files):  # one sub-folder per file: two files of the same name stay apart (and are reported)
-            (folder / f"{n:04d}").mkdir()
-            (folder / f"{n:04d}" / f.name).symlink_to(f.resolve())
+            (folder / f"{n:04d}").mkdir()  # copied, not linked: train and the dashboard refuse links leading out of a root
+            shutil.copyfile(f, folder / f"{n:04d}" / f.name)
         preds = run_predict(source, folder, Path(tmp) / "exp", evaluate=False)
         rejects = read_parquet(Catalog(Path(tmp) / "exp").rejects)
     return preds, rejects
