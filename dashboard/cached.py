@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboard.data import _read_parquet, _stamp
 from pipeline.artifacts.io import opened_inside, read_parquet_file
-from pipeline.artifacts.schemas import check_frame, entry_for
 from pipeline.core.errors import PipelineError
 from pipeline.core.sampling import decimate
 from pipeline.core.splits import leakage_report
@@ -35,13 +35,11 @@ def fingerprint(path: Path) -> tuple:
 
 
 def _read_checked(path: str) -> pd.DataFrame:
-    """One of the experiment's parquet files read as the pages read it: opened inside its folder (a link leading out
-    is not followed) and validated against its catalog entry. Raises PipelineError when it is not what the catalog
-    declares, so a cache here never indexes a table the page itself refused."""
+    """One of the experiment's parquet files as the pages load it (``dashboard.data._read_parquet``: opened inside its
+    folder, validated against its catalog entry, shared): the same cache entry, so the index below never re-reads or
+    re-validates the table the page already holds. Raises PipelineError when the file is not what the catalog declares."""
     with opened_inside(Path(path).parent, path) as name:
-        frame = read_parquet_file(name)
-    entry = entry_for(path)
-    return check_frame(entry, frame, path) if entry else frame
+        return _read_parquet(path, _stamp(Path(path)), name)
 
 
 @dataclass(frozen=True)
