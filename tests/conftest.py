@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -137,3 +139,20 @@ def loopback():
     config.set_option("server.address", "127.0.0.1")
     yield
     config.set_option("server.address", before)
+
+
+def sigkill_when_paused(child: str, *args: str, timeout: float = 60) -> str:
+    """Run the Python program ``child`` with ``args`` (the checkout on its path), SIGKILL it as soon as it prints a line
+    starting with PAUSED, and return what it printed until then: the real process death a resume or a staged retrain
+    must survive (tests/test_training.py, tests/test_retrain.py)."""
+    proc = subprocess.Popen([sys.executable, "-c", child, *args], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("PAUSED"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines) + proc.stderr.read()[-3000:]
+    return "".join(lines)

@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import sigkill_when_paused
 
 from pipeline.config import TrainConfig
 
@@ -59,17 +56,7 @@ print("FINISHED", flush=True)
 
 
 def kill_in_first_epoch(exp, weights) -> str:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(exp), str(weights)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("PAUSED"):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(120)
-    assert proc.returncode == -signal.SIGKILL, "".join(lines) + proc.stderr.read()[-3000:]
-    return "".join(lines)
+    return sigkill_when_paused(CHILD, str(exp), str(weights), timeout=120)
 
 
 def test_replaced_weights_retrain_and_a_killed_retrain_keeps_the_old_run(tmp_path, demo_experiment):

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PROJECT_ROOT, TF_NOISE
+from conftest import PROJECT_ROOT, TF_NOISE, sigkill_when_paused
 
 from pipeline.artifacts.predictions import PREDICTION_COLUMNS, load_predictions
 from pipeline.config import TrainConfig
@@ -133,17 +132,7 @@ print("FINISHED", flush=True)
 
 
 def kill_at(exp, point):
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(exp), point], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("PAUSED"):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL, "".join(lines) + proc.stderr.read()[-3000:]
-    return "".join(lines)
+    return sigkill_when_paused(CHILD, str(exp), point, timeout=60)
 
 
 def test_resume_after_sigkill_agrees_with_itself(trained, capsys):
