@@ -338,7 +338,8 @@ class Experiment:
 
 @st.cache_resource(show_spinner=False, max_entries=8, hash_funcs={pd.DataFrame: lambda _: 0})  # shared, read-only
 def _paths_by_id(path: str, stamp: tuple, manifest: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(manifest["image_id"].astype(str), manifest["path"].astype(str)))
+    # as plain lists first: iterating an Arrow-backed column yields value by value (~0.15 s at ten times BreakHis)
+    return dict(zip(manifest["image_id"].astype(str).tolist(), manifest["path"].astype(str).tolist()))
 
 
 def get_experiment(name: str) -> Experiment:

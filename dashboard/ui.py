@@ -193,6 +193,14 @@ def for_plotly(text: object) -> str:
     return html.escape(str(text))
 
 
+def for_plotly_column(values: pd.Series) -> pd.Series:
+    """:func:`for_plotly` of every value of a column, vectorised (``html.escape`` with ``quote=True``)."""
+    text = values.astype(str)
+    for raw, safe in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#x27;")):
+        text = text.str.replace(raw, safe, regex=False)
+    return text.reset_index(drop=True)
+
+
 # -- filter chips --------------------------------------------------------------------------------------------
 def chips(items: list[tuple[str, Callable[[], None]]], key: str, on_clear_all: Callable[[], None] | None = None) -> None:
     """Active filters as removable chips in the main area: one button per filter value (click removes it)."""

@@ -57,14 +57,12 @@ points = cached.embedding_points(str(exp.catalog.embedding), cached.fingerprint(
                                  str(exp.catalog.manifest), cached.fingerprint(exp.catalog.manifest),
                                  str(exp.catalog.predictions), cached.fingerprint(exp.catalog.predictions), run, method)
 points = points.copy()
-neighbours = exp.neighbours()
-nearest = pd.Series(dtype=object)
-if neighbours is not None and {"rank", "neighbour_patient", "patient_id"} <= set(neighbours.columns):
-    first = neighbours[(neighbours["run_id"] == run) & (neighbours["rank"] == 1)].drop_duplicates("image_id")
-    nearest = pd.Series(np.where(first["neighbour_patient"].astype(str) == first["patient_id"].astype(str), SAME, OTHER),
-                        index=first["image_id"].to_numpy())
+if exp.catalog.neighbours.exists():
+    exp.neighbours()  # validated once per file (a broken file is reported here, the map stays uncoloured)
+same = cached.nearest_same_patient(exp, run)
+nearest = pd.Series(np.where(same.to_numpy(dtype=bool), SAME, OTHER), index=same.index, dtype=object)
 points[NEAREST] = np.where(points["split"] == "train", "train",
-                           points["image_id"].map(nearest).fillna("no neighbour computed"))
+                           points["image_id"].astype(str).map(nearest).fillna("no neighbour computed"))
 only_same = state.toggle("Only images whose nearest training image is of the same patient", key="em_same", param="same",
                          help="Keeps the val/test images the model places next to a training image of their own patient "
                               "(and the training images, for reference)")
@@ -77,9 +75,12 @@ def figure(points: pd.DataFrame, colour: str) -> tuple[go.Figure, list[np.ndarra
     """One Scattergl trace per category (legend) or, for many categories, one trace with cycled colours; returns the
     figure and, per trace, the row numbers of its points (to map a selection back to images)."""
     fig = go.Figure()
-    hover = [ui.for_plotly(f"{i}<br>{c} · patient {p} · {m} · {s}")
-             for i, c, p, m, s in zip(points["image_id"], points["class"], points["patient"], points["magnification"], points["split"])]
-    hover = np.asarray(hover, dtype=object)
+    # one vectorised string concatenation (a Python f-string per point cost ~0.2 s for 80,000 points)
+    hover = ui.for_plotly_column(points["image_id"]) + " · " + ui.for_plotly_column(points["class"]) + " · patient " \
+        + ui.for_plotly_column(points["patient"]) + " · " + ui.for_plotly_column(points["magnification"]) + " · " \
+        + ui.for_plotly_column(points["split"])
+    hover = hover.to_numpy(dtype=object)
+    xs, ys = points["x"].to_numpy(), points["y"].to_numpy()
     rows: list[np.ndarray] = []
     categories = sorted(points[colour].unique().tolist())
     symbols = {"train": "circle", "val": "diamond", "test": "square"}
@@ -91,8 +92,7 @@ def figure(points: pd.DataFrame, colour: str) -> tuple[go.Figure, list[np.ndarra
             for j, split in enumerate(sorted(set(splits[values == cat]))):
                 idx = np.flatnonzero((values == cat) & (splits == split))
                 rows.append(idx)
-                part = points.iloc[idx]
-                fig.add_trace(go.Scattergl(x=part["x"], y=part["y"], mode="markers", name=ui.for_plotly(cat),
+                fig.add_trace(go.Scattergl(x=xs[idx], y=ys[idx], mode="markers", name=ui.for_plotly(cat),
                                            legendgroup=str(k), showlegend=j == 0,
                                            marker=dict(size=6, color=FIXED.get(cat, PALETTE[k % len(PALETTE)]), opacity=0.8,
                                                        symbol=symbols.get(split, "circle")),
@@ -102,9 +102,8 @@ def figure(points: pd.DataFrame, colour: str) -> tuple[go.Figure, list[np.ndarra
         for split in sorted(set(splits)):
             idx = np.flatnonzero(splits == split)
             rows.append(idx)
-            part = points.iloc[idx]
-            fig.add_trace(go.Scattergl(x=part["x"], y=part["y"], mode="markers", showlegend=False,
-                                       marker=dict(size=6, opacity=0.8, color=[PALETTE[codes[c] % len(PALETTE)] for c in part[colour]],
+            fig.add_trace(go.Scattergl(x=xs[idx], y=ys[idx], mode="markers", showlegend=False,
+                                       marker=dict(size=6, opacity=0.8, color=[PALETTE[codes[c] % len(PALETTE)] for c in values[idx]],
                                                    symbol=symbols.get(split, "circle")),
                                        hovertext=hover[idx], hoverinfo="text"))
     fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
