@@ -48,7 +48,8 @@ if wanted and wanted not in images and wanted in set(preds["image_id"].astype(st
     # the linked image stays the panel's image (and in the URL); its tiles say why a map is missing
     st.warning(f"No {method} map was computed for image {code(wanted)}: the gradcam stage explains every error of val "
                f"and test and then correct images of its split up to its limit ({plain(str(len(images)))} images here). Compute more with "
-               f"{code(f'python -m pipeline gradcam {exp.cli_dir} --method {method} --split val')}.")
+               f"{code(f'python -m pipeline gradcam {exp.cli_dir} --method {method} --image {wanted}')} (it explains this image for "
+               f"every model and keeps its maps in later runs).")
     images = [wanted, *images]
     choices = [wanted, *choices] if wanted not in choices else choices
 if not choices:
@@ -76,7 +77,7 @@ no_map = [r for row in rows for r in row if r in trained and image_id not in all
 if no_map:
     st.info(f"{', '.join(runs.md(r) for r in no_map)}: no {method} map of this image (it was not among the images the "
             f"gradcam stage explained for {'this model' if len(no_map) == 1 else 'these models'}). Compute them with "
-            f"{code(f'python -m pipeline gradcam {exp.cli_dir} --method {method}')}")
+            f"{code(f'python -m pipeline gradcam {exp.cli_dir} --method {method} --image {image_id}')}")
 maps, probs = {}, {}
 with st.container(key="cam_panel"):
     for family_row in rows:

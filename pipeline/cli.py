@@ -203,6 +203,12 @@ def cmd_gradcam(args) -> None:
     from pipeline.stages.gradcam import check_completed_runs
 
     check_completed_runs(args.dir, args.runs or [])
+    if args.image:  # checked and recorded before TensorFlow starts: a wrong id costs nothing
+        from pipeline.artifacts.gradcam_requests import add_requests, check_explainable
+        from pipeline.artifacts.predictions import load_predictions
+
+        check_explainable(args.image, load_predictions(args.dir), args.dir)
+        add_requests(args.dir, args.image)
     _start_tensorflow()
     cfg = GradcamConfig(methods=[args.method], split=args.split, max_images=args.max_images, target=args.target)
     run_gradcam(args.dir, cfg, runs=args.runs, force=args.force)
@@ -361,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0: every image of the split; else every misclassified image, then correct ones up to this many "
                         "(the other evaluated split's errors are explained too, never capped)")
     p.add_argument("--target", default="predicted", choices=["predicted", "true"])
+    p.add_argument("--image", nargs="+", metavar="IMAGE_ID", help="also explain these val/test images (recorded in "
+                   "gradcam/requested.json, so every later run keeps their maps): the command a card without a map shows")
     p.add_argument("--panel", metavar="IMAGE_ID", help="save the study's 2x5 multi-model panel of this image as PNG")
     p.add_argument("--out", help="PNG path for --panel (default DIR/gradcam/panel_<image>_<method>.png)")
     p.add_argument("--force", action="store_true", help="recompute maps even if up to date")

@@ -345,6 +345,11 @@ class Catalog:
     def gradcam_scores(self, method: str) -> Path:
         return self.gradcam_dir(method) / "scores.parquet"
 
+    @property
+    def gradcam_requests(self) -> Path:
+        """Images asked for beyond the stage's own choice (``gradcam --image``), explained by every later run."""
+        return self.root / "gradcam" / "requested.json"
+
     def gradcam_panel(self, method: str, image_id: str) -> Path:
         if not IMAGE_ID_RE.fullmatch(str(image_id)):
             raise PipelineError(f"not an image id: {image_id!r} (a file stem such as SOB_M_DC-14-2523-40-001)")

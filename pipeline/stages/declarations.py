@@ -47,7 +47,7 @@ DECLARATIONS: tuple[StageDeclaration, ...] = (
                      settings=("neighbours", "experiment.seed", "split.fold")),
     StageDeclaration("evaluate", reads=("predictions", "manifest", "neighbour_summary", "pipeline_run"),
                      writes=("metrics", "metrics_info"), settings=("evaluate", "experiment.seed")),
-    StageDeclaration("gradcam", reads=("data_root", "split", "run.model", "run.info", "run.predictions"),
+    StageDeclaration("gradcam", reads=("data_root", "split", "run.model", "run.info", "run.predictions", "gradcam_requests"),
                      writes=("gradcam_maps", "gradcam_run_scores", "gradcam_run_meta", "gradcam_scores", "gradcam_panel"),
                      settings=("gradcam", "split.fold")),
 )

@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline.artifacts.catalog import GRADCAM_METHODS, Catalog, parse_run_id
 from pipeline.artifacts.experiment import data_root_of, load_split_frame
 from pipeline.artifacts.gradcam_cache import load_maps
+from pipeline.artifacts.gradcam_requests import requested_images
 from pipeline.artifacts.io import atomic_path, read_json, read_json_object, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import load_predictions
 from pipeline.artifacts.stamps import Stamp, content_digest, up_to_date
@@ -62,7 +63,9 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
     if not runs:
         raise PipelineError(f"no trained runs in {exp_dir}; run `train` first")
     frame = load_split_frame(exp_dir, fold)
-    image_ids = images_to_explain(frame, load_predictions(exp_dir), cfg.split, cfg.max_images)
+    preds = load_predictions(exp_dir)
+    image_ids = with_requested(images_to_explain(frame, preds, cfg.split, cfg.max_images), frame, preds, runs,
+                               requested_images(exp_dir))
     jobs = [(str(exp_dir), method, run_id, image_ids, cfg, fold) for method in cfg.methods for run_id in runs]
     keys = [explain_key(*job) for job in jobs]  # validates every run before any work starts
     stale = [job for job, key in zip(jobs, keys) if force or not _explained(catalog, job[1], job[2], key)]
@@ -125,6 +128,18 @@ def images_to_explain(frame: pd.DataFrame, preds: pd.DataFrame, split: str, max_
             part = preds[(preds["split"] == other) & preds["image_id"].astype(str).isin(mine)]
             chosen |= set(part.loc[part["pred"] != part["label"], "image_id"].astype(str))
     return sorted(chosen)
+
+
+def with_requested(chosen: list[str], frame: pd.DataFrame, preds: pd.DataFrame, runs: list[str], requested: list[str]) -> list[str]:
+    """The stage's choice plus the images a user asked for (``gradcam --image``) that every one of ``runs`` predicted
+    on an evaluated split of this fold; sorted, one list for every run."""
+    if not requested:
+        return chosen
+    mine = set(frame["image_id"].astype(str))
+    part = preds[preds["run_id"].isin(runs) & preds["split"].isin(EVALUATED_SPLITS)]
+    per_image = part.groupby(part["image_id"].astype(str))["run_id"].nunique()
+    covered = {i for i in requested if i in mine and per_image.get(i, 0) == len(set(runs))}
+    return sorted(set(chosen) | covered)
 
 
 def _explain_run_job(job: tuple) -> pd.DataFrame:
