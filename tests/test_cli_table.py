@@ -44,3 +44,14 @@ def test_errors_stay_one_line_exit_2():
         assert command["errors"], name
         for case, (code, err) in command["errors"].items():
             assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (name, case, err)
+
+
+def test_train_shortcut_flags_are_the_train_rows_of_the_table():
+    """``train``'s shortcut flags become ``--set train.KEY=VALUE`` (cli.TRAIN_FLAGS): exactly the rows of ``train``
+    that set a ``train.`` key, so a flag added to the table cannot be parsed and then silently dropped."""
+    from pipeline.cli import COMMANDS, TRAIN_FLAGS
+
+    train = next(c for c in COMMANDS if c.name == "train")
+    rows = {a.key.split(".", 1)[1] for a in train.args if a.key and a.key.startswith("train.")}
+    assert rows == set(TRAIN_FLAGS)
+    assert all(a.flags[0] == "--" + a.key.split(".", 1)[1].replace("_", "-") for a in train.args if a.key and a.key.startswith("train."))
