@@ -23,7 +23,7 @@ from tools.live import CHROMIUM, chromium, serve, wait_idle
 SETTLE_MS = 300  # after the script has finished: the last frames of the rerun are still on their way
 
 
-def _decode(payload: bytes) -> tuple[str, str | None]:
+def decode_frame(payload: bytes) -> tuple[str, str | None]:
     """(message type, element or block type) of one ForwardMsg frame."""
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
@@ -41,11 +41,11 @@ def _sent(page, frames: list[bytes], action: Callable[[], None]) -> dict:
     start = len(frames)
     action()
     deadline = time.time() + 60
-    while time.time() < deadline and not any(_decode(f)[0] == "script_finished" for f in frames[start:]):
+    while time.time() < deadline and not any(decode_frame(f)[0] == "script_finished" for f in frames[start:]):
         page.wait_for_timeout(20)
     wait_idle(page, 60_000)
     page.wait_for_timeout(SETTLE_MS)
-    decoded = [_decode(f) for f in frames[start:]]
+    decoded = [decode_frame(f) for f in frames[start:]]
     deltas = [d for k, d in decoded if k == "delta"]
     return {"deltas": len(deltas), "cached": sum(k == "ref_hash" for k, _ in decoded),
             "bytes": sum(len(f) for f in frames[start:]), "types": {t: deltas.count(t) for t in sorted(set(filter(None, deltas)))}}
