@@ -37,7 +37,7 @@ from pipeline.core.reference import load_reference
 
 RULES = ["soft", "hard", "weighted", "stacking"]
 PANELS = {"cm": "Confusion matrix", "roc": "ROC", "refer": "Refer the uncertain", "calibration": "Calibration",
-          "members": "Members"}  # URL value -> tab label
+          "members": "Members"}  # URL value -> panel label
 COLLAPSE = 0.9  # a weighted vote with this share on one member is that member in disguise
 
 exp = ui.page_start("Ensemble builder")
