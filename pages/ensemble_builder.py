@@ -146,10 +146,13 @@ def _positive(text: str | None) -> bool:
         return False
 
 
-# -- the builder: the controls, then the results (score, headline, actions, the open diagnostics panel) --------------
-# Three fragments, so a rerun sends what changed (issue 27, "six users at once"): a control change reruns the results
-# (``builder``) without the controls; ``diagnostics`` is nested in the results, so switching the panel or moving the
-# referral slider reruns the panel alone, not the scoring and the headline again.
+# -- the builder: read the controls, score, show the headline and actions, then the open diagnostics panel ----------
+# The seams of one re-score. Only ``builder`` is the re-scored fragment; ``diagnostics`` is a fragment nested in it,
+# so switching the panel or moving the referral slider reruns (and sends) the panel alone, not the controls, the
+# scoring and the headline again (issue 27, "six users at once": a rerun sends what changed). The controls stay in
+# the re-scored fragment: moving them into a fragment of their own whose callbacks rerun the results by key
+# (``st.rerun("key")``) sent 23 instead of 32 messages per toggle, but every toggle then ran the script twice (the
+# callback's rerun replaces the first) and took ~130 ms longer in Chromium (p50 363-383 vs 230-236 ms, 10 members).
 
 
 @dataclass(frozen=True)
@@ -208,58 +211,25 @@ class Scored:
         return float((combine(self.probs[sub_idx], self.method, self.threshold, tie_break, w).pred == self.y).mean())
 
 
-RESULTS, CONTROLS = "ens_results", "ens_controls"  # the two keyed fragments
-
-
-def rescore() -> None:
-    """A member, threshold or split change: rerun the results alone (the control already shows its new value)."""
-    st.rerun(RESULTS)
-
-
-def relayout() -> None:
-    """A rule or threshold-source change: it also enables or disables other controls, so they rerun with the results."""
-    st.rerun([CONTROLS, RESULTS])
-
-
-@st.fragment(key=CONTROLS)
-def controls() -> None:
-    """The rule, threshold and split row and the members picker, each bound to the URL (``dashboard.state``).
-
-    A fragment of their own: a change reruns the results fragment only (``rescore``), so a member toggle does not send
-    the controls back to the browser; only the rule and the threshold source, which change what the others allow,
-    rerun the controls too (``relayout``). ``current_controls`` reads the values the results are built from."""
+def read_controls() -> Controls:
+    """The rule, threshold and split row and the members picker; every value is bound to the URL (``dashboard.state``)."""
     c1, c2, c3 = st.columns([3, 3, 2])
-    method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, horizontal=True, on_change=relayout,
+    method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, horizontal=True,
                          help=f"soft: mean probability; hard: majority vote ({TIE_WORDS.get(tie_break, tie_break)}, as this "
                               "experiment's ensembles); weighted: weights fitted on validation; stacking: the pipeline's "
                               "meta-model (read-only)")
-    from_val = state.toggle("Threshold from validation", key="ens_vthr", param="vthr", where=c2, on_change=relayout,
+    from_val = state.toggle("Threshold from validation", key="ens_vthr", param="vthr", where=c2,
                             disabled=method == "stacking" or not takes_validation_threshold(method),
                             help="Choose the threshold that maximises Youden's J (= balanced accuracy) on the validation "
                                  "split, then apply it here; never chosen on test. Not for hard votes (members vote at 0.5).")
     from_val = from_val and method != "stacking" and takes_validation_threshold(method)  # evaluate's rule too
-    state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
-                 default=0.5, step=0.05, where=c2, disabled=method == "stacking" or from_val, on_change=rescore)
-    state.radio("Evaluate on", exp.eval_splits, key="ens_split", param="split", where=c3, horizontal=True, on_change=rescore)
-    state.multiselect(
+    threshold = state.slider("Threshold (P(malignant) ≥ threshold is malignant)", 0.05, 0.95, key="ens_threshold", param="thr",
+                             default=0.5, step=0.05, where=c2, disabled=method == "stacking" or from_val)
+    split = state.radio("Evaluate on", exp.eval_splits, key="ens_split", param="split", where=c3, horizontal=True)
+    picked = state.multiselect(
         "Members" + (" (stacking ensembles have the members they were fitted on)" if method == "stacking" else ""),
         members, key=MEMBER_KEY, param="members", default=members, format_func=runs.label, disabled=method == "stacking",
-        on_change=rescore, help="Add or remove members; the study ensembled the V1 family and the V2 family separately")
-
-
-def current_controls() -> Controls:
-    """The controls' values (from the session, where ``controls`` seeded them from the URL), published back to the URL:
-    the results fragment reruns without the controls, so it keeps the link in step itself."""
-    method = st.session_state["ens_method"]
-    from_val = bool(st.session_state["ens_vthr"]) and method != "stacking" and takes_validation_threshold(method)
-    threshold = float(st.session_state["ens_threshold"])
-    split = st.session_state["ens_split"]
-    picked = st.session_state[MEMBER_KEY]
-    state.publish("rule", method, RULES[0])
-    state.publish("vthr", bool(st.session_state["ens_vthr"]), False)
-    state.publish("thr", round(threshold, 6), 0.5)
-    state.publish("split", split, exp.eval_splits[0])
-    state.publish("members", picked, members)
+        help="Add or remove members; the study ensembled the V1 family and the V2 family separately")
     return Controls(method, from_val, threshold, split, tuple(m for m in members if m in picked))
 
 
@@ -431,11 +401,12 @@ def diagnostics(s: Scored) -> None:
         agreement(s.chosen, s.member_rows, s.used)
 
 
-@st.fragment(key=RESULTS)
+@st.fragment
 def builder() -> None:
     """Everything a member toggle, rule, threshold or split change affects: rerun alone (``st.fragment``), so a click
     re-scores without re-running the page's loading above (the browser-measured cost of a full rerun)."""
-    scored = score(current_controls())
+    controls = read_controls()
+    scored = score(controls)
     if scored is None:
         return  # not st.stop(): that would also hide the sections below the fragment
     name = render_headline(scored)
@@ -550,7 +521,6 @@ def best_subsets() -> None:
     st.download_button("Download all subsets (CSV)", csv_safe(subsets).to_csv(index=False).encode(), file_name=f"{exp.name}_subsets.csv",
                        mime="text/csv", key="ens_subsets_csv", icon=":material/download:")
 
-controls()
 builder()
 best_subsets()
 study_reference()
