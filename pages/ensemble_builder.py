@@ -7,6 +7,7 @@ pipeline's Keras meta-model: the builder shows the pipeline's stacking ensembles
 """
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,7 @@ from pipeline.core.reference import load_reference
 
 RULES = ["soft", "hard", "weighted", "stacking"]
 PANELS = {"cm": "Confusion matrix", "roc": "ROC", "refer": "Refer the uncertain", "calibration": "Calibration",
-          "members": "Members"}  # URL value -> tab label
+          "members": "Members"}  # URL value -> panel label
 COLLAPSE = 0.9  # a weighted vote with this share on one member is that member in disguise
 
 exp = ui.page_start("Ensemble builder")
@@ -145,10 +146,73 @@ def _positive(text: str | None) -> bool:
         return False
 
 
-@st.fragment
-def builder() -> None:
-    """Everything a member toggle, rule, threshold or referral change affects: rerun alone (``st.fragment``), so a
-    click re-scores without re-running the page's loading above (the browser-measured cost of a full rerun)."""
+# -- the builder: read the controls, score, show the headline and actions, then the open diagnostics panel ----------
+# The seams of one re-score. Only ``builder`` is the re-scored fragment; ``diagnostics`` is a fragment nested in it,
+# so switching the panel or moving the referral slider reruns (and sends) the panel alone, not the controls, the
+# scoring and the headline again (issue 27, "six users at once": a rerun sends what changed). The controls stay in
+# the re-scored fragment: moving them into a fragment of their own whose callbacks rerun the results by key
+# (``st.rerun("key")``) sent 23 instead of 32 messages per toggle, but every toggle then ran the script twice (the
+# callback's rerun replaces the first) and took ~130 ms longer in Chromium (p50 363-383 vs 230-236 ms, 10 members).
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the controls above the headline say: the rule, whether validation picks the threshold, the slider's
+    threshold, the split scored and the chosen members (in the members' order, whatever order they were picked in)."""
+
+    method: str
+    from_val: bool
+    threshold: float
+    split: str
+    chosen: tuple[str, ...]
+
+
+@dataclass
+class Scored:
+    """One built ensemble scored on one split: everything the headline, the actions and the diagnostics show.
+
+    ``threshold`` is the one the decisions used for a vote (the slider's, or validation's); stacking decides at its own
+    0.5 (``used``). ``probs``/``val_probs``/``val_labels`` are the vote rules' member matrices, kept so the Members
+    panel can re-score leave-one-out subsets; None for stacking (its members are fixed).
+    """
+
+    method: str
+    split: str
+    chosen: list[str]
+    token: str
+    y: np.ndarray
+    score: np.ndarray
+    pred: np.ndarray
+    meta: pd.DataFrame
+    member_rows: np.ndarray
+    threshold: float
+    weights: np.ndarray | None
+    scores: dict
+    singles: dict
+    elapsed_ms: float
+    probs: np.ndarray | None = None
+    val_probs: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+
+    @property
+    def used(self) -> float:
+        """The threshold the decisions used (stacking: its own 0.5)."""
+        return self.threshold if self.method != "stacking" else 0.5
+
+    @property
+    def best_single(self) -> str | None:
+        """The chosen member with the best accuracy alone on this split (None when no member is a single run here)."""
+        return max(self.singles, key=lambda m: self.singles[m]["accuracy"]) if self.singles else None
+
+    def subset_accuracy(self, subset: list[str]) -> float:
+        """Accuracy of this rule on ``subset`` of the members (weights re-fitted on val for the weighted rule)."""
+        sub_idx = [members.index(x) for x in subset]
+        w = cached_weights(self.val_probs[sub_idx], self.val_labels, tuple(subset)) if self.method == "weighted" else None
+        return float((combine(self.probs[sub_idx], self.method, self.threshold, tie_break, w).pred == self.y).mean())
+
+
+def read_controls() -> Controls:
+    """The rule, threshold and split row and the members picker; every value is bound to the URL (``dashboard.state``)."""
     c1, c2, c3 = st.columns([3, 3, 2])
     method = state.radio("Rule", RULES, key="ens_method", param="rule", where=c1, horizontal=True,
                          help=f"soft: mean probability; hard: majority vote ({TIE_WORDS.get(tie_break, tie_break)}, as this "
@@ -166,152 +230,188 @@ def builder() -> None:
         "Members" + (" (stacking ensembles have the members they were fitted on)" if method == "stacking" else ""),
         members, key=MEMBER_KEY, param="members", default=members, format_func=runs.label, disabled=method == "stacking",
         help="Add or remove members; the study ensembled the V1 family and the V2 family separately")
-    chosen = [m for m in members if m in picked]  # the members' order, whatever order they were picked in
+    return Controls(method, from_val, threshold, split, tuple(m for m in members if m in picked))
 
 
+def stacking_rows(c: Controls) -> dict | None:
+    """The pipeline's stacking ensemble picked here, as rows of ``c.split`` (read-only: the dashboard never loads Keras).
+
+    None, after saying why, when the experiment has none."""
+    stack_runs = [r for r in runs.ensembles() if parse_run_id(r).method == "stacking"]
+    record = exp.ensembles_record() or {}
+    st.info("Stacking is the pipeline's meta-model, a small Keras network on the members' pooled features, saved as "
+            "stacking/<group>.keras for `predict` and `export`. The dashboard never loads Keras, so the builder shows the "
+            "pipeline's own stacking ensembles read-only; their members are "
+            "the groups they were fitted on.", icon=":material/lock:")
+    if not stack_runs:
+        skipped = {g: v.get("skipped") for g, v in (record.get("stacking") or {}).items() if isinstance(v, dict) and v.get("skipped")}
+        st.warning("This experiment has no stacking ensemble" + (": " + "; ".join(f"{plain(g)}: {plain(r)}" for g, r in skipped.items())
+                                                                 if skipped else f". Fit them with {code(exp.command('ensembles'))}"))
+        return None
+    url_stack = st.query_params.get("stack")
+    stack = state.selectbox("Stacking ensemble", stack_runs, key="ens_stack", param="stack", format_func=runs.label,
+                            default=url_stack if url_stack in stack_runs else stack_runs[0])
+    part = preds[(preds["run_id"] == stack) & (preds["split"] == c.split)].sort_values("image_id")
+    chosen = list(parse_run_id(stack).members)
+    if c.split == "val":
+        st.caption("Validation rows of a stacking ensemble are the inner hold-out of the validation split only (the rest "
+                   "trained the meta-model).")
+    idx = [members.index(m) for m in chosen if m in members]
+    member_probs_all, member_meta = arrays[c.split]
+    aligned = pd.Series(np.arange(len(member_meta)), index=member_meta["image_id"]).reindex(part["image_id"]).to_numpy()
+    return dict(chosen=chosen, token=stack, y=part["label"].to_numpy(), score=part["prob_malignant"].to_numpy(),
+                pred=part["pred"].to_numpy(), meta=part, member_rows=member_probs_all[idx][:, aligned],
+                threshold=c.threshold, weights=None)
+
+
+def vote_rows(c: Controls) -> dict | None:
+    """The soft, hard or weighted vote of the chosen members on ``c.split`` (weights and, when asked, the threshold
+    fitted on validation). None, after saying why, when nothing can be scored."""
+    if not c.chosen:
+        st.warning("Select at least one member.")
+        return None
+    chosen = list(c.chosen)
+    idx = [members.index(m) for m in chosen]
+    probs, meta = arrays[c.split]
+    validation = validation_arrays(exp, members)  # an external validation fits on its source's val split
+    if validation is None and (c.method == "weighted" or c.from_val):
+        st.info("Weighted voting and the validation threshold are fitted on the validation split of the experiment these "
+                "models come from; it is not under the artifacts folder, so choose soft or hard voting at a fixed threshold.")
+        return None
+    val_probs, val_meta = validation if validation is not None else (None, None)
+    val_labels = val_meta["label"].to_numpy() if val_meta is not None else None
+    weights = cached_weights(val_probs[idx], val_labels, tuple(chosen)) if c.method == "weighted" else None
+    threshold = c.threshold
+    if c.from_val:
+        val_score = combine(val_probs[idx], c.method, 0.5, tie_break, weights).score  # soft/weighted: no threshold inside
+        try:
+            threshold = round(threshold_from_validation(val_labels, val_score), 4)
+            st.caption(f"Threshold {threshold:.4f}: maximises Youden's J on the {len(val_score)} validation images.")
+        except PipelineError as exc:
+            st.warning(f"No validation threshold ({exc}); using the slider's {threshold:g}.")
+    result = combine(probs[idx], c.method, threshold, tie_break, weights)
+    token = chosen[0] if len(chosen) == 1 else BuiltEnsemble(c.method, tuple(chosen), threshold).token
+    return dict(chosen=chosen, token=token, y=meta["label"].to_numpy(), score=result.score, pred=result.pred, meta=meta,
+                member_rows=probs[idx], threshold=threshold, weights=weights, probs=probs, val_probs=val_probs,
+                val_labels=val_labels)
+
+
+def score(c: Controls) -> Scored | None:
+    """Score the ensemble the controls describe with the pipeline's pure functions, timed (the builder's budget)."""
     t0 = time.perf_counter()
-    weights = None
-    if method == "stacking":
-        stack_runs = [r for r in runs.ensembles() if parse_run_id(r).method == "stacking"]
-        record = exp.ensembles_record() or {}
-        st.info("Stacking is the pipeline's meta-model, a small Keras network on the members' pooled features, saved as "
-                "stacking/<group>.keras for `predict` and `export`. The dashboard never loads Keras, so the builder shows the "
-                "pipeline's own stacking ensembles read-only; their members are "
-                "the groups they were fitted on.", icon=":material/lock:")
-        if not stack_runs:
-            skipped = {g: v.get("skipped") for g, v in (record.get("stacking") or {}).items() if isinstance(v, dict) and v.get("skipped")}
-            st.warning("This experiment has no stacking ensemble" + (": " + "; ".join(f"{plain(g)}: {plain(r)}" for g, r in skipped.items())
-                                                                     if skipped else f". Fit them with {code(exp.command('ensembles'))}"))
-            return  # not st.stop(): that would also hide the sections below the fragment
-        url_stack = st.query_params.get("stack")
-        stack = state.selectbox("Stacking ensemble", stack_runs, key="ens_stack", param="stack", format_func=runs.label,
-                                default=url_stack if url_stack in stack_runs else stack_runs[0])
-        part = preds[(preds["run_id"] == stack) & (preds["split"] == split)].sort_values("image_id")
-        chosen = list(parse_run_id(stack).members)
-        y, score, pred = part["label"].to_numpy(), part["prob_malignant"].to_numpy(), part["pred"].to_numpy()
-        meta = part
-        if split == "val":
-            st.caption("Validation rows of a stacking ensemble are the inner hold-out of the validation split only (the rest "
-                       "trained the meta-model).")
-        idx = [members.index(m) for m in chosen if m in members]
-        member_probs_all, member_meta = arrays[split]
-        aligned = pd.Series(np.arange(len(member_meta)), index=member_meta["image_id"]).reindex(part["image_id"]).to_numpy()
-        member_rows = member_probs_all[idx][:, aligned]
-        token = stack
-    else:
-        if not chosen:
-            st.warning("Select at least one member.")
-            return  # not st.stop(): that would also hide the sections below the fragment
-        idx = [members.index(m) for m in chosen]
-        probs, meta = arrays[split]
-        validation = validation_arrays(exp, members)  # an external validation fits on its source's val split
-        if validation is None and (method == "weighted" or from_val):
-            st.info("Weighted voting and the validation threshold are fitted on the validation split of the experiment these "
-                    "models come from; it is not under the artifacts folder, so choose soft or hard voting at a fixed threshold.")
-            return  # not st.stop(): that would also hide the sections below the fragment
-        val_probs, val_meta = validation if validation is not None else (None, None)
-        weights = cached_weights(val_probs[idx], val_meta["label"].to_numpy(), tuple(chosen)) if method == "weighted" else None
-        if from_val:
-            val_score = combine(val_probs[idx], method, 0.5, tie_break, weights).score  # soft/weighted: no threshold inside
-            try:
-                threshold = round(threshold_from_validation(val_meta["label"].to_numpy(), val_score), 4)
-                st.caption(f"Threshold {threshold:.4f}: maximises Youden's J on the {len(val_score)} validation images.")
-            except PipelineError as exc:
-                st.warning(f"No validation threshold ({exc}); using the slider's {threshold:g}.")
-        result = combine(probs[idx], method, threshold, tie_break, weights)
-        y, score, pred = meta["label"].to_numpy(), result.score, result.pred
-        token = chosen[0] if len(chosen) == 1 else BuiltEnsemble(method, tuple(chosen), threshold).token
-        member_rows = probs[idx]
-    used = threshold if method != "stacking" else 0.5  # the threshold the decisions used (stacking: its own 0.5)
-    scores = binary_metrics(y, score, pred, used)
-    member_metrics = all_member_metrics((str(path), stamp(path), tuple(members)), split, threshold)
-    singles = {m: member_metrics[m] for m in chosen if m in member_metrics}
-    best_single = max(singles, key=lambda m: singles[m]["accuracy"]) if singles else None
+    rows = stacking_rows(c) if c.method == "stacking" else vote_rows(c)
+    if rows is None:
+        return None
+    used = rows["threshold"] if c.method != "stacking" else 0.5
+    scores = binary_metrics(rows["y"], rows["score"], rows["pred"], used)
+    member_metrics = all_member_metrics((str(path), stamp(path), tuple(members)), c.split, rows["threshold"])
+    singles = {m: member_metrics[m] for m in rows["chosen"] if m in member_metrics}
     elapsed_ms = (time.perf_counter() - t0) * 1000
     st.session_state["ensemble_last_ms"] = elapsed_ms
+    return Scored(method=c.method, split=c.split, scores=scores, singles=singles, elapsed_ms=elapsed_ms, **rows)
 
-    baseline = majority_accuracy(y)
+
+def render_headline(s: Scored) -> str:
+    """The metrics beside the majority baseline, the warnings they call for, the summary line and the fitted weights;
+    returns the ensemble's display name."""
+    baseline = majority_accuracy(s.y)
+    best_single = s.best_single
+    best_acc = s.singles[best_single]["accuracy"] if best_single else float("nan")
     with st.container(key="ensemble_metrics", horizontal=True):
-        best_acc = singles[best_single]["accuracy"] if best_single else float("nan")
-        gain = scores["accuracy"] - best_acc
-        st.metric("Accuracy", f"{scores['accuracy']:.4f}", None if best_single is None else f"{gain:+.4f} vs best",
+        gain = s.scores["accuracy"] - best_acc
+        st.metric("Accuracy", f"{s.scores['accuracy']:.4f}", None if best_single is None else f"{gain:+.4f} vs best",
                   delta_color="off" if abs(gain) < 5e-5 else "normal")
-        st.metric("Precision", ui.fmt(scores["precision"]))
-        st.metric("Sensitivity", ui.fmt(scores["recall"]))
-        st.metric("Specificity", ui.fmt(scores["specificity"]))
-        st.metric("F1", ui.fmt(scores["f1"]))
-        st.metric("ROC AUC", ui.fmt(scores["roc_auc"]), help="Baseline: 0.5 (a random ranking)")
+        st.metric("Precision", ui.fmt(s.scores["precision"]))
+        st.metric("Sensitivity", ui.fmt(s.scores["recall"]))
+        st.metric("Specificity", ui.fmt(s.scores["specificity"]))
+        st.metric("F1", ui.fmt(s.scores["f1"]))
+        st.metric("ROC AUC", ui.fmt(s.scores["roc_auc"]), help="Baseline: 0.5 (a random ranking)")
         st.metric("Majority baseline", ui.fmt(baseline), help="Accuracy of always predicting the larger class of these "
-                  f"{len(y)} images: the accuracy any model must beat")
-    if scores["accuracy"] <= baseline:
+                  f"{len(s.y)} images: the accuracy any model must beat")
+    if s.scores["accuracy"] <= baseline:
         st.warning(f"This ensemble does not beat the majority baseline ({baseline:.4f}): always answering the larger class "
                    "would score as well." + (" Its ROC AUC is high, so the ranking is good and the threshold is wrong: try "
-                                             "'Threshold from validation'." if scores["roc_auc"] >= 0.8 else ""),
+                                             "'Threshold from validation'." if s.scores["roc_auc"] >= 0.8 else ""),
                    icon=":material/trending_down:")
-    elif not np.isnan(scores["roc_auc"]) and scores["roc_auc"] <= 0.5:
+    elif not np.isnan(s.scores["roc_auc"]) and s.scores["roc_auc"] <= 0.5:
         st.warning("ROC AUC at or below 0.5: the scores rank no better than chance.", icon=":material/trending_down:")
-    name = token_label(token, runs)
-    caption = (f"**{plain(name)}**: {len(chosen)} member(s), {method} on {len(y)} {split} images; best single member: "
-               f"{runs.md(best_single) if best_single else 'n/a'} (accuracy {ui.fmt(best_acc)}). Re-scored in {elapsed_ms:.1f} ms.")
-    st.markdown(caption)
-    if weights is not None:
+    name = token_label(s.token, runs)
+    st.markdown(f"**{plain(name)}**: {len(s.chosen)} member(s), {s.method} on {len(s.y)} {s.split} images; best single "
+                f"member: {runs.md(best_single) if best_single else 'n/a'} (accuracy {ui.fmt(best_acc)}). "
+                f"Re-scored in {s.elapsed_ms:.1f} ms.")
+    if s.weights is not None:
         st.caption("Weights fitted on validation (minimum log-loss): " + " · ".join(
-            f"{runs.md(m)} {w:.2f}" for m, w in sorted(zip(chosen, weights), key=lambda t: -t[1])))
-        top = int(np.argmax(weights))
-        if len(chosen) > 1 and weights[top] >= COLLAPSE:
-            st.warning(f"Weighted voting puts {weights[top]:.0%} of the weight on {runs.md(chosen[top])}: this ensemble is "
-                       "essentially that one model (its validation log-loss is far lower than the others').",
+            f"{runs.md(m)} {w:.2f}" for m, w in sorted(zip(s.chosen, s.weights), key=lambda t: -t[1])))
+        top = int(np.argmax(s.weights))
+        if len(s.chosen) > 1 and s.weights[top] >= COLLAPSE:
+            st.warning(f"Weighted voting puts {s.weights[top]:.0%} of the weight on {runs.md(s.chosen[top])}: this ensemble "
+                       "is essentially that one model (its validation log-loss is far lower than the others').",
                        icon=":material/warning:")
+    return name
 
+
+def render_actions(s: Scored, name: str) -> None:
+    """Show its errors in the image browser (the referral travels with the link), save it, download its predictions."""
     with st.container(horizontal=True, key="ens_actions"):
         if st.button("Show this ensemble's errors", key="ens_errors", type="primary", icon=":material/image_search:",
                      help="Open the image browser on this ensemble's misclassified images"):
-            if method != "stacking" and token not in runs.ids:
-                save_token(exp, token)
+            if s.method != "stacking" and s.token not in runs.ids:
+                save_token(exp, s.token)
             share = float(st.session_state.get("ens_refer") or 0.0)  # the referral set here travels with the link
-            st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=token, split=split,
+            st.switch_page(nav.page("images"), query_params=state.link_params(exp.name, run=s.token, split=s.split,
                                                                                refer=f"{share:g}" if share else None))
-        if method != "stacking" and len(chosen) > 1:
+        if s.method != "stacking" and len(s.chosen) > 1:
             if st.button("Save this ensemble", key="ens_save", icon=":material/bookmark_add:",
                          help="Offer it in every run picker (confusion matrices, image browser) for this session"):
-                save_token(exp, token)
+                save_token(exp, s.token)
                 st.toast(f"Saved {name}: every run picker now offers it.", icon=":material/bookmark:")
-        def csv() -> bytes:  # made on click, not on every toggle (thousands of rows at full scale)
-            return pd.DataFrame({"image_id": meta["image_id"].to_numpy(), "label": y, "score": score,
-                                 "pred": pred}).pipe(csv_safe).to_csv(index=False).encode()
 
-        st.download_button("Download its predictions (CSV)", csv, file_name=f"{exp.name}_built_{split}.csv",
+        def csv() -> bytes:  # made on click, not on every toggle (thousands of rows at full scale)
+            return pd.DataFrame({"image_id": s.meta["image_id"].to_numpy(), "label": s.y, "score": s.score,
+                                 "pred": s.pred}).pipe(csv_safe).to_csv(index=False).encode()
+
+        st.download_button("Download its predictions (CSV)", csv, file_name=f"{exp.name}_built_{s.split}.csv",
                            mime="text/csv", key="ens_csv", icon=":material/download:")
 
-    # The diagnostics below the metrics are lazy tabs: only the open one runs and is sent, so a member toggle
-    # re-renders one panel's charts instead of five (measured in the browser: the charts' messages and rendering,
-    # not the scoring, made a toggle slow). The open tab is in the URL (?panel=...).
-    if "ens_panel" not in st.session_state:  # first render: the tab from the URL (a referral link opens its tab)
-        wanted = st.query_params.get("panel") or ("refer" if _positive(st.query_params.get("refer")) else "cm")
-        st.session_state["ens_panel"] = PANELS.get(wanted, PANELS["cm"])
-    # No default= here: it is part of the tabs' identity, and an identity that changes resets the open tab.
-    tabs = st.tabs(list(PANELS.values()), key="ens_panel", on_change="rerun")
-    open_panel = next((k for k, tab in zip(PANELS, tabs) if tab.open), "cm")
-    state.publish("panel", open_panel, "cm")
-    with tabs[list(PANELS).index(open_panel)]:
-        if open_panel == "cm":
-            cm_panel(y, pred, meta)
-        elif open_panel == "roc":
-            roc_panel(y, score, pred, chosen, member_rows, used, token)
-        elif open_panel == "refer":
-            referral(y, score, pred, member_rows, used, len(chosen) > 1)
-        elif open_panel == "calibration":
-            calibration(y, score, method)
-        else:
-            if method != "stacking":
-                def subset_accuracy(subset: list[str]) -> float:
-                    """Accuracy of the current rule on ``subset`` (weights re-fitted on val for the weighted rule)."""
-                    sub_idx = [members.index(x) for x in subset]
-                    w = cached_weights(val_probs[sub_idx], val_meta["label"].to_numpy(), tuple(subset)) if method == "weighted" else None
-                    return float((combine(probs[sub_idx], method, threshold, tie_break, w).pred == y).mean())
 
-                contributions(chosen, singles, scores["accuracy"], subset_accuracy)
-            agreement(chosen, member_rows, used)
+@st.fragment
+def diagnostics(s: Scored) -> None:
+    """One diagnostics panel at a time, picked in a segmented control (in the URL as ?panel=...).
+
+    Only the open panel is computed and sent (its charts, not all five panels'), and this is a fragment of its own:
+    picking another panel or moving the referral slider reruns this part alone, with the scored ensemble it was last
+    given (a member toggle reruns the builder, which calls it again with the new one)."""
+    if "ens_panel" not in st.session_state:  # first render: the panel from the URL (a referral link opens its panel)
+        wanted = st.query_params.get("panel") or ("refer" if _positive(st.query_params.get("refer")) else "cm")
+        st.session_state["ens_panel"] = wanted if wanted in PANELS else "cm"
+    open_panel = st.segmented_control("Diagnostics", list(PANELS), key="ens_panel", required=True, format_func=PANELS.get,
+                                      label_visibility="collapsed") or "cm"
+    state.publish("panel", open_panel, "cm")
+    if open_panel == "cm":
+        cm_panel(s.y, s.pred, s.meta)
+    elif open_panel == "roc":
+        roc_panel(s.y, s.score, s.pred, s.chosen, s.member_rows, s.used, s.token)
+    elif open_panel == "refer":
+        referral(s.y, s.score, s.pred, s.member_rows, s.used, len(s.chosen) > 1)
+    elif open_panel == "calibration":
+        calibration(s.y, s.score, s.method)
+    else:
+        if s.method != "stacking":
+            contributions(s.chosen, s.singles, s.scores["accuracy"], s.subset_accuracy)
+        agreement(s.chosen, s.member_rows, s.used)
+
+
+@st.fragment
+def builder() -> None:
+    """Everything a member toggle, rule, threshold or split change affects: rerun alone (``st.fragment``), so a click
+    re-scores without re-running the page's loading above (the browser-measured cost of a full rerun)."""
+    controls = read_controls()
+    scored = score(controls)
+    if scored is None:
+        return  # not st.stop(): that would also hide the sections below the fragment
+    name = render_headline(scored)
+    render_actions(scored, name)
+    diagnostics(scored)
 
 
 def cm_panel(y: np.ndarray, pred: np.ndarray, meta: pd.DataFrame) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -266,148 +268,248 @@ def cmd_run(args) -> None:
         run_protocol(cfgs, only=args.only, force=args.force or ())
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ---------------------------------------------------------------------------------------------------------------
+# The command line as a table: one Command per sub-command, one Arg per argument. A flag that sets a config key
+# names it (``key``): its value is checked by the preset's rule (pipeline.config.LIMITS), its choices are the
+# preset's (pipeline.config.CHOICES) and, with ``default=PRESET_DEFAULT``, its default is the preset's, so a flag and
+# the same key in a TOML file cannot drift apart. ``build_parser`` only walks the table.
+# ---------------------------------------------------------------------------------------------------------------
+
+PRESET_DEFAULT = "<the config's default>"  # sentinel: take the default of Arg.key from pipeline.config's dataclasses
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a sub-command: its flags (or positional name), help, and how its value is checked.
+
+    ``key`` ("train.epochs") ties a flag to a config setting; ``parse`` turns the text into the value that setting's
+    rule checks (int unless told). ``check`` is for values no config key holds (a model name, a run id): a function
+    that raises PipelineError. ``choices`` may be a function, called when the parser is built (the stage list comes
+    from the runner, which the CLI imports only then); ``{choices}`` in the help is replaced by them. ``options``
+    are argparse's other keywords (default, nargs, metavar, dest, required, action).
+    """
+
+    flags: tuple[str, ...]
+    help: str | None = None
+    key: str | None = None
+    parse: Callable[[str], Any] = int
+    check: Callable[[str], Any] | None = None
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def keywords(self) -> dict[str, Any]:
+        """argparse's keywords for this argument, with the type, choices and default derived from ``key``."""
+        from pipeline.config import CHOICES, LIMITS
+
+        kw = dict(self.options)
+        choices = self.choices() if callable(self.choices) else self.choices
+        if choices is None and self.key in CHOICES:
+            choices = list(CHOICES[self.key])
+        if choices is not None:
+            kw["choices"] = choices
+        if self.key in LIMITS:
+            kw["type"] = setting(self.key, self.parse)
+        elif self.check is not None:
+            kw["type"] = _checked(self.check)
+        if kw.get("default") is PRESET_DEFAULT:
+            kw["default"] = _preset_default(self.key)
+        if self.help is not None:
+            kw["help"] = self.help.replace("{choices}", " ".join(choices or ()))
+        return kw
+
+
+def arg(*flags: str, help: str | None = None, key: str | None = None, parse: Callable[[str], Any] = int,
+        check: Callable[[str], Any] | None = None, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        **options: Any) -> Arg:
+    """An :class:`Arg` written like ``add_argument``: flags first, argparse's keywords after."""
+    return Arg(flags, help, key, parse, check, choices, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: its name, the one-line help of ``--help``, its arguments and the function that runs it."""
+
+    name: str
+    help: str
+    handler: Callable[[argparse.Namespace], None]
+    args: tuple[Arg, ...]
+    description: str | None = None
+
+
+def _preset_default(key: str | None) -> Any:
+    """The default of config key ``key`` ("evaluate.bootstrap"; "runs.stain" for a run's field)."""
+    import dataclasses
+
+    from pipeline.config import Config, RunSpec
+
+    section, name = str(key).split(".")
+    if section == "runs":
+        return next(f.default for f in dataclasses.fields(RunSpec) if f.name == name)
+    return getattr(getattr(Config(), section), name)
+
+
+def _stages() -> tuple[str, ...]:
     from pipeline.runner import STAGES
 
+    return STAGES
+
+
+# rows several sub-commands share
+DIR = arg("dir")
+EXP = arg("exp", help="the trained experiment folder")
+SEED = arg("--seed", key="experiment.seed", default=PRESET_DEFAULT)
+FOLD = arg("--fold", key="split.fold", default=PRESET_DEFAULT)
+BOOTSTRAP = arg("--bootstrap", key="evaluate.bootstrap", default=PRESET_DEFAULT)
+SET = "SECTION.KEY=VALUE"
+
+
+def force(help: str | None = None) -> Arg:
+    """``--force``: redo the work even if it is up to date (each sub-command says what that means for it)."""
+    return arg("--force", action="store_true", help=help)
+
+
+TRAIN_DESCRIPTION = (
+    "Train one backbone on an experiment folder. Without --config the recipe is the study's "
+    "(pipeline.config.TrainConfig defaults: ImageNet weights, 40 epochs, batch 32, Adam 1e-4 backbone / "
+    "1e-3 head, BatchNorm frozen, the study's trainable layers, float32). With --config PRESET.toml the "
+    "preset's [train], experiment.seed and split.fold apply, exactly as in `run --config PRESET.toml`. "
+    "The flags below and --set override either.")
+
+GLOBAL_ARGS = (arg("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines"),)
+
+COMMANDS: tuple[Command, ...] = (
+    Command("index", "index a BreakHis folder tree into manifest.parquet", cmd_index, (
+        arg("data_root"),
+        arg("--out", required=True, help="experiment folder to write (e.g. artifacts/sample)"),
+        force("re-index even if the image tree is unchanged"),
+    )),
+    Command("demo-data", "generate SYNTHETIC BreakHis-shaped H&E-like images", cmd_demo_data, (
+        arg("out_dir"),
+        SEED,
+        arg("--patients", key="experiment.demo_patients", default=PRESET_DEFAULT),
+        arg("--images-per-patient", key="experiment.demo_images_per_patient", default=PRESET_DEFAULT),
+    )),
+    Command("split", "image-level (paper) or patient-level split", cmd_split, (
+        DIR,
+        arg("--mode", key="split.mode"),
+        arg("--export", metavar="FILE.csv", help="write the split (image_id, patient_id, patient_num, split, fold) and stop"),
+        arg("--from", dest="source", metavar="FILE.csv", help="import a published split (image_id, split[, fold])"),
+        arg("--allow-leakage", action="store_true", help="with --from: accept patients on several sides (image-level)"),
+        arg("--ratios", check=_ratios, default=(0.7, 0.15, 0.15), help="train,val,test (default 0.7,0.15,0.15)"),
+        SEED,
+        arg("--group-by", key="split.group_by", default=PRESET_DEFAULT),
+        arg("--folds", key="split.folds", default=PRESET_DEFAULT, help="independent repeats (BreakHis protocol: 5)"),
+        force("re-split even if up to date"),
+    )),
+    Command("train", "train one EfficientNet and predict val/test", cmd_train, (
+        DIR,
+        arg("--model", required=True, check=_model_name, help="e.g. efficientnet_b0 or v1_b0"),
+        arg("--config", help="preset TOML (default: none, the study's recipe)"),
+        arg("--set", action="append", metavar=SET,
+            help="override one config key, repeatable (e.g. --set train.mixed_precision=auto)"),
+        arg("--epochs", key="train.epochs"),
+        arg("--batch-size", key="train.batch_size"),
+        arg("--image-size", key="train.image_size", help="0 (the model's study size) or 32-1024"),
+        arg("--weights", key="train.weights", parse=str, help="imagenet | none | path to .h5 / .weights.h5"),
+        arg("--stain", key="runs.stain", default=PRESET_DEFAULT),
+        arg("--strategy", key="train.strategy"),
+        arg("--warmup-epochs", key="train.warmup_epochs"),
+        arg("--early-stopping-patience", key="train.early_stopping_patience"),
+        arg("--seed", key="experiment.seed", help="default: experiment.seed of the config (0)"),
+        arg("--fold", key="split.fold", help="default: split.fold of the config (0)"),
+        force("retrain even if up to date"),
+    ), description=TRAIN_DESCRIPTION),
+    Command("stain", "stain-normalize every image (cached, resumable)", cmd_stain, (
+        DIR,
+        arg("--method", default="vahadane", choices=["vahadane", "macenko", "reinhard"]),
+        arg("--target", default=PRESET_DEFAULT, key="stain.target",
+            help="'auto' (rule on the train split) or an image_id from train"),
+        FOLD,
+        force("normalize every image again"),
+    )),
+    Command("ensemble", "soft/hard/weighted/stacking ensembles and subset search", cmd_ensemble, (
+        DIR,
+        arg("--tie-break", key="ensemble.hard_tie_break", default=PRESET_DEFAULT),
+        arg("--no-stacking", action="store_true"),
+        SEED,
+        force("recompute even if up to date"),
+    )),
+    Command("evaluate", "metrics.parquet with patient-bootstrap CIs", cmd_evaluate, (
+        DIR,
+        BOOTSTRAP,
+        arg("--threshold", key="evaluate.threshold", parse=_number_or_text, default=PRESET_DEFAULT,
+            help='decision threshold in (0, 1), or "validation" (maximise Youden\'s J on val, apply to test)'),
+        SEED,
+        force("recompute even if up to date"),
+    )),
+    Command("neighbours", "nearest training images of every val/test image, same-patient rate, 2-D maps", cmd_neighbours, (
+        DIR,
+        arg("--k", key="neighbours.k", default=PRESET_DEFAULT, help="nearest training images kept per image (default 5)"),
+        arg("--no-tsne", action="store_true", help="only the PCA map (t-SNE takes the longest)"),
+        SEED,
+        FOLD,
+        force("recompute even if up to date"),
+    )),
+    Command("gradcam", "Grad-CAM heatmaps (tf-keras-vis) cached for the dashboard", cmd_gradcam, (
+        DIR,
+        arg("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"]),
+        arg("--split", key="gradcam.split", default=PRESET_DEFAULT),
+        arg("--runs", nargs="*", check=_single_run_id, help="run ids (default: every single-model run)"),
+        arg("--max-images", key="gradcam.max_images", default=PRESET_DEFAULT,
+            help="0: every image of the split; else every misclassified image, then correct ones up to this many "
+                 "(the other evaluated split's errors are explained too, never capped)"),
+        arg("--target", key="gradcam.target", default=PRESET_DEFAULT),
+        arg("--image", nargs="+", metavar="IMAGE_ID", help="also explain these val/test images (recorded in "
+            "gradcam/requested.json, so every later run keeps their maps): the command a card without a map shows"),
+        arg("--panel", metavar="IMAGE_ID", help="save the study's 2x5 multi-model panel of this image as PNG"),
+        arg("--out", help="PNG path for --panel (default DIR/gradcam/panel_<image>_<method>.png)"),
+        force("recompute maps even if up to date"),
+    )),
+    Command("summarize-folds", "mean +- sd across experiments trained on different folds/repeats", cmd_summarize_folds, (
+        arg("dirs", nargs="+", help="experiment folders, one per fold (each with metrics.parquet)"),
+        arg("--out", required=True, help="parquet to write, e.g. artifacts/patient_folds.parquet"),
+    )),
+    Command("predict", "external validation: apply EXP's models and ensembles to new images", cmd_predict, (
+        EXP,
+        arg("--data", help="BreakHis-layout tree or any folder of PNG images"),
+        arg("--out", help="new experiment folder to write (every image in split 'external')"),
+        arg("--labels", help="CSV with image (relative path), label (0/1 or benign/malignant), optional patient"),
+        arg("--image", nargs="+", metavar="FILE", help="print each model's probability and each ensemble's decision"),
+        BOOTSTRAP,
+        SEED,
+        force("score every image again even if up to date"),
+    )),
+    Command("export", "one Keras model of an ensemble (members + combination rule), for deployment", cmd_export, (
+        EXP,
+        arg("--ensemble", required=True, metavar="RUN_ID", help="e.g. ensemble:soft:v1_b0+v2_b0"),
+        arg("--out", required=True, help="FILE.keras to write"),
+    )),
+    Command("run", "run every stage of a preset, skipping what is up to date", cmd_run, (
+        arg("--config", required=True, nargs="+", help="pipeline/configs/<preset>.toml; several presets (e.g. the "
+            "image-level one and a fold = \"all\" one) train as one schedule"),
+        arg("--set", action="append", metavar=SET, help="override one config key, repeatable"),
+        arg("--executor", key="cluster.executor", help="where runs train: local worker processes (default) or "
+            "Ray tasks ([cluster] executor)"),
+        arg("--address", metavar="HOST:PORT", help="the Ray cluster to use (implies --executor ray); without it "
+            "Ray starts a local instance"),
+        arg("--only", nargs="+", choices=_stages, metavar="STAGE", help="subset of stages: {choices}"),
+        arg("--force", nargs="+", metavar="STAGE", choices=_stages,
+            help="redo these stages and every stage that depends on them, even if up to date"),
+    )),
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    """The argparse parser of ``commands``: every sub-command with its arguments, in table order."""
     parser = OneLineParser(prog=os.environ.get("HISTOCOMPARE_PROG", "python -m pipeline"), description="histocompare batch pipeline")
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines")
+    for a in GLOBAL_ARGS:
+        parser.add_argument(*a.flags, **a.keywords())
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("index", help="index a BreakHis folder tree into manifest.parquet")
-    p.add_argument("data_root")
-    p.add_argument("--out", required=True, help="experiment folder to write (e.g. artifacts/sample)")
-    p.add_argument("--force", action="store_true", help="re-index even if the image tree is unchanged")
-    p.set_defaults(func=cmd_index)
-
-    p = sub.add_parser("demo-data", help="generate SYNTHETIC BreakHis-shaped H&E-like images")
-    p.add_argument("out_dir")
-    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
-    p.add_argument("--patients", type=setting("experiment.demo_patients"), default=24)
-    p.add_argument("--images-per-patient", type=setting("experiment.demo_images_per_patient"), default=8)
-    p.set_defaults(func=cmd_demo_data)
-
-    p = sub.add_parser("split", help="image-level (paper) or patient-level split")
-    p.add_argument("dir")
-    p.add_argument("--mode", choices=["paper", "patient"])
-    p.add_argument("--export", metavar="FILE.csv", help="write the split (image_id, patient_id, patient_num, split, fold) and stop")
-    p.add_argument("--from", dest="source", metavar="FILE.csv", help="import a published split (image_id, split[, fold])")
-    p.add_argument("--allow-leakage", action="store_true", help="with --from: accept patients on several sides (image-level)")
-    p.add_argument("--ratios", type=_checked(_ratios), default=(0.7, 0.15, 0.15), help="train,val,test (default 0.7,0.15,0.15)")
-    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
-    p.add_argument("--group-by", default="patient_num", choices=["patient_id", "patient_num"])
-    p.add_argument("--folds", type=setting("split.folds"), default=1, help="independent repeats (BreakHis protocol: 5)")
-    p.add_argument("--force", action="store_true", help="re-split even if up to date")
-    p.set_defaults(func=cmd_split)
-
-    p = sub.add_parser(
-        "train", help="train one EfficientNet and predict val/test",
-        description="Train one backbone on an experiment folder. Without --config the recipe is the study's "
-                    "(pipeline.config.TrainConfig defaults: ImageNet weights, 40 epochs, batch 32, Adam 1e-4 backbone / "
-                    "1e-3 head, BatchNorm frozen, the study's trainable layers, float32). With --config PRESET.toml the "
-                    "preset's [train], experiment.seed and split.fold apply, exactly as in `run --config PRESET.toml`. "
-                    "The flags below and --set override either.")
-    p.add_argument("dir")
-    p.add_argument("--model", required=True, type=_checked(_model_name), help="e.g. efficientnet_b0 or v1_b0")
-    p.add_argument("--config", help="preset TOML (default: none, the study's recipe)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override one config key, repeatable (e.g. --set train.mixed_precision=auto)")
-    p.add_argument("--epochs", type=setting("train.epochs"))
-    p.add_argument("--batch-size", type=setting("train.batch_size"))
-    p.add_argument("--image-size", type=setting("train.image_size"), help="0 (the model's study size) or 32-1024")
-    p.add_argument("--weights", type=setting("train.weights", str), help="imagenet | none | path to .h5 / .weights.h5")
-    p.add_argument("--stain", default="none", choices=["none", "vahadane", "macenko", "reinhard"])
-    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"])
-    p.add_argument("--warmup-epochs", type=setting("train.warmup_epochs"))
-    p.add_argument("--early-stopping-patience", type=setting("train.early_stopping_patience"))
-    p.add_argument("--seed", type=setting("experiment.seed"), help="default: experiment.seed of the config (0)")
-    p.add_argument("--fold", type=setting("split.fold"), help="default: split.fold of the config (0)")
-    p.add_argument("--force", action="store_true", help="retrain even if up to date")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("stain", help="stain-normalize every image (cached, resumable)")
-    p.add_argument("dir")
-    p.add_argument("--method", default="vahadane", choices=["vahadane", "macenko", "reinhard"])
-    p.add_argument("--target", default="auto", help="'auto' (rule on the train split) or an image_id from train")
-    p.add_argument("--fold", type=setting("split.fold"), default=0)
-    p.add_argument("--force", action="store_true", help="normalize every image again")
-    p.set_defaults(func=cmd_stain)
-
-    p = sub.add_parser("ensemble", help="soft/hard/weighted/stacking ensembles and subset search")
-    p.add_argument("dir")
-    p.add_argument("--tie-break", default="mean_prob", choices=["mean_prob", "benign"])
-    p.add_argument("--no-stacking", action="store_true")
-    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
-    p.add_argument("--force", action="store_true", help="recompute even if up to date")
-    p.set_defaults(func=cmd_ensemble)
-
-    p = sub.add_parser("evaluate", help="metrics.parquet with patient-bootstrap CIs")
-    p.add_argument("dir")
-    p.add_argument("--bootstrap", type=setting("evaluate.bootstrap"), default=1000)
-    p.add_argument("--threshold", type=setting("evaluate.threshold", _number_or_text), default=0.5,
-                   help='decision threshold in (0, 1), or "validation" (maximise Youden\'s J on val, apply to test)')
-    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
-    p.add_argument("--force", action="store_true", help="recompute even if up to date")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("neighbours", help="nearest training images of every val/test image, same-patient rate, 2-D maps")
-    p.add_argument("dir")
-    p.add_argument("--k", type=setting("neighbours.k"), default=5, help="nearest training images kept per image (default 5)")
-    p.add_argument("--no-tsne", action="store_true", help="only the PCA map (t-SNE takes the longest)")
-    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
-    p.add_argument("--fold", type=setting("split.fold"), default=0)
-    p.add_argument("--force", action="store_true", help="recompute even if up to date")
-    p.set_defaults(func=cmd_neighbours)
-
-    p = sub.add_parser("gradcam", help="Grad-CAM heatmaps (tf-keras-vis) cached for the dashboard")
-    p.add_argument("dir")
-    p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
-    p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--runs", nargs="*", type=_checked(_single_run_id), help="run ids (default: every single-model run)")
-    p.add_argument("--max-images", type=setting("gradcam.max_images"), default=0,
-                   help="0: every image of the split; else every misclassified image, then correct ones up to this many "
-                        "(the other evaluated split's errors are explained too, never capped)")
-    p.add_argument("--target", default="predicted", choices=["predicted", "true"])
-    p.add_argument("--image", nargs="+", metavar="IMAGE_ID", help="also explain these val/test images (recorded in "
-                   "gradcam/requested.json, so every later run keeps their maps): the command a card without a map shows")
-    p.add_argument("--panel", metavar="IMAGE_ID", help="save the study's 2x5 multi-model panel of this image as PNG")
-    p.add_argument("--out", help="PNG path for --panel (default DIR/gradcam/panel_<image>_<method>.png)")
-    p.add_argument("--force", action="store_true", help="recompute maps even if up to date")
-    p.set_defaults(func=cmd_gradcam)
-
-    p = sub.add_parser("summarize-folds", help="mean +- sd across experiments trained on different folds/repeats")
-    p.add_argument("dirs", nargs="+", help="experiment folders, one per fold (each with metrics.parquet)")
-    p.add_argument("--out", required=True, help="parquet to write, e.g. artifacts/patient_folds.parquet")
-    p.set_defaults(func=cmd_summarize_folds)
-
-    p = sub.add_parser("predict", help="external validation: apply EXP's models and ensembles to new images")
-    p.add_argument("exp", help="the trained experiment folder")
-    p.add_argument("--data", help="BreakHis-layout tree or any folder of PNG images")
-    p.add_argument("--out", help="new experiment folder to write (every image in split 'external')")
-    p.add_argument("--labels", help="CSV with image (relative path), label (0/1 or benign/malignant), optional patient")
-    p.add_argument("--image", nargs="+", metavar="FILE", help="print each model's probability and each ensemble's decision")
-    p.add_argument("--bootstrap", type=setting("evaluate.bootstrap"), default=1000)
-    p.add_argument("--seed", type=setting("experiment.seed"), default=0)
-    p.add_argument("--force", action="store_true", help="score every image again even if up to date")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("export", help="one Keras model of an ensemble (members + combination rule), for deployment")
-    p.add_argument("exp", help="the trained experiment folder")
-    p.add_argument("--ensemble", required=True, metavar="RUN_ID", help="e.g. ensemble:soft:v1_b0+v2_b0")
-    p.add_argument("--out", required=True, help="FILE.keras to write")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("run", help="run every stage of a preset, skipping what is up to date")
-    p.add_argument("--config", required=True, nargs="+", help="pipeline/configs/<preset>.toml; several presets (e.g. the "
-                   "image-level one and a fold = \"all\" one) train as one schedule")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key, repeatable")
-    p.add_argument("--executor", choices=["local", "ray"], help="where runs train: local worker processes (default) or "
-                   "Ray tasks ([cluster] executor)")
-    p.add_argument("--address", metavar="HOST:PORT", help="the Ray cluster to use (implies --executor ray); without it "
-                   "Ray starts a local instance")
-    p.add_argument("--only", nargs="+", choices=STAGES, metavar="STAGE", help=f"subset of stages: {' '.join(STAGES)}")
-    p.add_argument("--force", nargs="+", metavar="STAGE", choices=list(STAGES),
-                   help="redo these stages and every stage that depends on them, even if up to date")
-    p.set_defaults(func=cmd_run)
+    for command in commands:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        for a in command.args:
+            p.add_argument(*a.flags, **a.keywords())
+        p.set_defaults(func=command.handler)
     return parser
 
 

@@ -167,6 +167,34 @@ def test_builder_to_the_built_ensembles_errors_in_one_click(live, preds, dashboa
     print(f"member toggle in the browser: {latency_ms:.0f} ms from click to new accuracy text")
 
 
+def test_builder_panel_switch_sends_the_panel_alone(live):
+    """Issue 27, six users at once: picking another diagnostics panel sends that panel, not the controls and the
+    headline again (the server's websocket messages, decoded; tools/builder_messages.py measures the counts)."""
+    from playwright.sync_api import expect
+
+    from tools.builder_messages import SETTLE_MS, decode_frame
+
+    url, page = live
+    frames: list[bytes] = []
+
+    def listen(ws) -> None:
+        ws.on("framereceived", lambda data: frames.append(data))  # a Python function (Playwright wraps listeners)
+
+    page.on("websocket", listen)
+    try:
+        start(page, url, "/ensemble")
+        page.wait_for_timeout(SETTLE_MS)
+        sent = len(frames)
+        page.locator(".st-key-ens_panel button", has_text="ROC").first.click()
+        expect(page.locator(".st-key-ens_roc")).to_be_visible(timeout=30_000)
+        wait_idle(page)
+        page.wait_for_timeout(SETTLE_MS)
+        switched = [d for k, d in map(decode_frame, frames[sent:]) if k == "delta"]
+        assert "plotly_chart" in switched and not {"metric", "multiselect", "radio"} & set(switched), switched
+    finally:
+        page.remove_listener("websocket", listen)
+
+
 def test_stain_verdict_in_one_click(live):
     from playwright.sync_api import expect
 

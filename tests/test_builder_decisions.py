@@ -98,7 +98,7 @@ def test_hard_votes_use_the_experiments_tie_rule(builder, preds, dashboard_artif
 
 
 def test_reliability_diagram_for_probabilities(builder, preds):
-    at = builder(panel="calibration")  # the builder's diagnostics are lazy tabs: only the open one is drawn
+    at = builder(panel="calibration")  # the builder's diagnostics are panels: only the open one is drawn
     spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Reliability" in c.proto.spec)
     members = member_runs(preds)
     probs, y = matrix(preds, members, "test")

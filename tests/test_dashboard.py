@@ -217,7 +217,7 @@ def test_builder_stacking_is_read_only_from_the_pipeline_rows(app, preds):
 
 
 def test_builder_operating_point_and_agreement_scale(app, preds):
-    at = app("ensemble_builder", panel="roc")  # the diagnostics are lazy tabs, opened from the URL
+    at = app("ensemble_builder", panel="roc")  # the diagnostics are panels, opened from the URL
     specs = {s["layout"].get("title", {}).get("text"): s for s in plotly_specs(at)}
     roc = specs["ROC"]
     point = next(t for t in roc["data"] if t.get("name", "").startswith("operating point"))
