@@ -147,11 +147,13 @@ def require(exp: Experiment, frame, artifact: str, what: str, path=None) -> None
     st.stop()
 
 
-# Headline numbers wrap instead of being cut to "0..." in narrow columns, and shrink a little on narrow windows.
-# A constant stylesheet (no artifact text in it), so st.html is safe here.
+# Headline numbers and their labels wrap instead of being cut to "0..." or "Balanced ac..." in narrow columns, and
+# numbers shrink a little on narrow windows. A constant stylesheet (no artifact text in it), so st.html is safe here.
 WIDTH_CSS = """<style>
 [data-testid="stMetricValue"], [data-testid="stMetricValue"] > div {
   overflow: visible !important; text-overflow: clip !important; white-space: normal !important; overflow-wrap: anywhere; }
+[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] * {
+  overflow: visible !important; text-overflow: clip !important; white-space: normal !important; overflow-wrap: break-word; }
 @media (max-width: 1000px) { [data-testid="stMetricValue"] { font-size: 1.6rem !important; } }
 </style>"""
 

@@ -91,8 +91,9 @@ def test_every_worst_error_card_of_the_best_ensemble_opens_its_own_panel(story):
 
 
 def truncated(page) -> list[str]:
-    """Texts of headline numbers (or their inner elements) wider than their box: cut off with an ellipsis."""
-    return page.evaluate("""() => [...document.querySelectorAll('[data-testid=stMetricValue]')]
+    """Texts of headline numbers and their labels (or their inner elements) wider than their box: cut off with an
+    ellipsis ("Balanced ac..." above a number is as unreadable as "0..." in its place)."""
+    return page.evaluate("""() => [...document.querySelectorAll('[data-testid=stMetricValue], [data-testid=stMetricLabel]')]
         .flatMap(el => [el, ...el.querySelectorAll('*')])
         .filter(el => el.scrollWidth > el.clientWidth + 1).map(el => el.textContent)""")
 
