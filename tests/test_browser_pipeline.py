@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 from conftest import PROJECT_ROOT
+from fixtures import tiny_preset
 
 from tools.live import CHROMIUM, chromium, free_port
 
@@ -27,29 +28,7 @@ except ImportError:
 pytestmark = [pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (`make browser`)"),
               pytest.mark.skipif(not HAVE_PLAYWRIGHT, reason="the playwright package is not installed")]
 
-TINY = """
-[experiment]
-name = "tiny"
-data_root = "{data}"
-out_dir = "{out}"
-synthetic = true
-demo_patients = 12
-demo_images_per_patient = 4
-seed = 3
-
-[split]
-mode = "patient"
-
-[train]
-epochs = 1
-batch_size = 8
-image_size = 32
-weights = "none"
-freeze_batchnorm = false
-workers = 2
-run_eagerly = true
-
-[[runs]]
+TINY_BODY = """[[runs]]
 model = "efficientnet_b0"
 [[runs]]
 model = "efficientnet_v2_b0"
@@ -77,7 +56,7 @@ def test_make_demo_dashboard_fills_in_while_the_pipeline_runs(tmp_path, demo_roo
 
     shutil.copytree(demo_root, tmp_path / "data")  # the session's SYNTHETIC tree: the data stage finds it complete
     preset = tmp_path / "tiny.toml"
-    preset.write_text(TINY.format(data=tmp_path / "data", out=tmp_path / "artifacts" / "tiny"))
+    preset.write_text(tiny_preset("tiny", tmp_path / "data", tmp_path / "artifacts" / "tiny", train="workers = 2", body=TINY_BODY))
     status_file = tmp_path / "artifacts" / "tiny" / "pipeline_status.json"
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 from conftest import PROJECT_ROOT
+from fixtures import tiny_preset
 
 from pipeline.runner import STAGES
 from tools.live import free_port
@@ -20,22 +21,6 @@ from tools.live import free_port
 # tests/test_browser_pipeline.py runs the launcher with training, in a browser; this one (seconds, no browser) runs
 # everywhere, so the Ctrl-C behaviour is checked whether or not chromium is installed.
 
-PRESET = """
-[experiment]
-name = "launched"
-data_root = "{data}"
-out_dir = "{out}"
-synthetic = true
-demo_patients = 12
-demo_images_per_patient = 4
-seed = 3
-
-[split]
-mode = "patient"
-
-[[runs]]
-model = "efficientnet_b0"
-"""
 
 
 def healthy(url: str) -> bool:
@@ -81,7 +66,8 @@ def launch_and_interrupt(preset, status_path, port):
 def test_launcher_serves_the_dashboard_beside_the_pipeline_and_ctrl_c_stops_both(tmp_path, demo_root):
     shutil.copytree(demo_root, tmp_path / "data")  # the session's SYNTHETIC tree (seed 3, 12 x 4): the data stage finds it
     preset = tmp_path / "launched.toml"
-    preset.write_text(PRESET.format(data=tmp_path / "data", out=tmp_path / "artifacts" / "launched"))
+    preset.write_text(tiny_preset("launched", tmp_path / "data", tmp_path / "artifacts" / "launched", train=None,
+                                  body='[[runs]]\nmodel = "efficientnet_b0"\n'))
     status_path = tmp_path / "artifacts" / "launched" / "pipeline_status.json"
 
     code, out, status = launch_and_interrupt(preset, status_path, free_port())

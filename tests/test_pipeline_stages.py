@@ -13,35 +13,19 @@ import pandas as pd
 import pytest
 
 from conftest import PROJECT_ROOT
+from fixtures import tiny_preset
 
 from pipeline.artifacts.predictions import load_predictions
 from pipeline.config import EnsembleConfig, EvaluateConfig, GradcamConfig
 
-# The issue's small preset: synthetic data, two backbones, one epoch, ensembles, evaluation, Grad-CAM on.
-PRESET = """
-[experiment]
-name = "small"
-data_root = "{data}"
-out_dir = "{out}"
-synthetic = true
-demo_patients = 12
-demo_images_per_patient = 4
-seed = 3
 
-[split]
-mode = "patient"
 
-[train]
-epochs = 1
-batch_size = 8
-image_size = 32
-weights = "none"
-freeze_batchnorm = false
-lr_backbone = 1e-3
-workers = 2
-run_eagerly = true     # no graph tracing: half the time of these tiny runs, the same pipeline
+def small_preset(data, out, extra_runs: str = "") -> str:
+    """The issue's small preset: synthetic data, two backbones, one epoch, ensembles, evaluation, Grad-CAM on."""
+    return tiny_preset("small", data, out, train="lr_backbone = 1e-3\nworkers = 2", body=SMALL_BODY.format(extra_runs=extra_runs))
 
-[[runs]]
+
+SMALL_BODY = """[[runs]]
 model = "efficientnet_b0"
 [[runs]]
 model = "efficientnet_v2_b0"
@@ -76,7 +60,7 @@ def pipeline_twice(tmp_path_factory, demo_root):
     data = base / "data"
     shutil.copytree(demo_root, data)  # the session's SYNTHETIC tree (seed 3, 12 x 4): the data stage finds it complete
     preset = base / "small.toml"
-    preset.write_text(PRESET.format(data=data, out=base / "exp", extra_runs=""))
+    preset.write_text(small_preset(data, base / "exp"))
     cfg = load_config(preset)
     run_pipeline(cfg)
     first_status = json.loads((base / "exp" / "pipeline_status.json").read_text())
@@ -325,7 +309,7 @@ def test_ctrl_c_stops_run_cancels_queued_runs_keeps_finished_ones(pipeline_twice
     long_runs = {"v1_b1": "efficientnet_b1", "v2_b1": "efficientnet_v2_b1", "v1_b2": "efficientnet_b2"}
     extra = "".join(f'[[runs]]\nmodel = "{m}"\nepochs = 50\n' for m in long_runs.values())
     preset = tmp_path / "long.toml"
-    preset.write_text(PRESET.format(data=pipeline_twice["data"], out=exp, extra_runs=extra))
+    preset.write_text(small_preset(pipeline_twice["data"], exp, extra))
     finished = {r: files_of(exp / "runs" / r, (".keras", ".parquet", ".npz", ".json")) for r in ("v1_b0", "v2_b0")}
     rows = load_predictions(exp).groupby("run_id").size()
 

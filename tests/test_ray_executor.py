@@ -17,39 +17,14 @@ import pandas as pd
 import pytest
 
 from conftest import PROJECT_ROOT
+from fixtures import tiny_preset
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.predictions import load_predictions
 
 pytest.importorskip("ray")
 
 # the killed run (fold 0's B0) trains 3 epochs with a resume point after each; the others 1 epoch
-PRESET = """
-[experiment]
-name = "rayp"
-data_root = "{data}"
-out_dir = "{out}"
-synthetic = true
-demo_patients = 12
-demo_images_per_patient = 4
-seed = 3
-
-[split]
-mode = "patient"
-ratios = [0.5, 0.25, 0.25]
-folds = 2
-fold = "all"
-
-[train]
-epochs = 1
-batch_size = 8
-image_size = 32
-weights = "none"
-freeze_batchnorm = false
-lr_backbone = 1e-3
-run_eagerly = true
-checkpoint_seconds = 0
-
-[[runs]]
+RAY_BODY = """[[runs]]
 model = "efficientnet_b0"
 epochs = 3
 [[runs]]
@@ -67,6 +42,11 @@ max_images = 2
 batch_size = 2
 deletion_steps = 2
 """
+
+
+def ray_preset(data, out) -> str:
+    return tiny_preset("rayp", data, out, split='mode = "patient"\nratios = [0.5, 0.25, 0.25]\nfolds = 2\nfold = "all"',
+                       train="lr_backbone = 1e-3\ncheckpoint_seconds = 0", body=RAY_BODY)
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's single-machine mode: every address is 127.0.0.1
            # Ray 2.60 turns token authentication on when ~/.ray/auth_token exists (any local ray.init writes one):
@@ -135,7 +115,7 @@ def protocol(ray_head, tmp_path_factory, demo_root):
     data = base / "data"
     shutil.copytree(demo_root, data)  # the session's SYNTHETIC tree (seed 3, 12 x 4): the data stage finds it complete
     preset = base / "rayp.toml"
-    preset.write_text(PRESET.format(data=data, out=base / "artifacts" / "rayp"))
+    preset.write_text(ray_preset(data, base / "artifacts" / "rayp"))
     fold0 = base / "artifacts" / "rayp-fold0"
     log = base / "run.log"
     env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(PROJECT_ROOT)}

@@ -20,29 +20,11 @@ from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT
 
-PRESET = """
-[experiment]
-name = "{name}"
-data_root = "{data}"
-out_dir = "{out}"
-synthetic = true
-demo_patients = 12
-demo_images_per_patient = 4
-seed = 3
-[split]
-mode = "patient"
-ratios = [0.5, 0.25, 0.25]
-folds = 2
-fold = "all"
-[train]
-epochs = 1
-batch_size = 8
-image_size = 32
-weights = "none"
-freeze_batchnorm = false
-run_eagerly = true
-workers = 2
-[[runs]]
+if str(PROJECT_ROOT / "tests") not in sys.path:  # the test fixtures' tiny preset (tests/fixtures.py); `tests` is no package
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+from fixtures import tiny_preset  # noqa: E402
+
+BODY = """[[runs]]
 model = "efficientnet_b0"
 [[runs]]
 model = "efficientnet_v2_b0"
@@ -59,7 +41,8 @@ enabled = false
 
 def _run(work: Path, name: str, extra: list[str]) -> float:
     preset = work / f"{name}.toml"
-    preset.write_text(PRESET.format(name=name, data=work / "data", out=work / "artifacts" / name))
+    preset.write_text(tiny_preset(name, work / "data", work / "artifacts" / name, train="workers = 2", body=BODY,
+                                  split='mode = "patient"\nratios = [0.5, 0.25, 0.25]\nfolds = 2\nfold = "all"'))
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HISTOCOMPARE_QUIET": "1",
            # the local instance's token in the environment, not written to ~/.ray/auth_token
