@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.experiment import load_split_frame
+from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.io import read_parquet, write_parquet
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import NeighboursConfig
@@ -83,8 +83,10 @@ def read_run_features(path: Path, frame: pd.DataFrame, load: bool = True) -> np.
 
 
 def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig(), seed: int = 0, fold: int = 0,
-                   force: bool = False) -> pd.DataFrame:
-    """Write neighbours, their summary and the 2-D maps of every run with features; returns the summary."""
+                   force: bool = False, inputs: Inputs | None = None) -> pd.DataFrame:
+    """Write neighbours, their summary and the 2-D maps of every run with features; returns the summary.
+
+    ``inputs``: the experiment's loaded inputs (the runner's); a fresh one by default."""
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
     start = time.perf_counter()
@@ -99,7 +101,7 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
         summary = read_parquet(catalog.neighbour_summary)
         up_to_date("neighbours", f"{len(runs)} runs")
         return summary
-    frame = load_split_frame(exp_dir, fold)[["image_id", "split", "label", "patient_id"]]
+    frame = (inputs or Inputs(exp_dir)).split_frame(fold)[["image_id", "split", "label", "patient_id"]]
     checked = {r: read_run_features(catalog.run(r).features, frame, load=False) for r in runs}  # validate every run first
     runs = [r for r in runs if checked[r] is not None]
     if not runs:
