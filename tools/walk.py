@@ -58,16 +58,17 @@ class Walk:
         import pipeline.artifacts.experiment as experiment
 
         originals = {name: fn for name, fn in vars(experiment).items()
-                     if callable(fn) and getattr(fn, "__module__", None) == experiment.__name__ and hasattr(fn, "__code__")}
-        wrapped = {}
+                     if callable(fn) and getattr(fn, "__module__", None) == experiment.__name__ and hasattr(fn, "__code__")
+                     and not hasattr(fn, "walk_counted")}  # wrapped once: a second call only reaches new importers
+        self.wrapped = getattr(self, "wrapped", {})
         for name, fn in originals.items():
-            wrapped[name] = self._counted(name, fn)
-            setattr(experiment, name, wrapped[name])
+            self.wrapped[fn] = self._counted(name, fn)
+            setattr(experiment, name, self.wrapped[fn])
         for module in list(sys.modules.values()):
             for attr, value in list(getattr(module, "__dict__", {}).items()):
-                for name, fn in originals.items():
-                    if value is fn and module is not experiment:
-                        setattr(module, attr, wrapped[name])
+                if module is not experiment and getattr(value, "__module__", None) == experiment.__name__ \
+                        and not hasattr(value, "walk_counted") and value in self.wrapped:
+                    setattr(module, attr, self.wrapped[value])
         return sorted(originals)
 
     def _counted(self, name, fn):
@@ -76,6 +77,7 @@ class Walk:
             self.entries[(self.stage, name)] += 1
             return fn(*args, **kwargs)
 
+        counted.walk_counted = True
         return counted
 
     def audit(self, event: str, args: tuple) -> None:

@@ -3,7 +3,8 @@
 Why: the runner's stage order and its ``--force`` closure used to be written by hand beside the stages, and each
 stage lists its up-to-date inputs again in its ``Stamp``: lists that must agree and that nothing checked. Here each
 stage names the catalog entries it reads and writes (``pipeline.artifacts.catalog.Catalog`` attributes; ``run.X``
-is ``RunFiles.X`` of each run; ``data_root`` is the image tree) and the config settings that change its result.
+is ``RunFiles.X`` of each run; ``data_root`` is the image tree, ``dataset`` the record that names it) and the config
+settings that change its result.
 The runner derives its order (:func:`stage_order`) and each stage's upstream stages (:func:`depends_on`, hence
 the ``--force`` closure) from these; ``tests/test_declarations.py`` checks that every stamp's inputs are declared
 reads, that the cheap stages write what they declare, and that no two stages write one entry.
@@ -33,10 +34,10 @@ DECLARATIONS: tuple[StageDeclaration, ...] = (
     StageDeclaration("split", reads=("manifest",), writes=("split",),
                      settings=("split.mode", "split.ratios", "split.group_by", "split.folds", "split.from_csv",
                                "split.allow_leakage", "experiment.seed")),
-    StageDeclaration("stain", reads=("data_root", "manifest", "split"),
+    StageDeclaration("stain", reads=("data_root", "dataset", "manifest", "split"),
                      writes=("stain_target", "stain_images", "stain_index", "stain_run"),
                      settings=("stain.target", "runs.stain", "split.fold", "experiment.seed")),
-    StageDeclaration("train", reads=("data_root", "manifest", "split", "stain_target", "stain_images"),
+    StageDeclaration("train", reads=("data_root", "dataset", "manifest", "split", "stain_target", "stain_images"),
                      writes=("run.model", "run.history", "run.info", "run.features", "run.predictions"),
                      settings=("train", "runs", "experiment.seed", "split.fold")),
     StageDeclaration("ensemble", reads=("run.predictions", "run.features", "run.info"),
@@ -47,7 +48,8 @@ DECLARATIONS: tuple[StageDeclaration, ...] = (
                      settings=("neighbours", "experiment.seed", "split.fold")),
     StageDeclaration("evaluate", reads=("predictions", "manifest", "neighbour_summary", "pipeline_run"),
                      writes=("metrics", "metrics_info"), settings=("evaluate", "experiment.seed")),
-    StageDeclaration("gradcam", reads=("data_root", "split", "run.model", "run.info", "run.predictions"),
+    StageDeclaration("gradcam", reads=("data_root", "dataset", "manifest", "split", "stain_target", "stain_images", "run.model",
+                                        "run.info", "run.predictions"),
                      writes=("gradcam_maps", "gradcam_run_scores", "gradcam_run_meta", "gradcam_scores", "gradcam_panel"),
                      settings=("gradcam", "split.fold")),
 )

@@ -171,11 +171,11 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     return index
 
 
-def _previous_target(inputs: Inputs, method: str) -> dict:
+def _previous_target(inputs: Inputs | Path | str, method: str) -> dict:
     """The earlier target.json, or {} when it is absent, corrupt or hostile: this run replaces it either way
     (refusing here would leave no command that repairs it)."""
     try:
-        return inputs.stain_target(method) or {}
+        return (inputs if isinstance(inputs, Inputs) else Inputs(inputs)).stain_target(method) or {}
     except PipelineError as exc:
         print(f"warning: ignoring the previous stain target ({exc}); choosing a new one")
         return {}
