@@ -76,7 +76,7 @@ class _Opens:
     """Every ``open`` of a file (Python's audit event) while a runner stage runs, by stage. One audit hook per test
     process (hooks cannot be removed); it records only while a recorder is active."""
 
-    active: "_Opens | None" = None
+    active: _Opens | None = None
     installed = False
 
     def __init__(self) -> None:

@@ -90,3 +90,19 @@ def stage_order(declarations: tuple[StageDeclaration, ...] = DECLARATIONS) -> tu
             raise ValueError(f"the stages' reads and writes form a cycle among {sorted(set(deps) - set(done))}")
         done.append(ready[0])
     return tuple(done)
+
+
+# Read entries that are not content inputs of a stamp: the image tree is identified by its listing (``extra``),
+# ``dataset.json`` records timings that change on every re-index (the manifest carries its content), and
+# ``pipeline_run.json`` is the runner's record of every run.
+NOT_STAMPED = ("data_root", "dataset", "pipeline_run")
+
+
+def declared_inputs(stage: str, catalog, declarations: tuple[StageDeclaration, ...] = DECLARATIONS) -> list:
+    """The experiment-level files ``stage`` declares it reads, as paths of ``catalog``: its stamp's inputs.
+
+    Per-run entries (``run.X``) and keyed ones (a stain method's target) are added by the stage, which knows the runs
+    and methods; :data:`NOT_STAMPED` entries are left out."""
+    decl = next(d for d in declarations if d.name == stage)
+    return [getattr(catalog, e) for e in decl.reads if not e.startswith("run.") and e not in NOT_STAMPED
+            and not callable(getattr(catalog, e))]

@@ -33,6 +33,7 @@ from pipeline.core.ensemble import takes_validation_threshold
 from pipeline.core.metrics import CI_METRICS, METRIC_NAMES, binary_metrics, bootstrap_ci, fold_summary, patient_recognition_rate
 from pipeline.core.patients import PATIENT_METRICS, patient_metrics, patient_table
 from pipeline.core.neighbours import with_neighbour_rate
+from pipeline.stages.declarations import declared_inputs
 
 EVALUATE_VERSION = 2
 NOT_CALIBRATION = ("brier", "ece", "brier_lo", "brier_hi")  # n/a for a vote share
@@ -160,7 +161,7 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
     start = time.perf_counter()
     merge_predictions(exp_dir)
     stamp = Stamp(catalog, "evaluate", {"version": EVALUATE_VERSION, "settings": dataclasses.asdict(cfg), "seed": seed},
-                  inputs=[catalog.predictions, catalog.manifest, catalog.neighbour_summary])
+                  inputs=declared_inputs("evaluate", catalog))
     if not force and stamp.is_current():
         metrics = read_parquet(catalog.metrics)
         up_to_date("evaluate", f"{metrics['run_id'].nunique()} runs and ensembles")

@@ -31,6 +31,7 @@ from pipeline.config import NeighboursConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.neighbours import neighbour_table
 from pipeline.core.projection import project_2d
+from pipeline.stages.declarations import declared_inputs
 
 NEIGHBOURS_VERSION = 2  # 2: the summary says how it searched (exact / ivf) and its recall
 
@@ -95,7 +96,7 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
         raise PipelineError(f"no run in {exp_dir} has features.npz; run `python -m pipeline train {exp_dir} --model MODEL` first")
     stamp = Stamp(catalog, "neighbours", {"version": NEIGHBOURS_VERSION, "k": cfg.k, "tsne": cfg.tsne, "seed": seed, "fold": fold,
                                           "approximate_above": cfg.approximate_above},
-                  inputs=[catalog.manifest, catalog.split] + [catalog.run(r).features for r in runs])
+                  inputs=declared_inputs("neighbours", catalog) + [catalog.run(r).features for r in runs])
     outputs = [catalog.neighbours, catalog.neighbour_summary, catalog.embedding]
     if not force and stamp.is_current():
         summary = read_parquet(catalog.neighbour_summary)

@@ -19,6 +19,7 @@ from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.io import atomic_path
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.errors import PipelineError
+from pipeline.stages.declarations import declared_inputs
 from pipeline.core.splits import export_table, import_split, leakage_report, make_split
 
 SPLIT_VERSION = 1
@@ -42,7 +43,7 @@ def run_split(exp_dir: Path | str, mode: str, ratios: tuple[float, float, float]
     manifest = inputs.manifest()
     settings = {"version": SPLIT_VERSION, "mode": mode, "ratios": [float(r) for r in ratios], "seed": seed,
                 "group_by": group_by, "folds": folds}
-    stamp = Stamp(catalog, "split", settings, inputs=[catalog.manifest])
+    stamp = Stamp(catalog, "split", settings, inputs=declared_inputs("split", catalog))
     if not force and stamp.is_current():
         report = leakage_report(manifest, inputs.split())
         up_to_date("split", f"{mode}, {int(report['shared_patient_num'].max())} patient(s) shared")
@@ -80,7 +81,7 @@ def split_from_csv(exp_dir: Path | str, source: Path | str, allow_leakage: bool 
         raise PipelineError(f"{source} is not a file (give the CSV written by `split --export` or one with image_id,split[,fold])")
     manifest = inputs.manifest()
     stamp = Stamp(catalog, "split", {"version": SPLIT_VERSION, "source": "csv", "allow_leakage": allow_leakage},
-                  inputs=[catalog.manifest, source])
+                  inputs=declared_inputs("split", catalog) + [source])
     if not force and stamp.is_current():
         report = leakage_report(manifest, inputs.split())
         up_to_date("split", f"imported from {source.name}, {int(report['shared_patient_num'].max())} patient(s) shared")

@@ -33,6 +33,7 @@ from pipeline.core.hashing import file_sha256, stable_hash
 from pipeline.core.images import read_rgb
 from pipeline.core.stain import StainError, StainTarget, fit_target, normalize, stain_matrix
 from pipeline.progress import progress
+from pipeline.stages.declarations import declared_inputs
 from pipeline.workers import WorkerPool, one_blas_thread
 
 STAIN_VERSION = 1
@@ -99,7 +100,7 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     frame = inputs.split_frame(fold)
     data_root = inputs.data_root()
     stamp = Stamp(catalog, f"stain-{method}", {"version": STAIN_VERSION, "method": method, "target": target, "fold": fold,
-                                                 "seed": seed}, inputs=[catalog.manifest, catalog.split])
+                                                 "seed": seed}, inputs=declared_inputs("stain", catalog))
     if not force and stamp.is_current() and _cache_complete(inputs, method, frame):
         up_to_date(f"stain {method}", f"{len(frame)} images")
         return read_parquet(catalog.stain_index(method, inputs.stain_target(method)["key"]))
