@@ -87,6 +87,13 @@ class Inputs:
         self.catalog = Catalog(self.exp_dir)
         self._memo: dict[tuple[str, Any], tuple[tuple[int, int, int], Any]] = {}
 
+    def __eq__(self, other: object) -> bool:
+        """Two Inputs are the same inputs when they are of the same experiment folder (what each holds is a cache)."""
+        return isinstance(other, Inputs) and self.exp_dir.resolve() == other.exp_dir.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.exp_dir.resolve())
+
     def __getstate__(self) -> dict:
         return {"exp_dir": self.exp_dir}
 
