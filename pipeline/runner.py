@@ -2,9 +2,10 @@
 
 Each stage decides for itself whether it is up to date (see :mod:`pipeline.artifacts.stamps`: its settings and
 the content of its inputs against the record of its last run, and its outputs still there); this module only
-sequences them, passes ``--force`` on to a stage and to every stage that depends on it, and records what ran,
-with timings, in ``DIR/pipeline_run.json``. TensorFlow is imported only when a stage has work that needs it,
-so a rerun of an unchanged preset takes seconds.
+sequences them (the order and stage table follow :mod:`pipeline.stages.declarations`), hands every stage the
+experiment's inputs loaded once (:class:`pipeline.artifacts.entries.Inputs`), passes ``--force`` on to a stage and to
+every stage that depends on it, and records what ran, with timings, in ``DIR/pipeline_run.json``. TensorFlow is
+imported only when a stage has work that needs it, so a rerun of an unchanged preset takes seconds.
 """
 
 from __future__ import annotations

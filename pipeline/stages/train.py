@@ -3,6 +3,9 @@
 The lifecycle of a run (every write atomic; ``state.json`` is the commit record of an unfinished run,
 ``run.json`` of a finished one):
 
+(In the code: :func:`plan_run` is step 1, :func:`completed_info` step 2, :func:`_prepare` step 3, :func:`_fit` steps
+4-6 up to the commit, :func:`_finish` step 7; :func:`train_run` strings them together.)
+
 1. **Plan**: resolve the run's settings and hash those that change its result (``workers``,
    ``checkpoint_seconds`` and ``predict_batch_size`` do not) with the content fingerprint of its data (image
    ids, content hashes, labels, split), the sha256 of a weights file (cached by size and mtime) and, for a
