@@ -154,16 +154,17 @@ def resolve_train_args(args):
 
 
 def cmd_train(args) -> None:
-    from pipeline.artifacts.experiment import load_split_frame, require_stain_target
+    from pipeline.artifacts.entries import Inputs
 
     cfg, seed, fold = resolve_train_args(args)  # a bad preset or --set: before anything is read
-    load_split_frame(args.dir, fold)  # missing/corrupt manifest or split, or a fold it lacks: before TensorFlow
+    inputs = Inputs(args.dir)  # loaded once here, used again by the run
+    inputs.split_frame(fold)  # missing/corrupt manifest or split, or a fold it lacks: before TensorFlow
     if args.stain != "none":
-        require_stain_target(args.dir, args.stain)  # absent, hostile or corrupt target.json
+        inputs.require_stain_target(args.stain)  # absent, hostile or corrupt target.json
     _start_tensorflow()
     from pipeline.stages.train import train_run
 
-    train_run(args.dir, args.model, cfg.train, stain=args.stain, seed=seed, fold=fold, force=args.force)
+    train_run(args.dir, args.model, cfg.train, stain=args.stain, seed=seed, fold=fold, force=args.force, inputs=inputs)
 
 
 def cmd_stain(args) -> None:

@@ -2,9 +2,10 @@
 
 Each stage decides for itself whether it is up to date (see :mod:`pipeline.artifacts.stamps`: its settings and
 the content of its inputs against the record of its last run, and its outputs still there); this module only
-sequences them, passes ``--force`` on to a stage and to every stage that depends on it, and records what ran,
-with timings, in ``DIR/pipeline_run.json``. TensorFlow is imported only when a stage has work that needs it,
-so a rerun of an unchanged preset takes seconds.
+sequences them (the order and stage table follow :mod:`pipeline.stages.declarations`), hands every stage the
+experiment's inputs loaded once (:class:`pipeline.artifacts.entries.Inputs`), passes ``--force`` on to a stage and to
+every stage that depends on it, and records what ran, with timings, in ``DIR/pipeline_run.json``. TensorFlow is
+imported only when a stage has work that needs it, so a rerun of an unchanged preset takes seconds.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.io import ensure_dir, write_json
 from pipeline.artifacts.provenance import library_versions
 from pipeline.artifacts.home import work_root
@@ -80,12 +84,131 @@ def write_fold_summary(cfg: Config) -> Path | None:
     return out
 
 
+@dataclass
+class StageCall:
+    """What the runner hands each stage of one experiment: the preset, the inputs it has loaded (each entry read
+    once and shared, see :class:`pipeline.artifacts.entries.Inputs`) and its own choices (``--force``, executor)."""
+
+    cfg: Config
+    inputs: Inputs
+    forced: set[str]
+    board: Board
+    executor: object = None
+    trained: dict[int, dict] | None = None
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.out_dir
+
+    @property
+    def stains(self) -> list[str]:
+        return sorted({r.stain for r in self.cfg.runs if r.stain != "none"})
+
+
+def _data(call: StageCall) -> None:
+    from pipeline.stages.demo_data import generate_demo_data
+
+    cfg = call.cfg
+    summary = generate_demo_data(cfg.data_root, cfg.experiment.seed, cfg.experiment.demo_patients,
+                                 cfg.experiment.demo_images_per_patient, force="data" in call.forced)
+    print(f"data: {summary['written']} of {summary['images']} images written" if summary["written"]
+          else f"data: up to date ({summary['images']} images)")
+
+
+def _index(call: StageCall) -> None:
+    from pipeline.stages.index import run_index
+
+    run_index(call.cfg.data_root, call.out, synthetic=call.cfg.experiment.synthetic, force="index" in call.forced)
+
+
+def _split(call: StageCall) -> None:
+    from pipeline.stages.split import run_split, split_from_csv
+
+    s, force = call.cfg.split, "split" in call.forced
+    if s.from_csv:  # relative paths are relative to the project, like data_root
+        source = s.from_csv if Path(s.from_csv).is_absolute() else work_root() / s.from_csv
+        split_from_csv(call.out, source, s.allow_leakage, force=force, inputs=call.inputs)
+    else:
+        run_split(call.out, s.mode, tuple(s.ratios), call.cfg.experiment.seed, s.group_by, s.folds, force=force,
+                  inputs=call.inputs)
+
+
+def _stain(call: StageCall) -> None:
+    from pipeline.stages.stain import run_stain
+
+    for method in call.stains:
+        run_stain(call.out, method, target=call.cfg.stain.target, fold=call.cfg.split.fold, force="stain" in call.forced,
+                  inputs=call.inputs)
+
+
+def _train(call: StageCall) -> None:
+    train_all(call.cfg, force="train" in call.forced, board=call.board, executor=call.executor, trained=call.trained,
+              inputs=call.inputs)
+
+
+def _ensemble(call: StageCall) -> None:
+    from pipeline.stages.ensemble import run_ensembles
+
+    run_ensembles(call.out, call.cfg.ensemble, seed=call.cfg.experiment.seed, force="ensemble" in call.forced)
+
+
+def _neighbours(call: StageCall) -> None:
+    from pipeline.stages.neighbours import run_neighbours
+
+    run_neighbours(call.out, call.cfg.neighbours, seed=call.cfg.experiment.seed, fold=call.cfg.split.fold,
+                   force="neighbours" in call.forced, inputs=call.inputs)
+
+
+def _evaluate(call: StageCall) -> None:
+    from pipeline.stages.evaluate import run_evaluate
+
+    run_evaluate(call.out, call.cfg.evaluate, seed=call.cfg.experiment.seed, force="evaluate" in call.forced,
+                 inputs=call.inputs)
+
+
+def _gradcam(call: StageCall) -> None:
+    from pipeline.stages.gradcam import run_gradcam
+
+    cfg, force = call.cfg, "gradcam" in call.forced
+    if cfg.cluster.executor == "ray" or call.executor is not None:  # one task per (method, run), like training
+        where = call.executor or executor_for(cfg)
+        try:
+            run_gradcam(call.out, cfg.gradcam, fold=cfg.split.fold, force=force, executor=where, inputs=call.inputs)
+        finally:
+            if call.executor is None:
+                where.close()
+    else:
+        run_gradcam(call.out, cfg.gradcam, fold=cfg.split.fold, force=force, inputs=call.inputs)
+
+
+def _train_header(cfg: Config) -> str:
+    per = f"{cfg.train.workers} at a time)" if cfg.cluster.executor == "local" else "one Ray task each)"
+    return f"train ({len(cfg.runs)} runs, {per}"
+
+
+# stage -> (what it does, whether this preset runs it, its header line); the order and the --force closure come from
+# the declarations (STAGES, DEPENDS_ON), and tests/test_declarations.py checks that every declared stage is here.
+ACTIONS: dict[str, tuple[Callable[[StageCall], None], Callable[[Config], bool], Callable[[Config], str]]] = {
+    "data": (_data, lambda c: c.experiment.synthetic, lambda c: "data (SYNTHETIC demo images)"),
+    "index": (_index, lambda c: True, lambda c: "index"),
+    "split": (_split, lambda c: True, lambda c: "split"),
+    "stain": (_stain, lambda c: any(r.stain != "none" for r in c.runs), lambda c: "stain"),
+    "train": (_train, lambda c: True, _train_header),
+    "ensemble": (_ensemble, lambda c: c.ensemble.enabled, lambda c: "ensemble"),
+    "neighbours": (_neighbours, lambda c: c.neighbours.enabled and bool(c.runs), lambda c: "neighbours"),
+    "evaluate": (_evaluate, lambda c: True, lambda c: "evaluate"),
+    "gradcam": (_gradcam, lambda c: c.gradcam.enabled and bool(c.gradcam.methods), lambda c: "gradcam"),  # methods = []: skipped
+}
+WRITES = {d.name: d.writes for d in DECLARATIONS}  # what the runner forgets of its loaded inputs after each stage
+
+
 def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | tuple[str, ...] = (), executor=None,
                  trained: dict[int, dict] | None = None) -> dict:
     """Every stage of one experiment (``fold = "all"``: of every fold, as one schedule, see :mod:`pipeline.schedule`).
 
     ``executor``: where training and Grad-CAM runs go (default: the preset's ``[cluster]``); ``trained``: runs a
-    schedule has already trained (see :func:`train_all`).
+    schedule has already trained (see :func:`train_all`). The experiment's inputs are loaded once and shared by
+    the stages (:class:`~pipeline.artifacts.entries.Inputs`); after each stage what it declares it writes is dropped.
     """
     from pipeline.core.errors import PipelineError
 
@@ -93,118 +216,40 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
         from pipeline.schedule import run_protocol
 
         return run_protocol([cfg], only, force)
-    from pipeline.core.model_specs import get_spec
-    from pipeline.ml.models import check_weights_available
-
     unknown = [s for s in list(only or []) + list(force) if s not in STAGES]
     if unknown:
         raise PipelineError(f"unknown stage(s) {unknown} (stages: {', '.join(STAGES)})")
-    out = cfg.out_dir
-    ensure_dir(out, "experiment folder")  # a file in the way is a one-line error
-    todo = [s for s in STAGES if not only or s in only]
-    if cfg.experiment.synthetic and "index" in todo and "data" not in todo and not cfg.data_root.exists():
-        todo.insert(0, "data")  # a synthetic preset's images are the index's input, made from the preset alone
-    forced = with_dependents(force)
-    timings: dict[str, float] = {}
-    seed = cfg.experiment.seed
-
+    todo = _stages_to_run(cfg, only)
     if cfg.runs and "train" in todo:  # fail before hours of work if pretrained weights are unavailable
+        from pipeline.core.model_specs import get_spec
+        from pipeline.ml.models import check_weights_available
+
         check_weights_available([get_spec(r.model) for r in cfg.runs], cfg.train.weights)
-
-    stains = sorted({r.stain for r in cfg.runs if r.stain != "none"})
-
-    def data() -> None:
-        from pipeline.stages.demo_data import generate_demo_data
-
-        summary = generate_demo_data(cfg.data_root, seed, cfg.experiment.demo_patients, cfg.experiment.demo_images_per_patient,
-                                     force="data" in forced)
-        print(f"data: {summary['written']} of {summary['images']} images written" if summary["written"]
-              else f"data: up to date ({summary['images']} images)")
-
-    def index() -> None:
-        from pipeline.stages.index import run_index
-
-        run_index(cfg.data_root, out, synthetic=cfg.experiment.synthetic, force="index" in forced)
-
-    def split() -> None:
-        from pipeline.stages.split import run_split, split_from_csv
-
-        if cfg.split.from_csv:  # relative paths are relative to the project, like data_root
-            source = cfg.split.from_csv if Path(cfg.split.from_csv).is_absolute() else work_root() / cfg.split.from_csv
-            split_from_csv(out, source, cfg.split.allow_leakage, force="split" in forced)
-        else:
-            run_split(out, cfg.split.mode, tuple(cfg.split.ratios), seed, cfg.split.group_by, cfg.split.folds,
-                      force="split" in forced)
-
-    def stain() -> None:
-        from pipeline.stages.stain import run_stain
-
-        for method in stains:
-            run_stain(out, method, target=cfg.stain.target, fold=cfg.split.fold, force="stain" in forced)
-
-    def train() -> None:
-        train_all(cfg, force="train" in forced, board=board, executor=executor, trained=trained)
-
-    def ensemble() -> None:
-        from pipeline.stages.ensemble import run_ensembles
-
-        run_ensembles(out, cfg.ensemble, seed=seed, force="ensemble" in forced)
-
-    def neighbours() -> None:
-        from pipeline.stages.neighbours import run_neighbours
-
-        run_neighbours(out, cfg.neighbours, seed=seed, fold=cfg.split.fold, force="neighbours" in forced)
-
-    def evaluate() -> None:
-        from pipeline.stages.evaluate import run_evaluate
-
-        run_evaluate(out, cfg.evaluate, seed=seed, force="evaluate" in forced)
-
-    def gradcam() -> None:
-        from pipeline.stages.gradcam import run_gradcam
-
-        if cfg.cluster.executor == "ray" or executor is not None:  # one task per (method, run), like training
-            own = executor is None
-            where = executor or executor_for(cfg)
-            try:
-                run_gradcam(out, cfg.gradcam, fold=cfg.split.fold, force="gradcam" in forced, executor=where)
-            finally:
-                if own:
-                    where.close()
-        else:
-            run_gradcam(out, cfg.gradcam, fold=cfg.split.fold, force="gradcam" in forced)
-
-    plan = [  # (stage, header, runs in this preset, what it does)
-        ("data", "data (SYNTHETIC demo images)", cfg.experiment.synthetic, data),
-        ("index", "index", True, index),
-        ("split", "split", True, split),
-        ("stain", "stain", bool(stains), stain),
-        ("train", f"train ({len(cfg.runs)} runs, " + (f"{cfg.train.workers} at a time)" if cfg.cluster.executor == "local"
-                                                      else "one Ray task each)"), True, train),
-        ("ensemble", "ensemble", cfg.ensemble.enabled, ensemble),
-        ("neighbours", "neighbours", cfg.neighbours.enabled and bool(cfg.runs), neighbours),
-        ("evaluate", "evaluate", True, evaluate),
-        ("gradcam", "gradcam", cfg.gradcam.enabled and bool(cfg.gradcam.methods), gradcam),  # methods = []: skipped
-    ]
-    catalog = Catalog(out)
-    board = Board(catalog.pipeline_status, catalog.name, [name for name, *_ in plan])
+    catalog = Catalog(cfg.out_dir)
+    board = Board(catalog.pipeline_status, catalog.name, list(STAGES))
+    call = StageCall(cfg, Inputs(cfg.out_dir), with_dependents(force), board, executor, trained)
+    timings: dict[str, float] = {}
     real_stdout = sys.stdout
     previous_sink = set_sink(board.event)
     try:
         with board:
             sys.stdout = LineReporter()  # every printed line goes through the board: the log tail and the terminal
             board.runs(len(cfg.runs), 0)
-            for name, header, enabled, action in plan:
-                if name not in todo or not enabled:
+            for name in STAGES:
+                action, enabled, header = ACTIONS[name]
+                if name not in todo or not enabled(cfg):
                     board.stage(name, "skipped")
                     continue
-                print(f"=== {header} ===", flush=True)
+                print(f"=== {header(cfg)} ===", flush=True)
                 board.stage(name, "running")
                 t = time.perf_counter()
-                action()
+                try:
+                    action(call)
+                finally:
+                    call.inputs.forget(WRITES[name])
                 timings[name] = time.perf_counter() - t
                 board.stage(name, "done", timings[name])
-            record = {"config": cfg.to_dict(), "stages": todo, "forced": sorted(forced),
+            record = {"config": cfg.to_dict(), "stages": todo, "forced": sorted(call.forced),
                       "timings_s": {k: round(v, 1) for k, v in timings.items()},
                       "versions": library_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             write_json(record, catalog.pipeline_run)
@@ -214,6 +259,15 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: list[str] | 
         sys.stdout = real_stdout
         set_sink(previous_sink)
     return record
+
+
+def _stages_to_run(cfg: Config, only: list[str] | None) -> list[str]:
+    """The stages ``only`` names (all by default), in order; the experiment folder is checked to be one here."""
+    ensure_dir(cfg.out_dir, "experiment folder")  # a file in the way is a one-line error
+    todo = [s for s in STAGES if not only or s in only]
+    if cfg.experiment.synthetic and "index" in todo and "data" not in todo and not cfg.data_root.exists():
+        todo.insert(0, "data")  # a synthetic preset's images are the index's input, made from the preset alone
+    return todo
 
 
 def _train_job(job: dict) -> dict:
@@ -231,19 +285,23 @@ def _train_job(job: dict) -> dict:
     return info
 
 
-def plan_training(cfg: Config, force: bool = False, label_prefix: str = "") -> tuple[list[tuple[int, int, dict]], dict[int, dict]]:
+def plan_training(cfg: Config, force: bool = False, label_prefix: str = "",
+                  inputs: Inputs | None = None) -> tuple[list[tuple[int, int, dict]], dict[int, dict]]:
     """The runs of the preset still to train, as ``(index, input size, job)``, and the finished ones' ``run.json``.
 
     Finished runs are recognised here, without TensorFlow and before any worker starts. ``label_prefix``
-    (``"experiment/"``) names the runs in progress events when several experiments train in one schedule.
+    (``"experiment/"``) names the runs in progress events when several experiments train in one schedule. ``inputs``:
+    the experiment's loaded inputs, shared with the runs (a run in a spawned worker loads its own).
     """
     from pipeline.stages.train import completed_info, plan_run
 
+    inputs = inputs or Inputs(cfg.out_dir)
     jobs, infos = [], {}
     for i, run in enumerate(cfg.runs):  # a stained run's hash includes its stain target's key (plan_run reads target.json)
         job = {"exp_dir": str(cfg.out_dir), "model": run.model, "cfg": cfg.train, "stain": run.stain, "image_size": run.image_size,
-               "epochs": run.epochs, "seed": cfg.experiment.seed, "fold": cfg.split.fold, "force": force}
-        plan = plan_run(job["exp_dir"], run.model, cfg.train, run.stain, run.image_size, run.epochs, job["seed"], job["fold"])
+               "epochs": run.epochs, "seed": cfg.experiment.seed, "fold": cfg.split.fold, "force": force, "inputs": inputs}
+        plan = plan_run(job["exp_dir"], run.model, cfg.train, run.stain, run.image_size, run.epochs, job["seed"], job["fold"],
+                        inputs)
         info = None if force else completed_info(plan)
         if info is not None:
             print(f"{label_prefix}{plan.run_id}: up to date (config {plan.config_hash})", flush=True)
@@ -254,7 +312,7 @@ def plan_training(cfg: Config, force: bool = False, label_prefix: str = "") -> t
 
 
 def train_all(cfg: Config, force: bool = False, board: Board | None = None, executor=None,
-              trained: dict[int, dict] | None = None) -> list[dict]:
+              trained: dict[int, dict] | None = None, inputs: Inputs | None = None) -> list[dict]:
     """Train every run of the preset that is not up to date on ``executor`` (default: the preset's ``[cluster]``;
     the built-in pool runs ``cfg.train.workers`` at a time, see :mod:`pipeline.executors`).
 
@@ -265,7 +323,8 @@ def train_all(cfg: Config, force: bool = False, board: Board | None = None, exec
     """
     from pipeline.artifacts.predictions import merge_predictions
 
-    jobs, infos = plan_training(cfg, force and trained is None)
+    inputs = inputs or Inputs(cfg.out_dir)
+    jobs, infos = plan_training(cfg, force and trained is None, inputs=inputs)
     jobs = [j for j in jobs if j[0] not in (trained or {})]
     infos.update(trained or {})
     if board is not None:
@@ -282,7 +341,7 @@ def train_all(cfg: Config, force: bool = False, board: Board | None = None, exec
             executor.check_storage([cfg.out_dir])
             quiet_tensorflow()  # the image caches below, or the runs themselves in this process
             if executor.slots > 1 and len(jobs) > 1:
-                _prepare_image_caches(cfg, jobs)  # decode once here, so workers never race to build the same cache
+                _prepare_image_caches(cfg, jobs, inputs)  # decode once here, so workers never race to build the same cache
                 jobs.sort(key=lambda j: -j[1])  # largest inputs first (stable: preset order among equals)
             results = executor.map([Task(j[2]["run_id"], _train_job, j[2]) for j in jobs])
         finally:
@@ -321,10 +380,11 @@ def raise_failures(failures: list[tuple[str, BaseException]], total: int) -> Non
     raise PipelineError(f"{len(failures)} of {total} runs failed ({names}); the others finished: see the lines above")
 
 
-def _prepare_image_caches(cfg: Config, jobs: list[tuple]) -> None:
-    from pipeline.artifacts.experiment import data_root_of, load_split_frame
+def _prepare_image_caches(cfg: Config, jobs: list[tuple], inputs: Inputs | None = None) -> None:
     from pipeline.ml.data import load_images
 
-    frame = load_split_frame(cfg.out_dir, cfg.split.fold)
+    inputs = inputs or Inputs(cfg.out_dir)
+    frame = inputs.split_frame(cfg.split.fold)
     for size, stain in sorted({(size, job["stain"]) for _, size, job in jobs}):
-        load_images(cfg.out_dir, data_root_of(cfg.out_dir), frame, size, cfg.train.resize, stain)
+        load_images(cfg.out_dir, inputs.data_root(), frame, size, cfg.train.resize, stain,
+                    stain_target=inputs.stain_target(stain) if stain != "none" else None)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from conftest import PROJECT_ROOT
 from pipeline.artifacts.catalog import Catalog, RunFiles
-from pipeline.stages.declarations import DECLARATIONS, RUNNER_ENTRIES, StageDeclaration, depends_on, stage_order
+from pipeline.stages.declarations import (DECLARATIONS, RUNNER_ENTRIES, StageDeclaration, declared_inputs, depends_on,
+                                          stage_order)
 
 MODULES = {"data": "demo_data"}  # stage -> its module under pipeline/stages/, when the names differ
 
@@ -49,6 +51,28 @@ def test_every_declared_entry_is_a_catalog_entry():
     assert not unknown
 
 
+class _Names:
+    """A stand-in catalog whose entries are their own names (to read off which entries a helper returns)."""
+
+    def __getattr__(self, name: str):
+        if name in ("stain_target", "stain_images", "stain_index", "stain_run", "stamp", "run"):
+            return lambda *a: None  # keyed entries are methods of the catalog: left to the stage
+        return Path(name)
+
+
+NAMES = _Names()
+
+
+def test_stamp_inputs_derived_from_the_declarations_are_the_former_hand_written_lists():
+    """The stamps' keys are unchanged (an existing experiment stays up to date): the derived inputs are exactly the
+    lists the stages wrote by hand before (read off the previous code)."""
+    catalog = Catalog("exp")
+    assert set(declared_inputs("split", catalog)) == {catalog.manifest}
+    assert set(declared_inputs("stain", catalog)) == {catalog.manifest, catalog.split}
+    assert set(declared_inputs("neighbours", catalog)) == {catalog.manifest, catalog.split}
+    assert set(declared_inputs("evaluate", catalog)) == {catalog.predictions, catalog.manifest, catalog.neighbour_summary}
+
+
 def _stamp_entries(module: str) -> set[str]:
     """Catalog entries named in the ``inputs=`` of every ``Stamp(...)`` of a stage module (following a variable to its
     assignment in the module): ``catalog.manifest`` -> manifest, ``catalog.run(r).features`` -> run.features."""
@@ -59,7 +83,10 @@ def _stamp_entries(module: str) -> set[str]:
     def entries(expr: ast.AST, seen: frozenset = frozenset()) -> set[str]:
         out = set()
         for node in ast.walk(expr):
-            if isinstance(node, ast.Attribute):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "declared_inputs":
+                stage = node.args[0].value  # the stamp takes a stage's declared reads: resolve them as the helper does
+                out |= {p.name for p in declared_inputs(stage, NAMES)}
+            elif isinstance(node, ast.Attribute):
                 if isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute) and node.value.func.attr == "run":
                     out.add(f"run.{node.attr}")
                 elif isinstance(node.value, ast.Name) and node.value.id in ("catalog", "dst") and node.attr != "run":

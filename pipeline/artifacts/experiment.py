@@ -55,10 +55,14 @@ def load_split(exp_dir: Path | str) -> pd.DataFrame:
 
 def load_split_frame(exp_dir: Path | str, fold: int = 0) -> pd.DataFrame:
     """Manifest rows joined with their split for ``fold``: the frame training and evaluation work on."""
+    return join_split(load_manifest(exp_dir), load_split(exp_dir), fold)
+
+
+def join_split(manifest: pd.DataFrame, split: pd.DataFrame, fold: int = 0) -> pd.DataFrame:
+    """The loaded manifest joined with the loaded split's ``fold``, sorted by image id; every image must be covered."""
     from pipeline.core.splits import split_for_fold
 
-    manifest = load_manifest(exp_dir)
-    frame = manifest.merge(split_for_fold(load_split(exp_dir), fold), on="image_id", how="inner")
+    frame = manifest.merge(split_for_fold(split, fold), on="image_id", how="inner")
     if len(frame) != len(manifest):
         raise PipelineError(f"split.parquet does not cover the manifest ({len(frame)} of {len(manifest)} images); re-run split")
     return frame.sort_values("image_id").reset_index(drop=True)
@@ -109,7 +113,11 @@ def require_stain_target(exp_dir: Path | str, method: str) -> dict:
 
 def normalized_root(exp_dir: Path | str, method: str) -> Path:
     """Folder of the ``method``-normalized images for the current stain target."""
-    target = read_stain_target(exp_dir, method)
+    return stain_root_for(exp_dir, method, read_stain_target(exp_dir, method))
+
+
+def stain_root_for(exp_dir: Path | str, method: str, target: dict | None) -> Path:
+    """Folder of the ``method``-normalized images of an already loaded (validated) ``target`` record."""
     root = Catalog(exp_dir).stain_images(method, target["key"]) if target else None
     if root is None or not root.is_dir():
         raise PipelineError(f"no {method}-normalized images in {exp_dir}; run `python -m pipeline stain {exp_dir} --method {method}` first")

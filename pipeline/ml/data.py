@@ -22,24 +22,27 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.experiment import normalized_root, read_stain_target
+from pipeline.artifacts.experiment import normalized_root, read_stain_target, stain_root_for
 from pipeline.artifacts.io import atomic_path
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import listing_digest, stable_hash
 from pipeline.progress import progress
 
 
-def image_source_root(exp_dir: Path, data_root: Path, stain: str) -> Path:
-    """Where the PNGs of a run come from: the dataset, or the stain-normalized copy under the experiment."""
-    return data_root if stain == "none" else normalized_root(exp_dir, stain)
+def image_source_root(exp_dir: Path, data_root: Path, stain: str, stain_target: dict | None = None) -> Path:
+    """Where the PNGs of a run come from: the dataset, or the stain-normalized copy under the experiment.
+    ``stain_target``: the method's ``target.json`` when the caller has loaded it already (else it is read here)."""
+    if stain == "none":
+        return data_root
+    return normalized_root(exp_dir, stain) if stain_target is None else stain_root_for(exp_dir, stain, stain_target)
 
 
-def source_identity(exp_dir: Path, data_root: Path, frame: pd.DataFrame, stain: str) -> dict:
+def source_identity(exp_dir: Path, data_root: Path, frame: pd.DataFrame, stain: str, stain_target: dict | None = None) -> dict:
     """What the decoded pixels of ``frame`` depend on besides size and resize mode (see the module docstring)."""
     if stain == "none":
         return {"stain": "none", "files": listing_digest(data_root, frame["path"].tolist())}
-    target = read_stain_target(exp_dir, stain)
-    root = normalized_root(exp_dir, stain)
+    target = read_stain_target(exp_dir, stain) if stain_target is None else stain_target
+    root = stain_root_for(exp_dir, stain, target)
     return {"stain": stain, "stain_key": target["key"], "files": listing_digest(root, frame["path"].tolist())}
 
 
@@ -56,7 +59,7 @@ def cache_file(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, r
 
 
 def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, resize: str = "square",
-                stain: str = "none", write_cache: bool = True) -> np.ndarray:
+                stain: str = "none", write_cache: bool = True, stain_target: dict | None = None) -> np.ndarray:
     """Return a (N, size, size, 3) uint8 array for ``frame`` (rows with ``image_id`` and ``path``), cached.
 
     ``write_cache=False`` (a multi-worker non-chief, which must not write into the experiment) decodes
@@ -64,7 +67,9 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
     """
     exp_dir = Path(exp_dir)
     ids = frame["image_id"].tolist()
-    root = image_source_root(exp_dir, Path(data_root), stain)
+    if stain != "none" and stain_target is None:
+        stain_target = read_stain_target(exp_dir, stain)  # once, for the source folder and the cache key below
+    root = image_source_root(exp_dir, Path(data_root), stain, stain_target)
     paths = [str(root / p) for p in frame["path"]]
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
@@ -75,7 +80,7 @@ def load_images(exp_dir: Path, data_root: Path, frame: pd.DataFrame, size: int, 
     if leaving:  # a file swapped for a link after `index` checked it: TensorFlow would read wherever it points
         raise PipelineError(f"{len(leaving)} image file(s) now resolve outside {root}, e.g. {leaving[0]} -> "
                             f"{Path(leaving[0]).resolve()}; replace them and re-run `index`")
-    target = cache_path(exp_dir, ids, size, resize, stain, source_identity(exp_dir, Path(data_root), frame, stain))
+    target = cache_path(exp_dir, ids, size, resize, stain, source_identity(exp_dir, Path(data_root), frame, stain, stain_target))
     if target.exists():
         return np.load(target, mmap_mode="r")
     import tensorflow as tf

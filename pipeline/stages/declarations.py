@@ -3,7 +3,8 @@
 Why: the runner's stage order and its ``--force`` closure used to be written by hand beside the stages, and each
 stage lists its up-to-date inputs again in its ``Stamp``: lists that must agree and that nothing checked. Here each
 stage names the catalog entries it reads and writes (``pipeline.artifacts.catalog.Catalog`` attributes; ``run.X``
-is ``RunFiles.X`` of each run; ``data_root`` is the image tree) and the config settings that change its result.
+is ``RunFiles.X`` of each run; ``data_root`` is the image tree, ``dataset`` the record that names it) and the config
+settings that change its result.
 The runner derives its order (:func:`stage_order`) and each stage's upstream stages (:func:`depends_on`, hence
 the ``--force`` closure) from these; ``tests/test_declarations.py`` checks that every stamp's inputs are declared
 reads, that the cheap stages write what they declare, and that no two stages write one entry.
@@ -33,10 +34,10 @@ DECLARATIONS: tuple[StageDeclaration, ...] = (
     StageDeclaration("split", reads=("manifest",), writes=("split",),
                      settings=("split.mode", "split.ratios", "split.group_by", "split.folds", "split.from_csv",
                                "split.allow_leakage", "experiment.seed")),
-    StageDeclaration("stain", reads=("data_root", "manifest", "split"),
+    StageDeclaration("stain", reads=("data_root", "dataset", "manifest", "split"),
                      writes=("stain_target", "stain_images", "stain_index", "stain_run"),
                      settings=("stain.target", "runs.stain", "split.fold", "experiment.seed")),
-    StageDeclaration("train", reads=("data_root", "manifest", "split", "stain_target", "stain_images"),
+    StageDeclaration("train", reads=("data_root", "dataset", "manifest", "split", "stain_target", "stain_images"),
                      writes=("run.model", "run.history", "run.info", "run.features", "run.predictions"),
                      settings=("train", "runs", "experiment.seed", "split.fold")),
     StageDeclaration("ensemble", reads=("run.predictions", "run.features", "run.info"),
@@ -47,7 +48,8 @@ DECLARATIONS: tuple[StageDeclaration, ...] = (
                      settings=("neighbours", "experiment.seed", "split.fold")),
     StageDeclaration("evaluate", reads=("predictions", "manifest", "neighbour_summary", "pipeline_run"),
                      writes=("metrics", "metrics_info"), settings=("evaluate", "experiment.seed")),
-    StageDeclaration("gradcam", reads=("data_root", "split", "run.model", "run.info", "run.predictions", "gradcam_requests"),
+    StageDeclaration("gradcam", reads=("data_root", "dataset", "manifest", "split", "stain_target", "stain_images", "run.model",
+                                        "run.info", "run.predictions", "gradcam_requests"),
                      writes=("gradcam_maps", "gradcam_run_scores", "gradcam_run_meta", "gradcam_scores", "gradcam_panel"),
                      settings=("gradcam", "split.fold")),
 )
@@ -88,3 +90,19 @@ def stage_order(declarations: tuple[StageDeclaration, ...] = DECLARATIONS) -> tu
             raise ValueError(f"the stages' reads and writes form a cycle among {sorted(set(deps) - set(done))}")
         done.append(ready[0])
     return tuple(done)
+
+
+# Read entries that are not content inputs of a stamp: the image tree is identified by its listing (``extra``),
+# ``dataset.json`` records timings that change on every re-index (the manifest carries its content), and
+# ``pipeline_run.json`` is the runner's record of every run.
+NOT_STAMPED = ("data_root", "dataset", "pipeline_run")
+
+
+def declared_inputs(stage: str, catalog, declarations: tuple[StageDeclaration, ...] = DECLARATIONS) -> list:
+    """The experiment-level files ``stage`` declares it reads, as paths of ``catalog``: its stamp's inputs.
+
+    Per-run entries (``run.X``) and keyed ones (a stain method's target) are added by the stage, which knows the runs
+    and methods; :data:`NOT_STAMPED` entries are left out."""
+    decl = next(d for d in declarations if d.name == stage)
+    return [getattr(catalog, e) for e in decl.reads if not e.startswith("run.") and e not in NOT_STAMPED
+            and not callable(getattr(catalog, e))]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, is_run_id, parse_run_id
-from pipeline.artifacts.experiment import load_manifest
+from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.io import read_json, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import load_predictions, merge_predictions
 from pipeline.artifacts.schemas import check_frame
@@ -33,6 +33,7 @@ from pipeline.core.ensemble import takes_validation_threshold
 from pipeline.core.metrics import CI_METRICS, METRIC_NAMES, binary_metrics, bootstrap_ci, fold_summary, patient_recognition_rate
 from pipeline.core.patients import PATIENT_METRICS, patient_metrics, patient_table
 from pipeline.core.neighbours import with_neighbour_rate
+from pipeline.stages.declarations import declared_inputs
 
 EVALUATE_VERSION = 2
 NOT_CALIBRATION = ("brier", "ece", "brier_lo", "brier_hi")  # n/a for a vote share
@@ -138,14 +139,29 @@ def _not_calibration(row: dict, stype: str) -> dict:
     return row
 
 
-def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0, force: bool = False) -> pd.DataFrame:
-    """metrics.parquet of every run and ensemble; skipped when the predictions and settings are unchanged."""
+def evaluate_body(preds: pd.DataFrame, manifest: pd.DataFrame | None, neighbour_summary: pd.DataFrame | None,
+                  cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0) -> pd.DataFrame:
+    """The stage on loaded data: metrics of the prediction rows (patients and groups from ``manifest`` when the rows
+    lack them), with the neighbour recognition rate of ``neighbour_summary`` when there is one."""
+    if "patient_id" not in preds:
+        if manifest is None:
+            raise PipelineError("the prediction rows carry no patient_id and no manifest was given")
+        preds = preds.merge(manifest[["image_id", "patient_id", "patient_num", "magnification", "subtype"]],
+                            on="image_id", how="left")
+    return with_neighbour_rate(evaluate_predictions(preds, cfg, seed), neighbour_summary)
+
+
+def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), seed: int = 0, force: bool = False,
+                 inputs: Inputs | None = None) -> pd.DataFrame:
+    """metrics.parquet of every run and ensemble; skipped when the predictions and settings are unchanged.
+
+    ``inputs``: the experiment's loaded inputs (the runner's); a fresh one by default."""
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
     start = time.perf_counter()
     merge_predictions(exp_dir)
     stamp = Stamp(catalog, "evaluate", {"version": EVALUATE_VERSION, "settings": dataclasses.asdict(cfg), "seed": seed},
-                  inputs=[catalog.predictions, catalog.manifest, catalog.neighbour_summary])
+                  inputs=declared_inputs("evaluate", catalog))
     if not force and stamp.is_current():
         metrics = read_parquet(catalog.metrics)
         up_to_date("evaluate", f"{metrics['run_id'].nunique()} runs and ensembles")
@@ -153,12 +169,9 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
     preds = load_predictions(exp_dir)
     if preds.empty:
         raise PipelineError(f"no predictions in {exp_dir}; run `python -m pipeline train {exp_dir} --model ...` first")
-    if "patient_id" not in preds:
-        preds = preds.merge(load_manifest(exp_dir)[["image_id", "patient_id", "patient_num", "magnification", "subtype"]],
-                            on="image_id", how="left")
-    metrics = evaluate_predictions(preds, cfg, seed)
+    manifest = None if "patient_id" in preds else (inputs or Inputs(exp_dir)).manifest()
     summary = read_parquet(catalog.neighbour_summary) if catalog.neighbour_summary.exists() else None  # the neighbours stage
-    metrics = with_neighbour_rate(metrics, summary)
+    metrics = evaluate_body(preds, manifest, summary, cfg, seed)
     write_parquet(metrics, catalog.metrics)
     write_json({"bootstrap": cfg.bootstrap, "ci": cfg.ci, "ece_bins": cfg.ece_bins, "threshold": cfg.threshold, "seed": seed,
                 "seconds": round(time.perf_counter() - start, 2)}, catalog.metrics_info)

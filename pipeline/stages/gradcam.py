@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import GRADCAM_METHODS, Catalog, parse_run_id
-from pipeline.artifacts.experiment import data_root_of, load_split_frame
+from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.gradcam_cache import load_maps
 from pipeline.artifacts.gradcam_requests import requested_images
 from pipeline.artifacts.io import atomic_path, read_json, read_json_object, read_parquet, write_json, write_parquet
@@ -50,24 +50,25 @@ def single_runs(exp_dir: Path | str) -> list[str]:
 
 
 def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs: list[str] | None = None, fold: int = 0,
-                workers: int | None = None, force: bool = False, executor=None) -> pd.DataFrame:
+                workers: int | None = None, force: bool = False, executor=None, inputs: Inputs | None = None) -> pd.DataFrame:
     """Maps + scores for every (method, run); ``workers`` (default ``cfg.workers``) > 1 explains runs in parallel.
 
     Each (method, run) is up to date when its model, its predictions, the explained images and the settings are
     unchanged (checked here, without TensorFlow, before any worker starts); ``scores.parquet`` is rewritten only
-    when one of its runs was.
+    when one of its runs was. ``inputs``: the experiment's loaded inputs (the runner's); a fresh one by default.
     """
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
     runs = runs or single_runs(exp_dir)
     if not runs:
         raise PipelineError(f"no trained runs in {exp_dir}; run `train` first")
-    frame = load_split_frame(exp_dir, fold)
+    inputs = inputs or Inputs(exp_dir)
+    frame = inputs.split_frame(fold)
     preds = load_predictions(exp_dir)
     image_ids = with_requested(images_to_explain(frame, preds, cfg.split, cfg.max_images), frame, preds, runs,
                                requested_images(exp_dir))
     jobs = [(str(exp_dir), method, run_id, image_ids, cfg, fold) for method in cfg.methods for run_id in runs]
-    keys = [explain_key(*job) for job in jobs]  # validates every run before any work starts
+    keys = [explain_key(*job, inputs=inputs) for job in jobs]  # validates every run before any work starts
     stale = [job for job, key in zip(jobs, keys) if force or not _explained(catalog, job[1], job[2], key)]
     for job in jobs:
         if job not in stale:
@@ -75,13 +76,13 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
     if stale and executor is not None:  # e.g. Ray: one task per (method, run); failures reported together
         from pipeline.executors import JobFailed, Task
 
-        results = executor.map([Task(f"gradcam {job[1]} {job[2]}", _explain_run_job, (*job, True)) for job in stale])
+        results = executor.map([Task(f"gradcam {job[1]} {job[2]}", _explain_run_job, (*job, True, inputs)) for job in stale])
         failed = [(job, r.error) for job, r in zip(stale, results) if isinstance(r, JobFailed)]
         if failed:
             lines = [f"{job[1]} {job[2]}: {(str(err).strip() or type(err).__name__).splitlines()[0]}" for job, err in failed]
             raise PipelineError(f"gradcam failed for {len(failed)} run(s): " + "; ".join(lines))
     elif stale:
-        map_in_workers(_explain_run_job, [(*job, True) for job in stale], workers or cfg.workers)
+        map_in_workers(_explain_run_job, [(*job, True, inputs) for job in stale], workers or cfg.workers)
     out = []
     for method in cfg.methods:
         per_run = [catalog.gradcam_run_scores(method, r) for r in runs] + [catalog.gradcam_maps(method, r) for r in runs]
@@ -147,15 +148,18 @@ def _explain_run_job(job: tuple) -> pd.DataFrame:
     return explain_run(*job)
 
 
-def explain_key(exp_dir: Path | str, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig, fold: int = 0) -> str:
+def explain_key(exp_dir: Path | str, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig, fold: int = 0,
+                inputs: Inputs | None = None) -> str:
     """What a run's maps and scores depend on: its model, its predictions, the images and the settings."""
     exp_dir = Path(exp_dir)
+    inputs = inputs or Inputs(exp_dir)
     catalog = Catalog(exp_dir)
     files = catalog.run(run_id)
     check_completed_runs(exp_dir, [run_id])
     info = read_json_object(files.info)
-    frame = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
-    images = source_identity(exp_dir, data_root_of(exp_dir), frame, info["stain"])
+    frame = inputs.split_frame(fold).set_index("image_id").loc[image_ids].reset_index()
+    stain = info["stain"]
+    images = source_identity(exp_dir, inputs.data_root(), frame, stain, inputs.stain_target(stain) if stain != "none" else None)
     return stable_hash({"version": GRADCAM_VERSION, "method": method, "model": info.get("model_sha256") or info["config_hash"],
                         "predictions": content_digest(files.predictions), "ids": image_ids, "images": images,
                         "size": info["image_size"], "target": cfg.target, "steps": cfg.deletion_steps})
@@ -167,12 +171,13 @@ def _explained(catalog: Catalog, method: str, run_id: str, key: str) -> bool:
 
 
 def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig, fold: int = 0,
-                force: bool = False) -> pd.DataFrame:
+                force: bool = False, inputs: Inputs | None = None) -> pd.DataFrame:
     """Grad-CAM maps (cached as npz) and per-map scores of one run; skipped when the cache is up to date."""
     exp_dir = Path(exp_dir)
+    inputs = inputs or Inputs(exp_dir)
     catalog = Catalog(exp_dir)
     files = catalog.run(run_id)
-    key = explain_key(exp_dir, method, run_id, image_ids, cfg, fold)
+    key = explain_key(exp_dir, method, run_id, image_ids, cfg, fold, inputs)
     target, meta_path = catalog.gradcam_maps(method, run_id), catalog.gradcam_run_meta(method, run_id)
     scores_path = catalog.gradcam_run_scores(method, run_id)
     if not force and _explained(catalog, method, run_id, key):
@@ -185,14 +190,15 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     from pipeline.ml.models import GRADCAM_LAYER, load_classifier
 
     info = read_json_object(files.info)
-    part = load_split_frame(exp_dir, fold).set_index("image_id").loc[image_ids].reset_index()
+    part = inputs.split_frame(fold).set_index("image_id").loc[image_ids].reset_index()
     model = load_classifier(files.model)
     grid = model.get_layer(GRADCAM_LAYER).output.shape[1]
     if grid is not None and grid < 2:
         print(f"warning: {run_id} at {info['image_size']} px has a {grid}x{grid} '{GRADCAM_LAYER}' grid: its Grad-CAM maps are "
               "constant; train at >= 64 px for spatial maps", flush=True)
-    images = np.asarray(load_images(exp_dir, data_root_of(exp_dir), part, info["image_size"],
-                                    info["resolved_config"]["train"]["resize"], info["stain"]))
+    stain = info["stain"]
+    images = np.asarray(load_images(exp_dir, inputs.data_root(), part, info["image_size"], info["resolved_config"]["train"]["resize"],
+                                    stain, stain_target=inputs.stain_target(stain) if stain != "none" else None))
     run_preds = read_parquet(files.predictions).set_index("image_id").loc[image_ids]
     classes = (part["label"].to_numpy() if cfg.target == "true" else run_preds["pred"].to_numpy()).astype(int)
     start = time.perf_counter()
@@ -251,8 +257,9 @@ def save_panel(exp_dir: Path | str, image_id: str, method: str = "gradcam", out:
             probs[r["run_id"]] = (pm if label else 1 - pm, pm if r["pred"] else 1 - pm)
     if not maps:
         raise PipelineError(f"no cached {method} maps for {image_id!r}; run `python -m pipeline gradcam {exp_dir} --method {method}`")
-    manifest = load_split_frame(exp_dir).set_index("image_id")
-    image = read_rgb(data_root_of(exp_dir) / manifest.loc[image_id, "path"])
+    inputs = Inputs(exp_dir)
+    manifest = inputs.split_frame().set_index("image_id")
+    image = read_rgb(inputs.data_root() / manifest.loc[image_id, "path"])
     out = Path(out) if out else Catalog(exp_dir).gradcam_panel(method, image_id)
     with atomic_path(out, ".png") as tmp:
         panel(image, maps, probs, label).save(tmp, format="PNG")

@@ -24,13 +24,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.experiment import load_split_frame
+from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.io import read_parquet, write_parquet
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import NeighboursConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.neighbours import neighbour_table
 from pipeline.core.projection import project_2d
+from pipeline.stages.declarations import declared_inputs
 
 NEIGHBOURS_VERSION = 2  # 2: the summary says how it searched (exact / ivf) and its recall
 
@@ -83,8 +84,10 @@ def read_run_features(path: Path, frame: pd.DataFrame, load: bool = True) -> np.
 
 
 def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig(), seed: int = 0, fold: int = 0,
-                   force: bool = False) -> pd.DataFrame:
-    """Write neighbours, their summary and the 2-D maps of every run with features; returns the summary."""
+                   force: bool = False, inputs: Inputs | None = None) -> pd.DataFrame:
+    """Write neighbours, their summary and the 2-D maps of every run with features; returns the summary.
+
+    ``inputs``: the experiment's loaded inputs (the runner's); a fresh one by default."""
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
     start = time.perf_counter()
@@ -93,13 +96,13 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
         raise PipelineError(f"no run in {exp_dir} has features.npz; run `python -m pipeline train {exp_dir} --model MODEL` first")
     stamp = Stamp(catalog, "neighbours", {"version": NEIGHBOURS_VERSION, "k": cfg.k, "tsne": cfg.tsne, "seed": seed, "fold": fold,
                                           "approximate_above": cfg.approximate_above},
-                  inputs=[catalog.manifest, catalog.split] + [catalog.run(r).features for r in runs])
+                  inputs=declared_inputs("neighbours", catalog) + [catalog.run(r).features for r in runs])
     outputs = [catalog.neighbours, catalog.neighbour_summary, catalog.embedding]
     if not force and stamp.is_current():
         summary = read_parquet(catalog.neighbour_summary)
         up_to_date("neighbours", f"{len(runs)} runs")
         return summary
-    frame = load_split_frame(exp_dir, fold)[["image_id", "split", "label", "patient_id"]]
+    frame = (inputs or Inputs(exp_dir)).split_frame(fold)[["image_id", "split", "label", "patient_id"]]
     checked = {r: read_run_features(catalog.run(r).features, frame, load=False) for r in runs}  # validate every run first
     runs = [r for r in runs if checked[r] is not None]
     if not runs:

@@ -15,31 +15,41 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.experiment import load_manifest, load_split
-from pipeline.artifacts.io import atomic_path, write_parquet
+from pipeline.artifacts.entries import Inputs
+from pipeline.artifacts.io import atomic_path
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.errors import PipelineError
+from pipeline.stages.declarations import declared_inputs
 from pipeline.core.splits import export_table, import_split, leakage_report, make_split
 
 SPLIT_VERSION = 1
 ARTIFACT_SUFFIXES = (".parquet", ".json", ".keras", ".npz", ".lock")  # what the pipeline writes itself
 
 
+def split_body(manifest: pd.DataFrame, mode: str, ratios: tuple[float, float, float], seed: int = 0,
+               group_by: str = "patient_num", folds: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stage on loaded data: (split, leakage report) of a manifest. Raises on bad settings, writes nothing."""
+    split = make_split(manifest, mode, ratios, seed, group_by, folds)
+    return split, leakage_report(manifest, split)
+
+
 def run_split(exp_dir: Path | str, mode: str, ratios: tuple[float, float, float], seed: int = 0,
-              group_by: str = "patient_num", folds: int = 1, force: bool = False) -> pd.DataFrame:
-    """Make the split, write it atomically, print the leakage report; return the report."""
+              group_by: str = "patient_num", folds: int = 1, force: bool = False, inputs: Inputs | None = None) -> pd.DataFrame:
+    """Make the split, write it atomically, print the leakage report; return the report.
+
+    ``inputs``: the experiment's loaded inputs (the runner's, shared by every stage); a fresh one by default."""
     catalog = Catalog(exp_dir)
-    manifest = load_manifest(exp_dir)
+    inputs = inputs or Inputs(exp_dir)
+    manifest = inputs.manifest()
     settings = {"version": SPLIT_VERSION, "mode": mode, "ratios": [float(r) for r in ratios], "seed": seed,
                 "group_by": group_by, "folds": folds}
-    stamp = Stamp(catalog, "split", settings, inputs=[catalog.manifest])
+    stamp = Stamp(catalog, "split", settings, inputs=declared_inputs("split", catalog))
     if not force and stamp.is_current():
-        report = leakage_report(manifest, load_split(exp_dir))
+        report = leakage_report(manifest, inputs.split())
         up_to_date("split", f"{mode}, {int(report['shared_patient_num'].max())} patient(s) shared")
         return report
-    split = make_split(manifest, mode, ratios, seed, group_by, folds)  # raises on bad settings: nothing written yet
-    report = leakage_report(manifest, split)
-    write_parquet(split, catalog.split)
+    split, report = split_body(manifest, mode, ratios, seed, group_by, folds)  # raises on bad settings: nothing written yet
+    inputs.save("split", split)
     stamp.record([catalog.split])
     print(report.to_string(index=False))
     shared = int(report["shared_patient_num"].max())
@@ -53,24 +63,27 @@ def export_split(exp_dir: Path | str, out: Path | str) -> Path:
     out = Path(out)
     if out.suffix.lower() in ARTIFACT_SUFFIXES and Path(exp_dir).resolve() in out.resolve().parents:
         raise PipelineError(f"--export {out} would overwrite an artifact of the experiment; give a .csv file name")
-    table = export_table(load_manifest(exp_dir), load_split(exp_dir))
+    inputs = Inputs(exp_dir)
+    table = export_table(inputs.manifest(), inputs.split())
     with atomic_path(out, ".csv") as tmp:
         table.to_csv(tmp, index=False)
     print(f"wrote {out}: {len(table)} rows, {table['fold'].nunique()} fold(s)")
     return out
 
 
-def split_from_csv(exp_dir: Path | str, source: Path | str, allow_leakage: bool = False, force: bool = False) -> pd.DataFrame:
+def split_from_csv(exp_dir: Path | str, source: Path | str, allow_leakage: bool = False, force: bool = False,
+                   inputs: Inputs | None = None) -> pd.DataFrame:
     """Import a published split: every row checked against the manifest before ``split.parquet`` is replaced."""
     catalog = Catalog(exp_dir)
+    inputs = inputs or Inputs(exp_dir)
     source = Path(source)
     if not source.is_file():
         raise PipelineError(f"{source} is not a file (give the CSV written by `split --export` or one with image_id,split[,fold])")
-    manifest = load_manifest(exp_dir)
+    manifest = inputs.manifest()
     stamp = Stamp(catalog, "split", {"version": SPLIT_VERSION, "source": "csv", "allow_leakage": allow_leakage},
-                  inputs=[catalog.manifest, source])
+                  inputs=declared_inputs("split", catalog) + [source])
     if not force and stamp.is_current():
-        report = leakage_report(manifest, load_split(exp_dir))
+        report = leakage_report(manifest, inputs.split())
         up_to_date("split", f"imported from {source.name}, {int(report['shared_patient_num'].max())} patient(s) shared")
         return report
     try:
@@ -79,7 +92,7 @@ def split_from_csv(exp_dir: Path | str, source: Path | str, allow_leakage: bool 
         raise PipelineError(f"{source} is not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
     split = import_split(manifest, table, str(source), allow_leakage)  # raises before anything is written
     report = leakage_report(manifest, split)
-    write_parquet(split, catalog.split)
+    inputs.save("split", split)
     stamp.record([catalog.split])
     print(report.to_string(index=False))
     print(f"imported {len(split)} rows ({split['fold'].nunique()} fold(s)) from {source}")

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.experiment import data_root_of, load_split_frame, read_stain_target
+from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.io import atomic_path, opened_inside, read_parquet, write_json, write_parquet
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.errors import PipelineError
@@ -33,6 +33,7 @@ from pipeline.core.hashing import file_sha256, stable_hash
 from pipeline.core.images import read_rgb
 from pipeline.core.stain import StainError, StainTarget, fit_target, normalize, stain_matrix
 from pipeline.progress import progress
+from pipeline.stages.declarations import declared_inputs
 from pipeline.workers import WorkerPool, one_blas_thread
 
 STAIN_VERSION = 1
@@ -84,7 +85,7 @@ def _normalize_one(args: tuple) -> tuple[str, str]:
 
 
 def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto", fold: int = 0, seed: int = 0,
-              workers: int = 2, force: bool = False) -> pd.DataFrame:
+              workers: int = 2, force: bool = False, inputs: Inputs | None = None) -> pd.DataFrame:
     """Normalize every image onto the target (see the module docstring); returns the per-image index.
 
     Validate, then act: the split, every source image and the target's fit are checked before anything is
@@ -95,13 +96,14 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
     catalog.stain_dir(method)  # validates the method
-    frame = load_split_frame(exp_dir, fold)
-    data_root = data_root_of(exp_dir)
+    inputs = inputs or Inputs(exp_dir)  # the runner's loaded inputs, or this command's own
+    frame = inputs.split_frame(fold)
+    data_root = inputs.data_root()
     stamp = Stamp(catalog, f"stain-{method}", {"version": STAIN_VERSION, "method": method, "target": target, "fold": fold,
-                                                 "seed": seed}, inputs=[catalog.manifest, catalog.split])
-    if not force and stamp.is_current() and _cache_complete(exp_dir, method, frame):
+                                                 "seed": seed}, inputs=declared_inputs("stain", catalog))
+    if not force and stamp.is_current() and _cache_complete(inputs, method, frame):
         up_to_date(f"stain {method}", f"{len(frame)} images")
-        return read_parquet(catalog.stain_index(method, read_stain_target(exp_dir, method)["key"]))
+        return read_parquet(catalog.stain_index(method, inputs.stain_target(method)["key"]))
     missing = [p for p in frame["path"] if not (data_root / p).is_file()]
     if missing:
         raise PipelineError(f"{len(missing)} image file(s) listed in the manifest are missing under {data_root}, e.g. {missing[0]}; "
@@ -110,7 +112,7 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     train_key = stable_hash(sorted(train_ids))
     target_id = target
     if target == "auto":  # reuse the earlier choice while the training images are the same
-        prev = _previous_target(exp_dir, method)
+        prev = _previous_target(inputs, method)
         if prev.get("rule") == "auto" and prev.get("train_key") == train_key and prev.get("seed") == seed:
             target_id = prev["target_image_id"]
         else:
@@ -156,9 +158,9 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     write_json({"method": method, "key": key, "images": len(index), "normalized_now": len(todo), "fallbacks": len(fallbacks),
                 "seconds": round(seconds, 2), "images_per_s": round(rate, 2)}, catalog.stain_run(method, key))
     # The commit: from here on train, gradcam and the dashboard use the new target's images.
-    write_json({"method": method, "target_image_id": target_id, "target_path": str(target_row["path"]), "rule": target,
-                "key": key, "fold": fold, "seed": seed, "target": fitted.to_dict(), "train_key": train_key},
-               catalog.stain_target(method))
+    inputs.save("stain_target", {"method": method, "target_image_id": target_id, "target_path": str(target_row["path"]),
+                                 "rule": target, "key": key, "fold": fold, "seed": seed, "target": fitted.to_dict(),
+                                 "train_key": train_key}, method)
     for old in catalog.stain_dir(method).iterdir():  # drop caches of older targets
         if old.is_dir() and old.name != key:
             shutil.rmtree(old)
@@ -170,11 +172,11 @@ def run_stain(exp_dir: Path | str, method: str = "vahadane", target: str = "auto
     return index
 
 
-def _previous_target(exp_dir: Path, method: str) -> dict:
+def _previous_target(inputs: Inputs | Path | str, method: str) -> dict:
     """The earlier target.json, or {} when it is absent, corrupt or hostile: this run replaces it either way
     (refusing here would leave no command that repairs it)."""
     try:
-        return read_stain_target(exp_dir, method) or {}
+        return (inputs if isinstance(inputs, Inputs) else Inputs(inputs)).stain_target(method) or {}
     except PipelineError as exc:
         print(f"warning: ignoring the previous stain target ({exc}); choosing a new one")
         return {}
@@ -199,12 +201,12 @@ def _content(frame: pd.DataFrame, data_root: Path, image_id: str, row: pd.Series
     return file_sha256(data_root / row["path"], 16)
 
 
-def _cache_complete(exp_dir: Path, method: str, frame: pd.DataFrame) -> bool:
+def _cache_complete(inputs: Inputs, method: str, frame: pd.DataFrame) -> bool:
     """Every image of ``frame`` has its normalized file for the current target (one stat per image, no hashing)."""
-    target = read_stain_target(exp_dir, method)
+    target = inputs.stain_target(method)
     if not target:
         return False
-    root = Catalog(exp_dir).stain_images(method, target["key"])
+    root = inputs.catalog.stain_images(method, target["key"])
     return all((root / p).is_file() for p in frame["path"])
 
 

@@ -3,6 +3,9 @@
 The lifecycle of a run (every write atomic; ``state.json`` is the commit record of an unfinished run,
 ``run.json`` of a finished one):
 
+(In the code: :func:`plan_run` is step 1, :func:`completed_info` step 2, :func:`_prepare` step 3, :func:`_fit` steps
+4-6 up to the commit, :func:`_finish` step 7; :func:`train_run` strings them together.)
+
 1. **Plan**: resolve the run's settings and hash those that change its result (``workers``,
    ``checkpoint_seconds`` and ``predict_batch_size`` do not) with the content fingerprint of its data (image
    ids, content hashes, labels, split), the sha256 of a weights file (cached by size and mtime) and, for a
@@ -40,7 +43,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog, RunFiles, single_run_id
-from pipeline.artifacts.experiment import data_fingerprint, data_root_of, load_split_frame, require_stain_target
+from pipeline.artifacts.entries import Inputs
+from pipeline.artifacts.experiment import data_fingerprint
 from pipeline.artifacts.io import atomic_link, atomic_path, read_json, write_json, write_parquet
 from pipeline.artifacts.predictions import make_rows, merge_predictions
 from pipeline.artifacts.provenance import library_versions
@@ -93,14 +97,19 @@ class RunPlan:
     resolved: dict
     fingerprint: str
     config_hash: str
+    inputs: Inputs  # the experiment's loaded inputs the plan was made from (data root, stain target) for the run to use
+    stain_target: dict | None = None
 
 
 def plan_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0, epochs: int = 0,
-             seed: int = 0, fold: int = 0) -> RunPlan:
-    """Resolve a run without TensorFlow (the runner uses it to skip finished runs before starting any worker)."""
+             seed: int = 0, fold: int = 0, inputs: Inputs | None = None) -> RunPlan:
+    """Resolve a run without TensorFlow (the runner uses it to skip finished runs before starting any worker).
+
+    ``inputs``: the experiment's loaded inputs (the runner's, shared by every run it plans); a fresh one by default."""
     exp_dir = Path(exp_dir)
+    inputs = inputs or Inputs(exp_dir)
     spec = get_spec(model)
-    frame = load_split_frame(exp_dir, fold)
+    frame = inputs.split_frame(fold)
     check_classes(frame)
     run_id = run_id_for(spec.name, stain)
     size = input_size(spec.name, image_size, cfg)
@@ -109,12 +118,14 @@ def plan_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "no
                 "fold": fold, "train": cfg.result_settings()}
     if cfg.weights not in ("imagenet", "none"):  # a file's bytes, not its path: replacing it in place retrains
         resolved["weights_sha256"] = cached_digest(cfg.weights, Catalog(exp_dir).weights_digests, write=False)
+    target = None
     if stain != "none":  # the normalized images depend on the chosen target: part of the run's identity
-        resolved["stain_key"] = require_stain_target(exp_dir, stain)["key"]
+        target = inputs.require_stain_target(stain)
+        resolved["stain_key"] = target["key"]
     fingerprint = data_fingerprint(frame)
     config_hash = stable_hash({"resolved": resolved, "data": fingerprint})
     return RunPlan(exp_dir, spec, frame, run_id, Catalog(exp_dir).run(run_id), stain, size, total_epochs, seed, resolved,
-                   fingerprint, config_hash)
+                   fingerprint, config_hash, inputs, target)
 
 
 def completed_info(plan: RunPlan) -> dict | None:
@@ -345,15 +356,44 @@ def _under_run_dtype_policy(train):
     return wrapper
 
 
+@dataclass
+class Prepared:
+    """A run ready to fit: everything validated and loaded before the run folder is touched (lifecycle step 3)."""
+
+    files: RunFiles  # where this attempt writes: the run folder, or its staging folder for a retrain
+    retrain: bool
+    strategy: object
+    chief: bool
+    images: np.ndarray
+    state: dict | None  # the resume state, None for a fresh start
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    ds_train: object
+    ds_val: object
+    class_weight: dict | None
+    augment_in_data: bool
+    timings: dict
+
+
+@dataclass
+class Fitted:
+    """What fitting left: the state (history, best epoch), the model in memory (None when nothing was left to fit)
+    and the best epoch's weights when this process saw that epoch."""
+
+    state: dict
+    net: object
+    best_weights: list | None
+
+
 @_under_run_dtype_policy
 def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "none", image_size: int = 0,
-              epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, callbacks: list | None = None) -> dict:
-    """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json."""
-    import keras
+              epochs: int = 0, seed: int = 0, fold: int = 0, force: bool = False, callbacks: list | None = None,
+              inputs: Inputs | None = None) -> dict:
+    """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json.
 
-    plan = plan_run(exp_dir, model, cfg, stain, image_size, epochs, seed, fold)
-    exp_dir, spec, frame, run_id = plan.exp_dir, plan.spec, plan.frame, plan.run_id
-    size, total_epochs = plan.size, plan.total_epochs
+    Plan (:func:`plan_run`), skip when finished, prepare (:func:`_prepare`: validate and load, nothing written), fit
+    (:func:`_fit`), finish (:func:`_finish`: predict, write, commit). ``inputs``: the experiment's loaded inputs."""
+    plan = plan_run(exp_dir, model, cfg, stain, image_size, epochs, seed, fold, inputs)
     _recover_swap(plan.files)
     if not force:
         info = completed_info(plan)
@@ -361,114 +401,147 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             _remove_leftovers(plan.files)
             if staging_files(plan.files).dir.exists():  # a retrain to a hash that is no longer wanted
                 shutil.rmtree(staging_files(plan.files).dir)
-            merge_predictions(exp_dir)
-            print(f"{run_id}: up to date (config {plan.config_hash})", flush=True)
+            merge_predictions(plan.exp_dir)
+            print(f"{plan.run_id}: up to date (config {plan.config_hash})", flush=True)
             return info
+    prepared = _prepare(plan, cfg, force)
+    fitted = _fit(plan, prepared, cfg, callbacks)
+    if not prepared.chief:  # the chief predicts every image and writes the run; this worker is done
+        resolver = prepared.strategy.cluster_resolver
+        print(f"{plan.run_id}: worker {resolver.task_type} {resolver.task_id} finished training; the chief writes the run",
+              flush=True)
+        return {"run_id": plan.run_id, "status": "worker", "config_hash": plan.config_hash}
+    return _finish(plan, prepared, fitted, cfg)
 
-    # A retrain of a finished run trains into a staging folder; the finished run is replaced only when the new
-    # run.json commits (an interrupted retrain leaves the old model, run.json and rows exactly as they were).
+
+def _prepare(plan: RunPlan, cfg: TrainConfig, force: bool) -> Prepared:
+    """Validate: weights, the distribution strategy, the decoded images, the resume state and the datasets, all
+    before anything of the run changes. A retrain of a finished run trains into a staging folder; the finished run is
+    replaced only when the new run.json commits (an interrupted retrain leaves it exactly as it was)."""
     retrain = _is_finished(plan.files)
     files = staging_files(plan.files) if retrain else plan.files
-    # -- validate: everything below can fail without touching the run folder ---------------------------
-    check_weights_available([spec], cfg.weights)
+    check_weights_available([plan.spec], cfg.weights)
     if cfg.weights not in ("imagenet", "none"):  # validated: now remember its digest, so the next plan need not re-hash
-        cached_digest(cfg.weights, Catalog(exp_dir).weights_digests)
+        cached_digest(cfg.weights, Catalog(plan.exp_dir).weights_digests)
     # First TensorFlow work of the run: MultiWorkerMirroredStrategy must exist before any other op.
     strategy = make_strategy(cfg.strategy)
     chief = is_chief(strategy)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    images = load_images(exp_dir, data_root_of(exp_dir), frame, size, cfg.resize, stain, write_cache=chief)
+    images = load_images(plan.exp_dir, plan.inputs.data_root(), plan.frame, plan.size, cfg.resize, plan.stain,
+                         write_cache=chief, stain_target=plan.stain_target)
     timings["load_images_s"] = time.perf_counter() - t0
     state = None if force else _resume_state(files, plan.config_hash)
-    train_idx = np.flatnonzero(frame["split"].to_numpy() == "train")
-    val_idx = np.flatnonzero(frame["split"].to_numpy() == "val")
-    labels = frame["label"].to_numpy()
+    split = plan.frame["split"].to_numpy()
+    train_idx, val_idx = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    labels = plan.frame["label"].to_numpy()
     y_train = labels[train_idx]
     # XLA cannot compile the augmentation layers (Keras would silently train without XLA): with jit_compile they
     # run in the input pipeline instead of inside the model.
     augment_in_data = cfg.augment and cfg.jit_compile
-    ds_train = make_dataset(images, y_train, cfg.batch_size, shuffle=True, seed=seed, rows=train_idx,
-                            augment=augmentation_layers(seed) if augment_in_data else None)
+    ds_train = make_dataset(images, y_train, cfg.batch_size, shuffle=True, seed=plan.seed, rows=train_idx,
+                            augment=augmentation_layers(plan.seed) if augment_in_data else None)
     ds_val = make_dataset(images, labels[val_idx], cfg.predict_batch_size, rows=val_idx)
-
-    keras.utils.set_random_seed(seed)
     class_weight = None
     if cfg.class_weights:
         counts = np.bincount(y_train, minlength=2)
         class_weight = {c: len(y_train) / (2.0 * counts[c]) for c in (0, 1)}
+    return Prepared(files, retrain, strategy, chief, images, state, train_idx, val_idx, ds_train, ds_val, class_weight,
+                    augment_in_data, timings)
 
+
+def _build(plan: RunPlan, cfg: TrainConfig, augment_in_data: bool, weights: str):
+    """The run's classifier as the recipe builds it (``weights``: the run's, or "none" for a local copy)."""
+    return build_classifier(plan.spec.name, plan.size, weights, cfg.dropout, cfg.augment and not augment_in_data,
+                            cfg.freeze_batchnorm, plan.seed, cfg.bn_momentum, cfg.unfreeze)
+
+
+def _fit(plan: RunPlan, prep: Prepared, cfg: TrainConfig, callbacks: list | None) -> Fitted:
+    """Build (or load the resume point), then act: reset or restore the run folder and fit the remaining epochs."""
+    import keras
+
+    keras.utils.set_random_seed(plan.seed)
+    files, state = prep.files, prep.state
     t0 = time.perf_counter()
-    fitted = False
     all_callbacks: list = []
-    with strategy.scope():
+    with prep.strategy.scope():
         net = None
         if state is None:
             try:
-                net = build_classifier(spec.name, size, cfg.weights, cfg.dropout, cfg.augment and not augment_in_data,
-                                       cfg.freeze_batchnorm, seed, cfg.bn_momentum, cfg.unfreeze)
+                net = _build(plan, cfg, prep.augment_in_data, cfg.weights)
             except (ValueError, OSError) as exc:
                 if cfg.weights in ("imagenet", "none"):
                     raise
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise PipelineError(f"cannot load weights {cfg.weights} into {spec.name}: {first}") from None
+                raise PipelineError(f"cannot load weights {cfg.weights} into {plan.spec.name}: {first}") from None
         elif not state.get("fit_complete"):
             net = load_classifier(files.resume(state["checkpoint_epoch"]))
         # -- act: from here on the run folder changes ------------------------------------------------------
         if state is None:
-            if chief:
+            if prep.chief:
                 _reset_run_folder(files)
             state = {"version": STATE_VERSION, "config_hash": plan.config_hash, "epochs_done": 0, "checkpoint_epoch": 0,
                      "checkpoint_time": 0.0, "best_val_accuracy": None, "best_epoch": None, "history": [],
                      "fit_complete": False}
             if cfg.warmup_epochs:
-                state["history"] = _warmup(net, ds_train, ds_val, cfg, len(train_idx))
+                state["history"] = _warmup(net, prep.ds_train, prep.ds_val, cfg, len(prep.train_idx))
             compile_classifier(net, cfg.lr_backbone, cfg.lr_head, cfg.jit_compile)
         else:
-            if chief:
+            if prep.chief:
                 _restore_resume_point(files, state)
-            how = "predicting" if state.get("fit_complete") else f"resuming after epoch {state['epochs_done']} of {total_epochs}"
-            print(f"{run_id}: {how} (last resume point)", flush=True)
+            how = ("predicting" if state.get("fit_complete")
+                   else f"resuming after epoch {state['epochs_done']} of {plan.total_epochs}")
+            print(f"{plan.run_id}: {how} (last resume point)", flush=True)
         if net is not None:
+            multiworker = is_multiworker(prep.strategy)
             net.run_eagerly = cfg.run_eagerly
-            all_callbacks = _epoch_callbacks(files, state, len(train_idx), cfg.batch_size, total_epochs,
-                                             cfg.checkpoint_seconds, chief, is_multiworker(strategy), run_id) + list(callbacks or [])
+            all_callbacks = _epoch_callbacks(files, state, len(prep.train_idx), cfg.batch_size, plan.total_epochs,
+                                             cfg.checkpoint_seconds, prep.chief, multiworker, plan.run_id) + list(callbacks or [])
             if cfg.early_stopping_patience:
                 all_callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping_patience, mode="max"))
-            if is_multiworker(strategy):
+            if multiworker:
                 prepare_multiworker_fit(net)
-            fitted = True
-            net.fit(ds_train, validation_data=ds_val, epochs=total_epochs, initial_epoch=state["epochs_done"],
-                    verbose=0, callbacks=all_callbacks, class_weight=class_weight, shuffle=False)
+            net.fit(prep.ds_train, validation_data=prep.ds_val, epochs=plan.total_epochs, initial_epoch=state["epochs_done"],
+                    verbose=0, callbacks=all_callbacks, class_weight=prep.class_weight, shuffle=False)
             if not state.get("fit_complete"):  # early stopping ended it before the last epoch
                 state["fit_complete"] = True
-                if chief:
+                if prep.chief:
                     write_json(state, files.state)
-    timings["train_s"] = time.perf_counter() - t0
+    prep.timings["train_s"] = time.perf_counter() - t0
+    best_weights = getattr(all_callbacks[0], "best_weights", None) if net is not None else None
+    return Fitted(state, net, best_weights)
 
-    if not chief:  # the chief predicts every image and writes the run; this worker is done
-        print(f"{run_id}: worker {strategy.cluster_resolver.task_type} {strategy.cluster_resolver.task_id} finished "
-              f"training; the chief writes the run", flush=True)
-        return {"run_id": run_id, "status": "worker", "config_hash": plan.config_hash}
-    t0 = time.perf_counter()
-    best_weights = getattr(all_callbacks[0], "best_weights", None) if fitted else None
-    if best_weights is not None and is_multiworker(strategy):
+
+def _best_model(plan: RunPlan, prep: Prepared, fitted: Fitted, cfg: TrainConfig):
+    """The best epoch's model: from memory when this process saw it, else the checkpoint on disk."""
+    if fitted.best_weights is not None and is_multiworker(prep.strategy):
         # A model built under MultiWorkerMirroredStrategy predicts only this worker's shard: predict with a
         # local copy instead, so the chief scores every val/test image.
-        best = build_classifier(spec.name, size, "none", cfg.dropout, cfg.augment and not augment_in_data,
-                                cfg.freeze_batchnorm, seed, cfg.bn_momentum, cfg.unfreeze)
-        best.set_weights(best_weights)
-    elif best_weights is not None:
-        net.set_weights(best_weights)
-        best = net
-    else:  # resumed after the best epoch, or nothing left to fit: the checkpoint on disk is the best model
-        best = load_classifier(files.model)
-        best.run_eagerly = cfg.run_eagerly
+        best = _build(plan, cfg, prep.augment_in_data, "none")
+        best.set_weights(fitted.best_weights)
+        return best
+    if fitted.best_weights is not None:
+        fitted.net.set_weights(fitted.best_weights)
+        return fitted.net
+    best = load_classifier(prep.files.model)  # resumed after the best epoch, or nothing left to fit
+    best.run_eagerly = cfg.run_eagerly
+    return best
+
+
+def _finish(plan: RunPlan, prep: Prepared, fitted: Fitted, cfg: TrainConfig) -> dict:
+    """Predict val/test with the best model; write features, the run's predictions and run.json (the commit); swap a
+    staged retrain into place; remove the resume state; merge the experiment's predictions."""
+    import keras
+
+    files, state, timings, frame, run_id = prep.files, fitted.state, prep.timings, plan.frame, plan.run_id
+    t0 = time.perf_counter()
+    best = _best_model(plan, prep, fitted, cfg)
     eval_mask = frame["split"].isin(["val", "test"]).to_numpy()
     eval_frame = frame[eval_mask].reset_index(drop=True)
+    train_idx = prep.train_idx
     # Training images' features too: the neighbours stage searches them for each val/test image's nearest ones.
     (probs, feats), (_, train_feats) = predict_with_features(
-        best, (images, np.flatnonzero(eval_mask)), cfg.predict_batch_size, (images, train_idx))
+        best, (prep.images, np.flatnonzero(eval_mask)), cfg.predict_batch_size, (prep.images, train_idx))
     timings["predict_s"] = time.perf_counter() - t0  # val/test scores and every image's features
     with atomic_path(files.features, ".npz") as tmp:
         with open(tmp, "wb") as fh:
@@ -476,7 +549,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
             np.savez_compressed(fh, image_id=ids,
                                 split=np.concatenate([np.full(len(train_idx), "train"), eval_frame["split"].to_numpy()]).astype(str),
                                 features=np.concatenate([train_feats, feats]))
-    rows = make_rows(run_id, "single", spec.name, spec.family, stain, eval_frame, probs)
+    rows = make_rows(run_id, "single", plan.spec.name, plan.spec.family, plan.stain, eval_frame, probs)
     write_parquet(rows, files.predictions)
 
     accuracy = rows.assign(ok=rows["pred"] == rows["label"]).groupby("split")["ok"].mean().to_dict()
@@ -484,6 +557,7 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
     if state["best_epoch"] not in set(history["epoch"]):  # the lifecycle guarantees it; never write a run that disagrees
         raise PipelineError(f"{run_id}: best epoch {state['best_epoch']} is not in the history; re-run with --force")
     rates = history.loc[history["phase"].ne("warmup"), "images_per_s"] if "phase" in history else history["images_per_s"]
+    net = fitted.net
     info = {
         "run_id": run_id, "status": "complete", "config_hash": plan.config_hash, "resolved_config": plan.resolved,
         "data_fingerprint": plan.fingerprint, "versions": library_versions(), "best_epoch": state["best_epoch"],
@@ -494,19 +568,19 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
         "train_images_per_s": round(float(rates.iloc[1:].mean() if len(rates) > 1 else rates.mean()), 2),
         # predict_s covers the val/test scores and the training images' features (one pass each, one model)
         "predict_images_per_s": round((len(eval_frame) + len(train_idx)) / max(timings["predict_s"], 1e-9), 2),
-        "model_file": "model.keras", "model_sha256": content_digest(files.model), "family": spec.family,
-        "model": spec.name, "stain": stain, "image_size": size,
-        "mixed_precision": keras.mixed_precision.global_policy().name == MIXED_POLICY, "replicas": replicas(strategy),
+        "model_file": "model.keras", "model_sha256": content_digest(files.model), "family": plan.spec.family,
+        "model": plan.spec.name, "stain": plan.stain, "image_size": plan.size,
+        "mixed_precision": keras.mixed_precision.global_policy().name == MIXED_POLICY, "replicas": replicas(prep.strategy),
         "strategy": cfg.strategy, "xla": bool(net.jit_compile) if net is not None else bool(cfg.jit_compile),
         # where it trained: the host and the device its worker was given ("GPU 1"; "CPU" without one)
         **{k: v for k, v in place().items() if k in ("node", "device")},
     }
     write_json(info, files.info)  # the commit of a finished run
-    if retrain:
+    if prep.retrain:
         _commit_staged(plan.files, files)
         files = plan.files
     _remove_leftovers(files)
-    merge_predictions(exp_dir)
+    merge_predictions(plan.exp_dir)
     print(f"{run_id}: val acc {info['val_accuracy']:.3f}, test acc {info['test_accuracy']:.3f}, best epoch {info['best_epoch']}, "
           f"train {timings['train_s']:.0f}s ({info['train_images_per_s']} img/s)", flush=True)
     return info
