@@ -203,7 +203,7 @@ def nearest_same_patient(exp, run: str) -> pd.Series:
         return pd.Series(dtype=bool)
     try:
         return _nearest_same_patient(str(path), stamp, run)
-    except Exception:  # noqa: BLE001 - a corrupt file is reported by Experiment.neighbours(); colour nothing
+    except (OSError, ValueError, PipelineError):  # a corrupt file is reported by Experiment.neighbours(); colour nothing
         return pd.Series(dtype=bool)
 
 

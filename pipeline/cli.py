@@ -199,6 +199,8 @@ def cmd_gradcam(args) -> None:
     from pipeline.config import GradcamConfig
     from pipeline.stages.gradcam import run_gradcam, save_panel
 
+    if args.panel and args.image:
+        raise PipelineError("--panel draws cached maps and --image computes new ones: run them as two commands")
     if args.panel:
         out = save_panel(args.dir, args.panel, args.method, args.out)
         print(f"wrote {out}")
@@ -206,14 +208,21 @@ def cmd_gradcam(args) -> None:
     from pipeline.stages.gradcam import check_completed_runs
 
     check_completed_runs(args.dir, args.runs or [])
+    cfg = GradcamConfig(methods=[args.method], split=args.split, max_images=args.max_images, target=args.target)
     if args.image:  # checked and recorded before TensorFlow starts: a wrong id costs nothing
-        from pipeline.artifacts.gradcam_requests import add_requests, check_explainable
+        from pipeline.artifacts.gradcam_requests import add_requests, check_explainable, recorded_settings
         from pipeline.artifacts.predictions import load_predictions
+        from pipeline.config import section_from_dict
 
         check_explainable(args.image, load_predictions(args.dir), args.dir)
+        recorded = recorded_settings(args.dir)
+        if recorded:  # the preset's own settings: only the asked-for images are new work (see recorded_settings)
+            cfg = section_from_dict("gradcam", recorded)
+            cfg.methods = [args.method]
+            print(f"gradcam: the settings {os.path.basename(os.path.abspath(args.dir))}'s run recorded (split {cfg.split}, max_images "
+                  f"{cfg.max_images}, target {cfg.target}), plus {len(args.image)} requested image(s)", flush=True)
         add_requests(args.dir, args.image)
     _start_tensorflow()
-    cfg = GradcamConfig(methods=[args.method], split=args.split, max_images=args.max_images, target=args.target)
     run_gradcam(args.dir, cfg, runs=args.runs, force=args.force)
 
 

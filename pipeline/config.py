@@ -358,6 +358,14 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         raise PipelineError(f"config section '{prefix}': {exc}") from None
 
 
+def section_from_dict(name: str, raw: Any) -> Any:
+    """One validated section (``"gradcam"``) from a parsed table, with a preset's rules: a record an experiment wrote
+    (``pipeline_run.json``) is read back under the same checks as the preset it came from."""
+    section = _build(typing.get_type_hints(Config)[name], raw, name)
+    _check_limits(section, name, name)
+    return section
+
+
 def config_from_dict(raw: dict, require_data_root: bool = True) -> Config:
     """Validate a parsed TOML document into a :class:`Config` (``train`` without a preset needs no data root)."""
     from pipeline.core.model_specs import MODEL_SPECS  # local: models imports keras lazily, this stays light

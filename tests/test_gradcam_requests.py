@@ -56,21 +56,28 @@ def test_a_damaged_request_record_is_one_line(tmp_path):
 
 
 def test_an_image_asked_for_from_a_card_is_explained_and_kept(sample_patient_run, tmp_path, capsys):
-    """``gradcam DIR --image ID`` (the command a card without a map shows, issue 27) explains that image, and a later
-    run of the stage, which knows nothing of the request, keeps its maps for every run."""
+    """The card's exact command, ``gradcam DIR --image ID``, explains that image with the settings the experiment's run
+    recorded, computing only that image (the cached maps are extended, and equal a full recomputation); a later run
+    of the stage, which knows nothing of the request, keeps its maps."""
+    from pipeline.artifacts.catalog import Catalog
+    from pipeline.artifacts.experiment import load_split_frame
     from pipeline.artifacts.gradcam_cache import load_maps
+    from pipeline.artifacts.io import read_json, write_json
     from pipeline.cli import main
     from pipeline.config import GradcamConfig
     from pipeline.stages.gradcam import images_to_explain, run_gradcam
-    from pipeline.artifacts.experiment import load_split_frame
 
     exp = shutil.copytree(sample_patient_run, tmp_path / "exp")
     shutil.rmtree(exp / "gradcam", ignore_errors=True)
     cfg = GradcamConfig(max_images=1, batch_size=4, deletion_steps=4)
+    # what `run` records of its preset (the sample's run was trained stage by stage, so it has no record of its own)
+    write_json({"config": {"gradcam": {"max_images": 1, "batch_size": 4, "deletion_steps": 4}}}, Catalog(exp).pipeline_run)
+    run_gradcam(exp, cfg)  # the preset's stage: its own choice of images
     preds = load_predictions(exp)
     chosen = set(images_to_explain(load_split_frame(exp), preds, "test", 1))
+    assert set(load_maps(exp, "gradcam", "v1_b0")) == chosen
     evaluated = sorted(set(preds.loc[preds["split"].isin(["val", "test"]), "image_id"]))
-    extra = next(i for i in evaluated if i not in chosen)  # an image the stage would not explain by itself (a correct val one)
+    extra = next(i for i in evaluated if i not in chosen)  # an image the stage would not explain by itself (a correct one)
 
     # an id without a val/test prediction: one line, exit 2, nothing recorded
     assert main(["gradcam", str(exp), "--image", "SOB_B_A-14-0-40-999"]) == 2
@@ -78,11 +85,18 @@ def test_an_image_asked_for_from_a_card_is_explained_and_kept(sample_patient_run
     assert "has no val or test prediction" in err and len(err.strip().splitlines()) == 1
     assert not Catalog(exp).gradcam_requests.exists()
 
-    assert main(["gradcam", str(exp), "--runs", "v1_b0", "--max-images", "1", "--image", extra]) == 0
-    assert extra in load_maps(exp, "gradcam", "v1_b0") and requested_images(exp) == [extra]
+    assert main(["gradcam", str(exp), "--image", extra]) == 0  # exactly what the Grad-CAM page shows
+    assert read_json(Catalog(exp).gradcam_run_meta("gradcam", "v1_b0"))["computed"] == 1  # only the new image
+    extended = load_maps(exp, "gradcam", "v1_b0")
+    assert set(extended) == chosen | {extra} and requested_images(exp) == [extra]
+    scores = pd.read_parquet(Catalog(exp).gradcam_run_scores("gradcam", "v1_b0")).set_index("image_id")
 
-    scores = run_gradcam(exp, cfg, runs=["v1_b0"])  # a later run of the preset, which knows nothing of it
-    for run in ("v1_b0",):
-        maps = load_maps(exp, "gradcam", run)
-        assert set(maps) == chosen | {extra} and np.isfinite(maps[extra]).all()
-    assert set(scores["image_id"]) == chosen | {extra}
+    full = run_gradcam(exp, cfg, force=True)  # the same list computed from scratch
+    again = load_maps(exp, "gradcam", "v1_b0")
+    for image_id in chosen | {extra}:  # maps are stored as uint8: equal to one step of rounding
+        np.testing.assert_allclose(extended[image_id], again[image_id], atol=1.5 / 255)
+    full = full.set_index("image_id").loc[scores.index]
+    np.testing.assert_allclose(scores["deletion_auc"], full["deletion_auc"], atol=1e-4)
+
+    run_gradcam(exp, cfg)  # a later run of the preset: up to date, and the requested map is still there
+    assert extra in load_maps(exp, "gradcam", "v1_b0")

@@ -16,7 +16,7 @@ from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog
 from pipeline.artifacts.io import file_lock, read_json, write_json
 from pipeline.core.errors import PipelineError
 
-EXPLAINABLE_SPLITS = ("val", "test")  # images with predictions of every run: Grad-CAM explains a model's decision
+EVALUATED_SPLITS = ("val", "test")  # the splits evaluate scores and the dashboard shows errors of: every run predicts them
 
 
 def requested_images(exp_dir: Path | str) -> list[str]:
@@ -34,11 +34,27 @@ def requested_images(exp_dir: Path | str) -> list[str]:
 
 def check_explainable(image_ids: list[str], preds: pd.DataFrame, exp_dir: Path | str) -> None:
     """Refuse (one line) ids that are not images with a val/test prediction in this experiment."""
-    known = set(preds.loc[preds["split"].isin(EXPLAINABLE_SPLITS), "image_id"].astype(str))
+    known = set(preds.loc[preds["split"].isin(EVALUATED_SPLITS), "image_id"].astype(str))
     unknown = [i for i in image_ids if i not in known]
     if unknown:
         raise PipelineError(f"image {unknown[0]!r} has no val or test prediction in {exp_dir}: Grad-CAM explains a "
                             "model's decision on an evaluated image")
+
+
+def recorded_settings(exp_dir: Path | str) -> dict:
+    """The ``[gradcam]`` settings the experiment's last ``run`` recorded (``pipeline_run.json``), or {} without one.
+
+    Why: ``gradcam DIR --image ID`` (the command a card without a map shows) must explain the image as the preset
+    does (its split, ``max_images``, target, deletion steps). With the command line's defaults instead (every test
+    image, ten deletion steps) one click would recompute every run's maps with other settings, and the next ``run``
+    of the preset would recompute them back."""
+    path = Catalog(exp_dir).pipeline_run
+    if not path.exists():
+        return {}
+    record = read_json(path, f"re-run `python -m pipeline run` for {exp_dir}")
+    config = record.get("config") if isinstance(record, dict) else None
+    section = config.get("gradcam") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
 
 
 def add_requests(exp_dir: Path | str, image_ids: list[str]) -> list[str]:
@@ -49,8 +65,7 @@ def add_requests(exp_dir: Path | str, image_ids: list[str]) -> list[str]:
     if bad:
         raise PipelineError(f"not an image id: {bad[0]!r} (a file stem such as SOB_M_DC-14-2523-40-001)")
     path = catalog.gradcam_requests
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):  # makes the folder, or says in one line why it cannot
         ids = sorted(set(requested_images(exp_dir)) | set(image_ids))
         write_json({"images": ids}, path)
     return ids

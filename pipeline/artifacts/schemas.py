@@ -163,7 +163,12 @@ def _all_text(col: pd.Series) -> bool:
     if isinstance(dtype, pd.ArrowDtype):
         import pyarrow as pa
 
-        return pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(dtype.pyarrow_dtype)
+        kind = dtype.pyarrow_dtype
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or getattr(pa.types, "is_string_view", bool)(kind):
+            return True
+        col = col.astype(object)  # any other Arrow type: judge its values as Python objects
     return len(col) == 0 or pd.api.types.infer_dtype(col, skipna=True) == "string"
 
 

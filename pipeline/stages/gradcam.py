@@ -11,6 +11,7 @@ Beyond the study, each map gets:
 from __future__ import annotations
 
 import time
+import zipfile
 from itertools import combinations
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 from pipeline.artifacts.catalog import GRADCAM_METHODS, Catalog, parse_run_id
 from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.gradcam_cache import load_maps
-from pipeline.artifacts.gradcam_requests import requested_images
+from pipeline.artifacts.gradcam_requests import EVALUATED_SPLITS, requested_images
 from pipeline.artifacts.io import atomic_path, read_json, read_json_object, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import load_predictions
 from pipeline.artifacts.stamps import Stamp, content_digest, up_to_date
@@ -76,13 +77,13 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
     if stale and executor is not None:  # e.g. Ray: one task per (method, run); failures reported together
         from pipeline.executors import JobFailed, Task
 
-        results = executor.map([Task(f"gradcam {job[1]} {job[2]}", _explain_run_job, (*job, True, inputs)) for job in stale])
+        results = executor.map([Task(f"gradcam {job[1]} {job[2]}", _explain_run_job, (*job, force, inputs)) for job in stale])
         failed = [(job, r.error) for job, r in zip(stale, results) if isinstance(r, JobFailed)]
         if failed:
             lines = [f"{job[1]} {job[2]}: {(str(err).strip() or type(err).__name__).splitlines()[0]}" for job, err in failed]
             raise PipelineError(f"gradcam failed for {len(failed)} run(s): " + "; ".join(lines))
     elif stale:
-        map_in_workers(_explain_run_job, [(*job, True, inputs) for job in stale], workers or cfg.workers)
+        map_in_workers(_explain_run_job, [(*job, force, inputs) for job in stale], workers or cfg.workers)
     out = []
     for method in cfg.methods:
         per_run = [catalog.gradcam_run_scores(method, r) for r in runs] + [catalog.gradcam_maps(method, r) for r in runs]
@@ -112,7 +113,6 @@ def select_images(image_ids: list[str], preds: pd.DataFrame, split: str, max_ima
     return sorted(chosen + rest)
 
 
-EVALUATED_SPLITS = ("val", "test")  # the splits evaluate scores and the dashboard shows errors of
 
 
 def images_to_explain(frame: pd.DataFrame, preds: pd.DataFrame, split: str, max_images: int = 0) -> list[str]:
@@ -165,6 +165,23 @@ def explain_key(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
                         "size": info["image_size"], "target": cfg.target, "steps": cfg.deletion_steps})
 
 
+def _extendable(exp_dir: Path, catalog: Catalog, method: str, run_id: str, image_ids: list[str], cfg: GradcamConfig,
+                fold: int, inputs: Inputs) -> list[str]:
+    """The cached image ids of this (method, run) when the cache is up to date for them and they are a proper subset of
+    ``image_ids`` (same model, predictions, images and settings): only the rest needs explaining. Else []."""
+    path = catalog.gradcam_maps(method, run_id)
+    if not path.exists():
+        return []
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            cached = [str(i) for i in data["image_id"].tolist()]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return []  # unreadable: recompute everything
+    if not cached or not set(cached) < set(image_ids) or len(set(cached)) != len(cached):
+        return []
+    return cached if _explained(catalog, method, run_id, explain_key(exp_dir, method, run_id, cached, cfg, fold, inputs)) else []
+
+
 def _explained(catalog: Catalog, method: str, run_id: str, key: str) -> bool:
     paths = (catalog.gradcam_maps(method, run_id), catalog.gradcam_run_meta(method, run_id), catalog.gradcam_run_scores(method, run_id))
     return all(p.exists() for p in paths) and read_json(paths[1]).get("key") == key
@@ -189,8 +206,13 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     from pipeline.ml.explain import compute_maps, deletion_auc
     from pipeline.ml.models import GRADCAM_LAYER, load_classifier
 
+    # maps of a smaller, otherwise identical list already cached (images asked for with `--image`): explain only the
+    # new images and merge. Each image's map and deletion curve depend on that image alone (inference mode), so the
+    # merged cache equals a full recomputation (tests/test_gradcam_requests.py compares them).
+    done = [] if force else _extendable(exp_dir, catalog, method, run_id, image_ids, cfg, fold, inputs)
+    todo = [i for i in image_ids if i not in set(done)]
     info = read_json_object(files.info)
-    part = inputs.split_frame(fold).set_index("image_id").loc[image_ids].reset_index()
+    part = inputs.split_frame(fold).set_index("image_id").loc[todo].reset_index()
     model = load_classifier(files.model)
     grid = model.get_layer(GRADCAM_LAYER).output.shape[1]
     if grid is not None and grid < 2:
@@ -199,22 +221,30 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     stain = info["stain"]
     images = np.asarray(load_images(exp_dir, inputs.data_root(), part, info["image_size"], info["resolved_config"]["train"]["resize"],
                                     stain, stain_target=inputs.stain_target(stain) if stain != "none" else None))
-    run_preds = read_parquet(files.predictions).set_index("image_id").loc[image_ids]
+    run_preds = read_parquet(files.predictions).set_index("image_id").loc[todo]
     classes = (part["label"].to_numpy() if cfg.target == "true" else run_preds["pred"].to_numpy()).astype(int)
     start = time.perf_counter()
     maps = compute_maps(model, images, classes, method, cfg.batch_size)
     seconds = time.perf_counter() - start
     deletion = deletion_auc(model, images, maps, classes, cfg.deletion_steps)
     prob_m = run_preds["prob_malignant"].to_numpy()
-    scores = pd.DataFrame({"method": method, "run_id": run_id, "image_id": image_ids, "target_class": classes,
+    scores = pd.DataFrame({"method": method, "run_id": run_id, "image_id": todo, "target_class": classes,
                            "prob_target": np.where(classes == 1, prob_m, 1 - prob_m), "deletion_auc": deletion})
+    stored = (maps * 255).round().astype(np.uint8)
+    if done:
+        with np.load(target, allow_pickle=False) as old:
+            stored = np.concatenate([old["maps"], stored])
+        scores = pd.concat([read_parquet(scores_path)[scores.columns], scores], ignore_index=True)
+        order = pd.Index(done + todo).get_indexer(image_ids)  # back to the one sorted list every run shares
+        stored, scores = stored[order], scores.iloc[order].reset_index(drop=True)
     with atomic_path(target, ".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, image_id=np.asarray(image_ids).astype(str), maps=(maps * 255).round().astype(np.uint8))
+            np.savez_compressed(fh, image_id=np.asarray(image_ids).astype(str), maps=stored)
     write_parquet(scores, scores_path)
-    write_json({"key": key, "images": len(image_ids), "seconds": round(seconds, 2),
-                "maps_per_s": round(len(image_ids) / max(seconds, 1e-9), 2)}, meta_path)
-    print(f"gradcam {method} {run_id}: {len(image_ids)} maps, {len(image_ids) / max(seconds, 1e-9):.1f} maps/s", flush=True)
+    write_json({"key": key, "images": len(image_ids), "computed": len(todo), "seconds": round(seconds, 2),
+                "maps_per_s": round(len(todo) / max(seconds, 1e-9), 2)}, meta_path)
+    print(f"gradcam {method} {run_id}: {len(todo)} maps" + (f" (+{len(done)} cached)" if done else "")
+          + f", {len(todo) / max(seconds, 1e-9):.1f} maps/s", flush=True)
     return scores
 
 

@@ -391,8 +391,9 @@ def train_run(exp_dir: Path | str, model: str, cfg: TrainConfig, stain: str = "n
               inputs: Inputs | None = None) -> dict:
     """Train (or resume, or skip) one run and write its artifacts and predictions. Returns run.json.
 
-    Plan (:func:`plan_run`), skip when finished, prepare (:func:`_prepare`: validate and load, nothing written), fit
-    (:func:`_fit`), finish (:func:`_finish`: predict, write, commit). ``inputs``: the experiment's loaded inputs."""
+    Plan (:func:`plan_run`), skip when finished, prepare (:func:`_prepare`: validate and load; the run folder is not
+    touched, though the decode cache and weight digests may be written), fit (:func:`_fit`), finish (:func:`_finish`:
+    predict, write, commit). ``inputs``: the experiment's loaded inputs."""
     plan = plan_run(exp_dir, model, cfg, stain, image_size, epochs, seed, fold, inputs)
     _recover_swap(plan.files)
     if not force:
