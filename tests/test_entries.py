@@ -240,3 +240,26 @@ def test_the_pipeline_and_the_dashboard_load_a_table_through_the_same_entry(tmp_
             read()
         problems.append(caught.value.problem)
     assert problems == ["has pred 7 (allowed: 0, 1)"] * 2
+
+
+def test_index_saves_the_manifest_through_its_entry(demo_root, tmp_path, monkeypatch):
+    """``index`` writes the manifest with the entry's save(): a table that breaks the manifest's contract (planted:
+    label 2) is refused before anything is written, and the previous manifest, rejects and dataset.json stay."""
+    import pipeline.stages.index as index
+    from pipeline.artifacts.schemas import InvalidArtifact
+
+    exp = tmp_path / "exp"
+    index.run_index(demo_root, exp, verbose=False)
+    catalog = Catalog(exp)
+    before = {p: p.read_bytes() for p in (catalog.manifest, catalog.rejects, catalog.dataset)}
+    real = index.index_dataset
+
+    def foreign(root):
+        manifest, rejects = real(root)
+        return manifest.assign(label=manifest["label"].where(manifest.index != 0, 2)), rejects
+
+    monkeypatch.setattr(index, "index_dataset", foreign)
+    with pytest.raises(InvalidArtifact) as caught:
+        index.run_index(demo_root, exp, force=True, verbose=False)
+    assert caught.value.problem == "has label 2 (allowed: -1, 0, 1)"
+    assert {p: p.read_bytes() for p in before} == before
