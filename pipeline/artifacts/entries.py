@@ -28,6 +28,7 @@ import pandas as pd
 from pipeline.artifacts import experiment
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.io import opened_inside, parse_json, read_parquet_file, write_json, write_parquet
+from pipeline.artifacts.predictions import load_predictions
 from pipeline.artifacts.schemas import check_frame, entry_for
 from pipeline.core.errors import PipelineError
 
@@ -110,7 +111,8 @@ ENTRIES: dict[str, CatalogEntry] = {e.name: e for e in (
     CatalogEntry("dataset", "json", lambda d, _: experiment.data_root_of(d)),  # loads as the checked data root
     CatalogEntry("stain_target", "json", lambda d, method: experiment.read_stain_target(d, method), keyed=True),
     # the tables the ensemble, evaluate, neighbours and Grad-CAM stages write and the dashboard shows
-    _table("predictions"),
+    # predictions: the merged table; a missing one is the empty table (nothing trained yet), as the stages expect
+    _table("predictions", reader=lambda d, _: load_predictions(d)),
     _table("ensemble_predictions", "predictions"),
     _table("adopted_predictions", "predictions"),
     _table("metrics"),
