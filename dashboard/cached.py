@@ -19,7 +19,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.data import _read_parquet, _stamp
-from pipeline.artifacts.io import opened_inside, read_parquet_file
+from pipeline.artifacts.entries import ENTRIES
+from pipeline.artifacts.io import opened_inside
 from pipeline.core.errors import PipelineError
 from pipeline.core.sampling import decimate
 from pipeline.core.splits import leakage_report
@@ -160,7 +161,7 @@ def embedding_points(emb_path: str, emb_stamp: tuple, manifest_path: str, manife
     # only the columns drawn: the whole manifest (paths, hashes) costs ~0.1-0.3 s to read at ten times BreakHis (the
     # page validated the whole file through Experiment.manifest() before it asks for these)
     with opened_inside(Path(manifest_path).parent, manifest_path) as name:
-        manifest = read_parquet_file(name, columns=["image_id", "label", "patient_id", "magnification", "subtype"])
+        manifest = ENTRIES["manifest"].read_columns(name, ["image_id", "label", "patient_id", "magnification", "subtype"])
     points = points.merge(manifest, on="image_id", how="left")
     try:  # predictions the page could not read leave the map uncoloured by correctness, not broken
         index = _row_index(preds_path, preds_stamp) if preds_stamp else None

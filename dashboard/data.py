@@ -22,10 +22,10 @@ import streamlit as st
 from PIL import Image
 
 from pipeline.artifacts.catalog import Catalog, check_stain_method
+from pipeline.artifacts.entries import ENTRIES, entry_at
 from pipeline.artifacts.home import artifacts_root as home_artifacts_root
-from pipeline.artifacts.io import UnreadableArtifact, read_parquet_file
-from pipeline.artifacts.io import opened_inside, parse_json
-from pipeline.artifacts.schemas import InvalidArtifact, check_frame, entry_for
+from pipeline.artifacts.io import UnreadableArtifact, opened_inside
+from pipeline.artifacts.schemas import InvalidArtifact
 from pipeline.artifacts.predictions import probability_matrix
 from pipeline.core.ensemble import fit_weights
 from pipeline.core.errors import PipelineError
@@ -91,7 +91,7 @@ def source_of(path: Path) -> str | None:
     """The folder name of the experiment that ``path`` externally validates (``dataset.json``), or None."""
     try:
         with opened_inside(path, Catalog(path).dataset) as name:  # a link out of the experiment is not followed
-            record = parse_json(Path(name).read_text(encoding="utf-8"))
+            record = ENTRIES["dataset"].read(name, Catalog(path).dataset)
     except (OSError, ValueError, PipelineError):  # unreadable, a link out, not UTF-8, non-finite or too deep
         return None
     external = record.get("external") if isinstance(record, dict) else None
@@ -106,20 +106,19 @@ def _stamp(path: Path) -> tuple[float, int]:
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _read_parquet(path: str, stamp: tuple, _opened: str | None = None) -> pd.DataFrame:
-    """Read and validate against the catalog entry of the file (pipeline/artifacts/schemas.py), cached when valid.
-    ``_opened`` (not hashed): the already opened and checked file (see ``Experiment._frame``).
+    """The file read through its catalog entry (``pipeline.artifacts.entries.entry_at``: the reader and schema the
+    pipeline's stages use), cached when valid. ``_opened`` (not hashed): the already opened and checked file (see
+    ``Experiment._frame``).
     Shared, not copied: st.cache_data unpickled a fresh copy on every rerun (0.1-0.5 s for the ~0.5 M-row predictions
     at ten times BreakHis, issue 26). Pages only read these frames; pandas' copy-on-write keeps edits to a derived
     frame out of the shared one (tests/test_dashboard.py checks a page run leaves the cached frame unchanged)."""
-    frame = read_parquet_file(_opened or path)
-    entry = entry_for(path)
-    return check_frame(entry, frame, path) if entry else frame
+    return entry_at(path).read(_opened or path, path)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read_json(path: str, stamp: tuple, _opened: str | None = None) -> object:
-    with open(_opened or path, "rb") as fh:
-        return parse_json(fh.read().decode("utf-8"))
+    """A JSON record read through its catalog entry (the artifact parser: finite numbers, bounded nesting)."""
+    return entry_at(path).read(_opened or path, path)
 
 
 def _cli_dir(path: Path) -> str:
@@ -182,7 +181,7 @@ class Experiment:
             report_problem(f"{path} cannot be read ({reason}: the file is corrupt or truncated). Rewrite it.",
                            self.command(artifact, corrupt=True, **command_args))
             return None
-        except Exception as exc:  # read_parquet_file raises UnreadableArtifact with pyarrow's reason
+        except Exception as exc:  # the entry's reader raises UnreadableArtifact with pyarrow's reason
             reason = exc.reason.split(":")[0] if isinstance(exc, UnreadableArtifact) else type(exc).__name__
             report_problem(f"{path} cannot be read ({reason}: the file is corrupt or truncated). Rewrite it.",
                            self.command(artifact, corrupt=True, **command_args))

@@ -149,7 +149,8 @@ def _train(call: StageCall) -> None:
 def _ensemble(call: StageCall) -> None:
     from pipeline.stages.ensemble import run_ensembles
 
-    run_ensembles(call.out, call.cfg.ensemble, seed=call.cfg.experiment.seed, force="ensemble" in call.forced)
+    run_ensembles(call.out, call.cfg.ensemble, seed=call.cfg.experiment.seed, force="ensemble" in call.forced,
+                  inputs=call.inputs)
 
 
 def _neighbours(call: StageCall) -> None:

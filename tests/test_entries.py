@@ -192,3 +192,74 @@ def test_inputs_notice_a_file_replaced_behind_them(demo_experiment, tmp_path):
     changed = first.assign(split=np.where(first["split"] == "val", "test", first["split"]))
     write_parquet(changed, Catalog(exp).split)
     assert (inputs.split()["split"] == "val").sum() == 0 and (first["split"] == "val").sum() > 0
+
+
+def test_the_dashboard_reads_catalog_files_only_through_the_entries():
+    """No dashboard or page module reads a parquet or JSON artifact by itself: the readers and the schema check
+    are reached only through pipeline/artifacts/entries.py (checked on the source, like tests/test_layers.py)."""
+    import ast
+
+    from conftest import PROJECT_ROOT
+
+    readers = {"check_frame", "read_parquet_file", "read_parquet", "parse_json", "read_json", "read_json_object"}
+    bad = []
+    for path in sorted(p for folder in ("dashboard", "pages") for p in (PROJECT_ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
+                bad += [f"{path.name} imports {a.name}" for a in node.names if a.name in readers]
+            if isinstance(node, ast.Attribute) and node.attr in ("read_parquet", "loads", "load") and \
+                    isinstance(node.value, ast.Name) and node.value.id in ("pd", "json", "pq"):
+                bad.append(f"{path.name}:{node.lineno} calls {node.value.id}.{node.attr}")
+    assert not bad, bad
+
+
+def test_the_pipeline_and_the_dashboard_load_a_table_through_the_same_entry(tmp_path):
+    """One predictions file, read by the pipeline's entry and by the dashboard's cached reader: a valid one gives the
+    file's own rows to both; one with a prediction out of contract is refused by both with the same problem."""
+    from dashboard.data import _read_parquet, _stamp
+    from pipeline.artifacts.entries import ENTRIES
+    from pipeline.artifacts.schemas import InvalidArtifact
+
+    manifest = _manifest(4, 2)
+    prob = np.linspace(0.1, 0.9, len(manifest))
+    preds = pd.DataFrame({"run_id": "v1_b0", "kind": "single", "model": "efficientnet_b0", "family": "v1", "stain": "none",
+                          "image_id": manifest["image_id"], "split": "test", "label": manifest["label"],
+                          "prob_malignant": prob, "pred": (prob >= 0.5).astype(int)})
+    catalog = Catalog(tmp_path / "exp")
+    catalog.root.mkdir()
+    path = catalog.predictions
+    preds.to_parquet(path, index=False)
+    pd.testing.assert_frame_equal(ENTRIES["predictions"].load(catalog), preds)
+    pd.testing.assert_frame_equal(_read_parquet(str(path), _stamp(path)), preds)
+
+    preds.loc[3, "pred"] = 7  # planted: a prediction is 0 or 1
+    preds.to_parquet(path, index=False)
+    problems = []
+    for read in (lambda: ENTRIES["predictions"].load(catalog), lambda: _read_parquet(str(path), _stamp(path))):
+        with pytest.raises(InvalidArtifact) as caught:
+            read()
+        problems.append(caught.value.problem)
+    assert problems == ["has pred 7 (allowed: 0, 1)"] * 2
+
+
+def test_index_saves_the_manifest_through_its_entry(demo_root, tmp_path, monkeypatch):
+    """``index`` writes the manifest with the entry's save(): a table that breaks the manifest's contract (planted:
+    label 2) is refused before anything is written, and the previous manifest, rejects and dataset.json stay."""
+    import pipeline.stages.index as index
+    from pipeline.artifacts.schemas import InvalidArtifact
+
+    exp = tmp_path / "exp"
+    index.run_index(demo_root, exp, verbose=False)
+    catalog = Catalog(exp)
+    before = {p: p.read_bytes() for p in (catalog.manifest, catalog.rejects, catalog.dataset)}
+    real = index.index_dataset
+
+    def foreign(root):
+        manifest, rejects = real(root)
+        return manifest.assign(label=manifest["label"].where(manifest.index != 0, 2)), rejects
+
+    monkeypatch.setattr(index, "index_dataset", foreign)
+    with pytest.raises(InvalidArtifact) as caught:
+        index.run_index(demo_root, exp, force=True, verbose=False)
+    assert caught.value.problem == "has label 2 (allowed: -1, 0, 1)"
+    assert {p: p.read_bytes() for p in before} == before

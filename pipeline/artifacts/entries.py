@@ -11,6 +11,9 @@ file is unchanged (same inode, size and mtime: a stage that rewrites it, or anyo
 ``stat``, never a read), and the runner drops what a stage declares it writes
 (:mod:`pipeline.stages.declarations`) after that stage. A stage called on its own (a CLI subcommand) builds its
 own :class:`Inputs`: the same load -> body -> save path, just not shared.
+
+The dashboard reads through the same entries (:func:`entry_at` -> :meth:`CatalogEntry.read`, inside its own
+``opened_inside`` and Streamlit caches): one reader and one schema per file, whoever reads it.
 """
 
 from __future__ import annotations
@@ -24,29 +27,69 @@ import pandas as pd
 
 from pipeline.artifacts import experiment
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.io import write_json, write_parquet
-from pipeline.artifacts.schemas import check_frame
+from pipeline.artifacts.io import opened_inside, parse_json, read_parquet_file, write_json, write_parquet
+from pipeline.artifacts.predictions import load_predictions
+from pipeline.artifacts.schemas import check_frame, entry_for
 from pipeline.core.errors import PipelineError
 
 
 @dataclass(frozen=True)
 class CatalogEntry:
     """One artifact: where it lives (``Catalog.<name>``, or ``Catalog.<name>(key)`` for keyed entries such as a
-    stain method's target), how it is read and checked, and how it is written."""
+    stain method's target; ``locate`` when the catalog names it otherwise), how one opened file of it is read and
+    checked (:meth:`read`: the pipeline's stages and the dashboard's cached loaders both go through it), and how
+    it is written (:meth:`save`)."""
 
     name: str
     format: str  # "parquet" | "json"
-    reader: Callable[[Path, Any], Any]  # (experiment folder, key) -> the checked value (the experiment module's loaders)
+    # (experiment folder, key) -> the checked value: the experiment module's loaders, which add the stages' own
+    # checks (a manifest path never leaves the data root, a split value is known, ...). None: :meth:`read` it.
+    reader: Callable[[Path, Any], Any] | None = None
     keyed: bool = False
-    schema: str | None = None  # pipeline.artifacts.schemas entry checked before save()
+    schema: str | None = None  # pipeline.artifacts.schemas entry checked by read() and before save()
+    locate: Callable[[Catalog, Any], Path] | None = None
 
     def path(self, catalog: Catalog, key: Any = None) -> Path:
+        if self.locate is not None:
+            return self.locate(catalog, key)
         where = getattr(catalog, self.name)
         return where(key) if self.keyed else where
 
+    def read(self, opened: str | Path, path: Path | str | None = None, exp_dir: Path | str | None = None) -> Any:
+        """The value of one file, read through the handle ``opened`` (``opened_inside``'s name of the checked file,
+        or the path itself); ``path`` is how messages name it.
+
+        Parquet: the single-handle reader, then the entry's schema (:func:`~pipeline.artifacts.schemas.check_frame`):
+        an unreadable file is :class:`~pipeline.artifacts.io.UnreadableArtifact`, a readable one that breaks the
+        contract :class:`~pipeline.artifacts.schemas.InvalidArtifact`. JSON: the artifact parser
+        (:func:`~pipeline.artifacts.io.parse_json`: finite numbers, bounded nesting); its ``OSError``/``ValueError``
+        is left to the caller, which words it (the dashboard names the file and the command that rewrites it).
+        """
+        named = Path(path if path is not None else opened)
+        if self.format == "parquet":
+            frame = read_parquet_file(opened)
+            return check_frame(self.schema, frame, named, exp_dir) if self.schema else frame
+        with open(opened, "rb") as fh:
+            return parse_json(fh.read().decode("utf-8"))
+
+    def read_columns(self, opened: str | Path, columns: list[str]) -> pd.DataFrame:
+        """Only ``columns`` of a table the caller has already :meth:`read` whole (validated then): a projection, read
+        through the same single-handle reader and not re-checked (the embedding map reads 5 of the manifest's columns)."""
+        return read_parquet_file(opened, columns=columns)
+
+    def load_from(self, exp_dir: Path | str, key: Any = None) -> Any:
+        """The checked value of the experiment at ``exp_dir`` (as the user named it: messages repeat it): the
+        entry's stage loader, else its file opened once inside the folder and :meth:`read`."""
+        if self.reader is not None:
+            return self.reader(Path(exp_dir), key)
+        catalog = Catalog(Path(exp_dir))
+        path = self.path(catalog, key)
+        with opened_inside(catalog.root, path) as name:  # a file that is a link leading out is not read
+            return self.read(name, path, exp_dir)
+
     def load(self, catalog: Catalog, key: Any = None) -> Any:
-        """The checked value; a missing or foreign file is the reader's one-line PipelineError."""
-        return self.reader(catalog.root, key)
+        """The checked value; a missing or foreign file is a one-line PipelineError."""
+        return self.load_from(catalog.root, key)
 
     def save(self, catalog: Catalog, value: Any, key: Any = None) -> Path:
         """Validate ``value`` against the entry's schema, then write it atomically (nothing is replaced on a bad value)."""
@@ -58,12 +101,51 @@ class CatalogEntry:
         return write_json(value, path)
 
 
+def _table(name: str, schema: str | None = None, **kw: Any) -> CatalogEntry:
+    return CatalogEntry(name, "parquet", schema=schema or name, **kw)
+
+
 ENTRIES: dict[str, CatalogEntry] = {e.name: e for e in (
     CatalogEntry("manifest", "parquet", lambda d, _: experiment.load_manifest(d), schema="manifest"),
     CatalogEntry("split", "parquet", lambda d, _: experiment.load_split(d), schema="split"),
     CatalogEntry("dataset", "json", lambda d, _: experiment.data_root_of(d)),  # loads as the checked data root
     CatalogEntry("stain_target", "json", lambda d, method: experiment.read_stain_target(d, method), keyed=True),
+    # the tables the ensemble, evaluate, neighbours and Grad-CAM stages write and the dashboard shows
+    # predictions: the merged table; a missing one is the empty table (nothing trained yet), as the stages expect
+    _table("predictions", reader=lambda d, _: load_predictions(d)),
+    _table("ensemble_predictions", "predictions"),
+    _table("adopted_predictions", "predictions"),
+    _table("metrics"),
+    _table("subsets"),
+    _table("embedding"),
+    _table("neighbours"),
+    _table("history", keyed=True, locate=lambda c, run_id: c.run(run_id).history),
+    _table("gradcam_scores", keyed=True),
+    # records
+    CatalogEntry("ensembles", "json"),
+    CatalogEntry("pipeline_run", "json"),
+    CatalogEntry("run_info", "json", keyed=True, locate=lambda c, run_id: c.run(run_id).info),
 )}
+
+# Files with no entry of their own (a parquet or JSON the dashboard is pointed at outside the table): read as files,
+# with no schema.
+PARQUET_FILE = CatalogEntry("parquet file", "parquet")
+JSON_FILE = CatalogEntry("JSON file", "json")
+
+
+def entry_at(path: Path | str) -> CatalogEntry:
+    """The entry of a catalog file, by its name (the dashboard's caches are keyed by path): its schema is the one
+    :func:`pipeline.artifacts.schemas.entry_for` names, so a file is checked the same way whoever reads it."""
+    schema = entry_for(path)
+    if schema is not None:
+        return ENTRIES[schema]
+    if Path(path).suffix != ".json":
+        return PARQUET_FILE
+    return ENTRIES.get(_RECORDS.get(Path(path).name, ""), JSON_FILE)
+
+
+_RECORDS = {"dataset.json": "dataset", "ensembles.json": "ensembles", "pipeline_run.json": "pipeline_run",
+            "run.json": "run_info", "target.json": "stain_target"}
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:
@@ -109,7 +191,7 @@ class Inputs:
         if held is not None and stat is not None and held[0] == stat:
             value = held[1]
         else:
-            value = entry.reader(self.exp_dir, key)  # the folder as given: error messages name it as the user did
+            value = entry.load_from(self.exp_dir, key)  # the folder as given: error messages name it as the user did
             if stat is not None and _stat(path) == stat:  # unchanged while it was read: safe to keep
                 self._memo[(name, key)] = (stat, value)
             else:

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
-from pipeline.artifacts.io import atomic_path, read_parquet, write_json, write_parquet
-from pipeline.artifacts.predictions import (ensemble_rows, load_predictions, member_groups, member_runs, merge_predictions,
+from pipeline.artifacts.entries import Inputs
+from pipeline.artifacts.io import atomic_path, write_json, write_parquet
+from pipeline.artifacts.predictions import (ensemble_rows, member_groups, member_runs, merge_predictions,
                                             probability_matrix, stacking_rows)
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import EnsembleConfig
@@ -27,8 +28,12 @@ from pipeline.core.errors import PipelineError
 ENSEMBLE_VERSION = 3  # 2: exact weights and stacking meta-models saved (``predict`` re-applies them); 3: inner hold-out by patient
 
 
-def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), seed: int = 0, force: bool = False) -> pd.DataFrame:
+def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), seed: int = 0, force: bool = False,
+                  inputs: Inputs | None = None) -> pd.DataFrame:
     """Every ensemble of the trained members; skipped when the members' predictions, features and settings are unchanged.
+
+    ``inputs``: the experiment's loaded inputs (the runner's; a CLI call builds its own): the merged predictions
+    and, when up to date, the ensembles' own rows are loaded through their catalog entries.
 
     Validate, then act: every member's predictions and (for stacking) features are read and checked, and every
     ensemble is computed in memory, before ``ensemble_predictions.parquet``, ``subsets.parquet`` and
@@ -36,18 +41,19 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
     """
     exp_dir = Path(exp_dir)
     catalog = Catalog(exp_dir)
+    inputs = inputs if inputs is not None else Inputs(exp_dir)
     start = time.perf_counter()
     merge_predictions(exp_dir)
-    preds = load_predictions(exp_dir)
+    preds = inputs.load("predictions")  # the merge above rewrote it, or not: Inputs notices either way
     members = member_runs(preds)
     if len(members) < 2:
         raise PipelineError(f"ensembles need at least 2 trained single-model runs, found {members}; run `train` first")
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "enabled"}
-    inputs = [catalog.run(m).predictions for m in members] + ([catalog.run(m).features for m in members] if cfg.stacking else [])
+    stamp_inputs = [catalog.run(m).predictions for m in members] + ([catalog.run(m).features for m in members] if cfg.stacking else [])
     stamp = Stamp(catalog, "ensemble", {"version": ENSEMBLE_VERSION, "settings": settings, "seed": seed, "members": members},
-                  inputs=inputs)
+                  inputs=stamp_inputs)
     if not force and stamp.is_current() and catalog.ensemble_predictions.exists():
-        done = read_parquet(catalog.ensemble_predictions)
+        done = inputs.load("ensemble_predictions")
         up_to_date("ensemble", f"{done['run_id'].nunique()} ensembles of {len(members)} members")
         return done
     # -- validate and compute everything in memory ------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Iterator
 import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
+from pipeline.artifacts.entries import ENTRIES
 from pipeline.artifacts.io import ensure_dir, read_parquet, write_json, write_parquet
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.core.breakhis import folder_disagreement, parse_file_name
@@ -218,7 +219,7 @@ def run_index(data_root: Path | str, out_dir: Path | str, synthetic: bool | None
             f"folders; nothing in {catalog.root} was changed"
         )
     ensure_dir(out_dir, "experiment folder")
-    write_parquet(manifest, catalog.manifest)
+    ENTRIES["manifest"].save(catalog, manifest)  # checked against its entry first: a foreign table is never written
     write_parquet(rejects, catalog.rejects)
     write_json({"data_root": str(data_root), "synthetic": synthetic,
                 "synthetic_marker": str(marker) if marker else None, "images": len(manifest),

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog
-from pipeline.artifacts.experiment import load_split_frame, require_stain_target
+from pipeline.artifacts.entries import Inputs
 from pipeline.artifacts.io import atomic_path, ensure_dir, read_json, read_json_object, read_parquet, write_json, write_parquet
 from pipeline.artifacts.predictions import completed_runs, ensemble_rows, load_predictions, make_rows, merge_predictions
 from pipeline.artifacts.stamps import Stamp, up_to_date
@@ -198,10 +198,11 @@ def run_predict(source: Path | str, data_root: Path | str, out: Path | str, labe
     check_folders(source, out, data_root)
     runs = trained_runs(source)
     catalog = Catalog(out)
-    _write_inputs(source, data_root, out, labels_file, force)
-    frame = load_split_frame(out)
+    inputs, source_inputs = Inputs(out), Inputs(source)  # each file of either experiment read once, through its entry
+    _write_inputs(source, data_root, out, labels_file, force, inputs)
+    frame = inputs.split_frame()
     for run_id in runs:
-        _score_run(source, out, data_root, run_id, frame, batch_size, force)
+        _score_run(source, out, data_root, run_id, frame, batch_size, force, source_inputs)
     _score_ensembles(source, out, runs, force)
     merge_predictions(out)
     labelled = bool((frame["label"] != NO_LABEL).all())
@@ -209,30 +210,33 @@ def run_predict(source: Path | str, data_root: Path | str, out: Path | str, labe
         from pipeline.config import EvaluateConfig
         from pipeline.stages.evaluate import run_evaluate
 
-        run_evaluate(out, EvaluateConfig(bootstrap=bootstrap), seed=seed, force=force)
+        run_evaluate(out, EvaluateConfig(bootstrap=bootstrap), seed=seed, force=force, inputs=inputs)
     elif not labelled:
         catalog.metrics.unlink(missing_ok=True)  # no labels: no metrics (never stale ones from an earlier labelled run)
         catalog.metrics_info.unlink(missing_ok=True)
-    return load_predictions(out)
+    return inputs.load("predictions")
 
 
-def _write_inputs(source: Path, data_root: Path, out: Path, labels_file: Path | None, force: bool) -> None:
-    """manifest, rejects, dataset.json (with the source experiment) and the all-``external`` split; skipped when unchanged."""
+def _write_inputs(source: Path, data_root: Path, out: Path, labels_file: Path | None, force: bool,
+                  inputs: Inputs | None = None) -> None:
+    """manifest, rejects, dataset.json (with the source experiment) and the all-``external`` split; skipped when unchanged.
+    The manifest and the split are saved through their catalog entries (checked before the atomic write)."""
     catalog = Catalog(out)
+    inputs = inputs if inputs is not None else Inputs(out)
     stamp = Stamp(catalog, "predict-index", {"version": PREDICT_VERSION, "data_root": str(data_root), "source": str(source.resolve()),
                                              "labels": str(labels_file) if labels_file else None},
                   inputs=[labels_file] if labels_file else [], extra={"tree": listing_digest(data_root)})
     if not force and stamp.is_current():
-        up_to_date("predict inputs", f"{len(read_parquet(catalog.manifest))} images")
+        up_to_date("predict inputs", f"{len(inputs.manifest())} images")
         return
     start = time.perf_counter()
     manifest, rejects, layout = index_external(data_root, labels_file)
     marker = (find_synthetic_marker(data_root, find_breast_root(data_root)) if layout == "breakhis"
               else (data_root / SYNTHETIC_MARKER if (data_root / SYNTHETIC_MARKER).is_file() else None))
     ensure_dir(out, "experiment folder")
-    write_parquet(manifest, catalog.manifest)
+    inputs.save("manifest", manifest)
     write_parquet(rejects, catalog.rejects)
-    write_parquet(pd.DataFrame({"image_id": manifest["image_id"], "split": EXTERNAL_SPLIT, "fold": 0}), catalog.split)
+    inputs.save("split", pd.DataFrame({"image_id": manifest["image_id"], "split": EXTERNAL_SPLIT, "fold": 0}))
     labelled = bool((manifest["label"] != NO_LABEL).all())
     write_json({"data_root": str(data_root), "synthetic": marker is not None, "synthetic_marker": str(marker) if marker else None,
                 "images": len(manifest), "rejects": len(rejects), "seconds": round(time.perf_counter() - start, 2),
@@ -244,11 +248,13 @@ def _write_inputs(source: Path, data_root: Path, out: Path, labels_file: Path | 
     print(f"predict: {len(manifest)} images ({layout} layout, {'labelled' if labelled else 'no labels'}), {len(rejects)} rejected")
 
 
-def _prepare_stain(source: Path, out: Path, data_root: Path, method: str, frame: pd.DataFrame) -> None:
-    """Normalize the new images onto the source's recorded stain target (never a new target fitted on them)."""
+def _prepare_stain(source: Path, out: Path, data_root: Path, method: str, frame: pd.DataFrame,
+                   source_inputs: Inputs | None = None) -> dict:
+    """Normalize the new images onto the source's recorded stain target (never a new target fitted on them); returns
+    that target (now also ``out``'s)."""
     from pipeline.stages.stain import _normalize_all
 
-    target = require_stain_target(source, method)
+    target = (source_inputs if source_inputs is not None else Inputs(source)).require_stain_target(method)
     catalog = Catalog(out)
     current = read_json(catalog.stain_target(method)) if catalog.stain_target(method).exists() else None
     if current != target:  # first time, or the source was re-stained onto another target: start this method afresh
@@ -266,9 +272,11 @@ def _prepare_stain(source: Path, out: Path, data_root: Path, method: str, frame:
     if todo:
         print(f"stain {method}: {len(todo)} new images normalized onto {source.name}'s target {target.get('target_image_id')}"
               f"{f', {len(fallbacks)} fallback(s)' if fallbacks else ''}")
+    return target
 
 
-def _score_run(source: Path, out: Path, data_root: Path, run_id: str, frame: pd.DataFrame, batch_size: int, force: bool) -> None:
+def _score_run(source: Path, out: Path, data_root: Path, run_id: str, frame: pd.DataFrame, batch_size: int, force: bool,
+               source_inputs: Inputs | None = None) -> None:
     """One run of the source on every new image: predictions, pooled features, the run's record (skipped when current)."""
     from pipeline.ml.data import load_images
     from pipeline.ml.models import load_classifier
@@ -291,9 +299,8 @@ def _score_run(source: Path, out: Path, data_root: Path, run_id: str, frame: pd.
 
     quiet_tensorflow()  # only once there is work: an up-to-date rerun never starts TensorFlow
     start = time.perf_counter()
-    if stain != "none":
-        _prepare_stain(source, out, data_root, stain, frame)
-    images = load_images(out, data_root, frame, size, resize, stain)
+    target = _prepare_stain(source, out, data_root, stain, frame, source_inputs) if stain != "none" else None
+    images = load_images(out, data_root, frame, size, resize, stain, stain_target=target)
     model = load_classifier(src.model)
     model.run_eagerly = bool(train_cfg.get("run_eagerly", False))  # as the train stage predicted with it
     probs, feats = predict_with_features(model, np.asarray(images), batch_size)
