@@ -90,3 +90,15 @@ def test_the_text_check_judges_arrow_columns_by_their_values(dtype):
              "binary": pa.array([v.encode() for v in values])}[dtype]
     column = pd.Series(pd.arrays.ArrowExtensionArray(array))
     assert _all_text(column) == (dtype != "binary")  # bytes are not text; a dictionary of strings is
+
+
+def test_every_methods_grad_cam_scores_are_checked_against_their_entry(tmp_path):
+    """``gradcam/<method>/scores.parquet`` of every method has the Grad-CAM scores entry (gradcam++ and scorecam were
+    missed: only a parent folder named ``gradcam`` matched, which also caught each run's own score file)."""
+    from pipeline.artifacts.catalog import GRADCAM_METHODS, Catalog
+    from pipeline.artifacts.schemas import entry_for
+
+    catalog = Catalog(tmp_path)
+    for method in GRADCAM_METHODS:
+        assert entry_for(catalog.gradcam_scores(method)) == "gradcam_scores"
+        assert entry_for(catalog.gradcam_run_scores(method, "v1_b0")) is None

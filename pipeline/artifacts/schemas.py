@@ -233,4 +233,4 @@ def entry_for(path: Path | str) -> str | None:
             "ensemble_predictions.parquet": "predictions", "adopted_predictions.parquet": "predictions",
             "metrics.parquet": "metrics", "history.parquet": "history", "subsets.parquet": "subsets",
             "embedding.parquet": "embedding", "neighbours.parquet": "neighbours"}.get(name) or (
-        "gradcam_scores" if name.endswith(".parquet") and Path(path).parent.name == "gradcam" else None)
+        "gradcam_scores" if name == "scores.parquet" and Path(path).parent.parent.name == "gradcam" else None)  # gradcam/<method>/
