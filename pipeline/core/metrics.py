@@ -86,17 +86,24 @@ def _fast_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> np.ndarr
     fp = (~y & pred).sum(1).astype(float)
     tn = (~y & ~pred).sum(1).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        acc = (tp + tn) / y.shape[1]
+        ranks = stats.rankdata(prob, axis=1)
+        n_pos, n_neg = y.sum(1), (~y).sum(1)
+        auc = ((ranks * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return _from_counts(tp, fn, fp, tn, auc, ((prob - y) ** 2).sum(1))
+
+
+def _from_counts(tp: np.ndarray, fn: np.ndarray, fp: np.ndarray, tn: np.ndarray, auc: np.ndarray,
+                 squared: np.ndarray) -> np.ndarray:
+    """CI_METRICS from each resample's confusion counts, ROC AUC and sum of squared errors: the one place where the
+    three bootstrap paths (gathered resamples, image weights, per-patient sums) turn their sums into the metrics,
+    so they cannot drift apart (a count with no denominator gives NaN, as the reported metrics do)."""
+    total = tp + fn + fp + tn
+    with np.errstate(invalid="ignore", divide="ignore"):
         prec = tp / (tp + fp)
         rec = tp / (tp + fn)
         spec = tn / (tn + fp)
         f1 = 2 * prec * rec / (prec + rec)
-        bal = (rec + spec) / 2
-        ranks = stats.rankdata(prob, axis=1)
-        n_pos, n_neg = y.sum(1), (~y).sum(1)
-        auc = ((ranks * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-        brier = ((prob - y) ** 2).mean(1)
-    return np.stack([acc, prec, rec, spec, f1, bal, auc, brier], axis=1)
+        return np.stack([(tp + tn) / total, prec, rec, spec, f1, (rec + spec) / 2, auc, squared / total], axis=1)
 
 
 def resampled_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, samples: np.ndarray) -> dict[str, np.ndarray]:
@@ -240,17 +247,9 @@ def _patient_metrics(d: _Draws, y: np.ndarray, prob: np.ndarray, pred: np.ndarra
         credit *= 2
     np.multiply(credit, w_pos, out=credit)
     auc_sum = credit.sum(axis=0, dtype=np.float64) / 2  # exact below 2**53
-    all_ = tp + fn + fp + tn
     with np.errstate(invalid="ignore", divide="ignore"):
-        acc = (tp + tn) / all_
-        prec = tp / (tp + fp)
-        rec = tp / (tp + fn)
-        spec = tn / (tn + fp)
-        f1 = 2 * prec * rec / (prec + rec)
-        bal = (rec + spec) / 2
         auc = auc_sum / (n_pos * n_neg)
-        brier = squared / all_
-    return np.stack([acc, prec, rec, spec, f1, bal, auc, brier], axis=1)
+    return _from_counts(tp, fn, fp, tn, auc, squared)
 
 
 def _weighted_metrics(w: np.ndarray, y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -260,7 +259,6 @@ def _weighted_metrics(w: np.ndarray, y: np.ndarray, prob: np.ndarray, pred: np.n
     prob = np.asarray(prob, dtype=float)
     tp, fn = w @ (y & pred).astype(float), w @ (y & ~pred).astype(float)
     fp, tn = w @ (~y & pred).astype(float), w @ (~y & ~pred).astype(float)
-    total = tp + fn + fp + tn
     order = np.argsort(prob, kind="stable")
     sorted_prob = prob[order]
     ties = np.diff(sorted_prob) == 0
@@ -271,16 +269,8 @@ def _weighted_metrics(w: np.ndarray, y: np.ndarray, prob: np.ndarray, pred: np.n
         pos, neg = np.add.reduceat(pos, starts, axis=1), np.add.reduceat(neg, starts, axis=1)
     below = np.cumsum(neg, axis=1) - neg
     with np.errstate(invalid="ignore", divide="ignore"):
-        acc = (tp + tn) / total
-        prec = tp / (tp + fp)
-        rec = tp / (tp + fn)
-        spec = tn / (tn + fp)
-        f1 = 2 * prec * rec / (prec + rec)
-        bal = (rec + spec) / 2
-        n_pos, n_neg = pos.sum(1), neg.sum(1)
-        auc = (pos * (below + 0.5 * neg)).sum(1) / (n_pos * n_neg)
-        brier = (w @ (prob - y) ** 2) / total
-    return np.stack([acc, prec, rec, spec, f1, bal, auc, brier], axis=1)
+        auc = (pos * (below + 0.5 * neg)).sum(1) / (pos.sum(1) * neg.sum(1))
+    return _from_counts(tp, fn, fp, tn, auc, w @ (prob - y) ** 2)
 
 
 def _quantile_ci(values: np.ndarray, ci: float) -> dict[str, tuple[float, float]]:
