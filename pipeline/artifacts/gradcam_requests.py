@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.artifacts.catalog import IMAGE_ID_RE, Catalog
-from pipeline.artifacts.io import file_lock, read_json, write_json
+from pipeline.artifacts.io import file_lock, read_json, read_json_object, write_json
 from pipeline.core.errors import PipelineError
 
 EVALUATED_SPLITS = ("val", "test")  # the splits evaluate scores and the dashboard shows errors of: every run predicts them
@@ -51,8 +51,8 @@ def recorded_settings(exp_dir: Path | str) -> dict:
     path = Catalog(exp_dir).pipeline_run
     if not path.exists():
         return {}
-    record = read_json(path, f"re-run `python -m pipeline run` for {exp_dir}")
-    config = record.get("config") if isinstance(record, dict) else None
+    record = read_json_object(path, f"re-run `python -m pipeline run` for {exp_dir}")  # a list in its place: one line
+    config = record.get("config")
     section = config.get("gradcam") if isinstance(config, dict) else None
     return section if isinstance(section, dict) else {}
 

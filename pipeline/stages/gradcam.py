@@ -210,7 +210,8 @@ def explain_run(exp_dir: Path | str, method: str, run_id: str, image_ids: list[s
     # new images and merge. Each image's map and deletion curve depend on that image alone (inference mode), so the
     # merged cache equals a full recomputation (tests/test_gradcam_requests.py compares them).
     done = [] if force else _extendable(exp_dir, catalog, method, run_id, image_ids, cfg, fold, inputs)
-    todo = [i for i in image_ids if i not in set(done)]
+    cached = set(done)
+    todo = [i for i in image_ids if i not in cached]
     info = read_json_object(files.info)
     part = inputs.split_frame(fold).set_index("image_id").loc[todo].reset_index()
     model = load_classifier(files.model)
