@@ -85,7 +85,8 @@ def test_worst_errors_of_the_best_ensemble_then_a_grad_cam_panel(live, preds):
     panel = page.locator(".st-key-cam_panel")
     expect(panel).to_be_visible(timeout=30_000)
     expect(page.locator("[data-testid='stMarkdownContainer'] code").first).to_have_text(image_id)
-    assert panel.locator("img").count() == 10  # the study's 2x5 panel: every model has a map in the fixture
+    # the study's 2x5 panel: every model has a map in the fixture (the tiles arrive one by one after the panel shows)
+    expect(panel.locator("img")).to_have_count(10, timeout=30_000)
     CLICKS["worst errors -> Grad-CAM panel"] = user.n
     assert user.n <= BUDGET["worst errors -> Grad-CAM panel"]
     page.reload()  # the URL alone restores the view
