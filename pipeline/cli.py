@@ -127,16 +127,18 @@ def cmd_split(args) -> None:
         run_split(args.dir, args.mode, args.ratios, args.seed, args.group_by, args.folds, force=args.force)
 
 
-TRAIN_FLAGS = ("epochs", "batch_size", "image_size", "weights", "strategy", "warmup_epochs", "early_stopping_patience")
-
-
 def _train_overrides(args) -> list[str]:
-    """``train``'s shortcut flags as ``--set train.key=value`` overrides (applied before the explicit --set)."""
+    """``train``'s shortcut flags as ``--set train.key=value`` overrides (applied before the explicit --set).
+
+    The flags are the ``train`` rows of :data:`COMMANDS` keyed ``train.*``, read from the table rather than listed
+    again here, so a row added to the table cannot be parsed and then silently dropped."""
+    train = next(c for c in COMMANDS if c.name == "train")
     sets = []
-    for key in TRAIN_FLAGS:
-        value = getattr(args, key, None)
-        if value is not None:
-            sets.append(f"train.{key}={value}")
+    for row in train.args:
+        if row.key and row.key.startswith("train."):
+            value = getattr(args, row.options.get("dest") or row.flags[0].lstrip("-").replace("-", "_"), None)
+            if value is not None:
+                sets.append(f"{row.key}={value}")
     return sets + list(args.set or [])
 
 

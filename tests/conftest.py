@@ -92,8 +92,8 @@ def copy_experiment(src: Path, dst: Path) -> Path:
 @pytest.fixture(scope="session")
 def dashboard_artifacts(tmp_path_factory) -> Path:
     """An artifacts folder with the dashboard's synthetic ``fixture`` experiment (all ten models, every ensemble) and
-    its doctored ``hostile`` twin (tests/fixtures.py); read-only for tests (copy before changing anything)."""
-    from fixtures import build, build_hostile
+    its doctored ``hostile`` twin (tools/fixtures.py); read-only for tests (copy before changing anything)."""
+    from tools.fixtures import build, build_hostile
 
     root = tmp_path_factory.mktemp("dashboard")
     build(root)

@@ -213,7 +213,7 @@ def test_stain_verdict_in_one_click(live):
 def test_hostile_text_creates_no_image_or_link(live, dashboard_artifacts):
     from playwright.sync_api import expect
 
-    from fixtures import HOSTILE_RUN
+    from tools.fixtures import HOSTILE_RUN
 
     url, page = live
     for path in ("/images?exp=hostile&run=v1_b0&errors=0&split=test", "/?exp=hostile"):  # cards with hostile ids; the run notice

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 from conftest import PROJECT_ROOT
-from fixtures import tiny_preset
+from tools.fixtures import tiny_preset
 
 from tools.live import CHROMIUM, chromium, free_port
 

@@ -46,12 +46,23 @@ def test_errors_stay_one_line_exit_2():
             assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (name, case, err)
 
 
-def test_train_shortcut_flags_are_the_train_rows_of_the_table():
-    """``train``'s shortcut flags become ``--set train.KEY=VALUE`` (cli.TRAIN_FLAGS): exactly the rows of ``train``
-    that set a ``train.`` key, so a flag added to the table cannot be parsed and then silently dropped."""
-    from pipeline.cli import COMMANDS, TRAIN_FLAGS
+def test_every_train_shortcut_flag_reaches_the_resolved_config():
+    """``train``'s shortcut flags become ``--set train.KEY=VALUE``: each ``train.*`` row of the table, given a value
+    different from its default on the command line, is that value in the Config the run resolves (a row parsed and
+    then dropped would keep the default). The planted values are listed here, so a new row fails until it has one."""
+    from pipeline.cli import COMMANDS, build_parser, resolve_train_args
+    from pipeline.config import Config
 
+    planted = {"epochs": ("3", 3), "batch_size": ("5", 5), "image_size": ("64", 64), "weights": ("none", "none"),
+               "strategy": ("mirrored", "mirrored"), "warmup_epochs": ("2", 2), "early_stopping_patience": ("4", 4)}
     train = next(c for c in COMMANDS if c.name == "train")
-    rows = {a.key.split(".", 1)[1] for a in train.args if a.key and a.key.startswith("train.")}
-    assert rows == set(TRAIN_FLAGS)
-    assert all(a.flags[0] == "--" + a.key.split(".", 1)[1].replace("_", "-") for a in train.args if a.key and a.key.startswith("train."))
+    rows = [a for a in train.args if a.key and a.key.startswith("train.")]
+    assert {a.key.split(".", 1)[1] for a in rows} == set(planted)
+    defaults = Config().train
+    argv = ["train", "somewhere", "--model", "v1_b0"]
+    for row in rows:
+        name = row.key.split(".", 1)[1]
+        assert getattr(defaults, name) != planted[name][1], name  # else a dropped flag would pass unnoticed
+        argv += [row.flags[0], planted[name][0]]
+    cfg, _, _ = resolve_train_args(build_parser().parse_args(argv))
+    assert {name: getattr(cfg.train, name) for name in planted} == {name: value for name, (_, value) in planted.items()}

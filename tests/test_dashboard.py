@@ -1,4 +1,4 @@
-"""Dashboard pages under Streamlit's AppTest against the synthetic fixture (tests/fixtures.py): all ten models,
+"""Dashboard pages under Streamlit's AppTest against the synthetic fixture (tools/fixtures.py): all ten models,
 every ensemble the pipeline writes, a stained twin, Grad-CAM maps and a stain cache. Expected numbers are
 recomputed here from predictions.parquet with pandas/numpy, never read back from the page's own code."""
 
@@ -16,7 +16,7 @@ from pipeline.artifacts.catalog import ensemble_run_id, parse_run_id
 from pipeline.artifacts.predictions import member_runs, probability_matrix
 from pipeline.artifacts.run_names import run_aliases
 from pipeline.core.ensemble import combine
-from fixtures import MEMBERS, PATIENTS
+from tools.fixtures import MEMBERS, PATIENTS
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam", "embedding"]

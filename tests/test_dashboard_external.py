@@ -15,7 +15,7 @@ NEEDS_LABELS = {"confusion", "misclassified", "stain_comparison", "ensemble_buil
 def artifacts(tmp_path_factory, dashboard_artifacts):
     """The fixture experiment (its data root stays where it is) plus its two external validations, and an unrelated
     experiment whose name sorts between them."""
-    from fixtures import build_external
+    from tools.fixtures import build_external
 
     root = tmp_path_factory.mktemp("external_dash")
     shutil.copytree(dashboard_artifacts / "fixture", root / "artifacts" / "fixture")

@@ -1,4 +1,4 @@
-"""Issue #12, dashboard side: hostile artifacts (tests/fixtures.py build_hostile) must not make a page open a file
+"""Issue #12, dashboard side: hostile artifacts (tools/fixtures.py build_hostile) must not make a page open a file
 outside the experiment and its data root, nor render artifact text as Markdown/HTML, nor crash."""
 
 import json
@@ -12,7 +12,7 @@ import pytest
 from conftest import render_page
 from streamlit.testing.v1 import AppTest
 
-from fixtures import HOSTILE_IMAGE, HOSTILE_PATIENT, HOSTILE_RUN
+from tools.fixtures import HOSTILE_IMAGE, HOSTILE_PATIENT, HOSTILE_RUN
 
 PAGES = ["overview", "confusion", "misclassified", "stain_comparison", "ensemble_builder", "training_curves", "gradcam", "embedding"]
 OPENED: list[str] = []

@@ -1,5 +1,5 @@
 """The embedding map page, the image browser's "nearest training images" and the overview's same-patient column, under
-AppTest against the synthetic fixture (tests/fixtures.py: planted per-patient features through the stage's pure
+AppTest against the synthetic fixture (tools/fixtures.py: planted per-patient features through the stage's pure
 functions). Expected values are recomputed from the fixture's files with pandas, never read from the page's code."""
 
 import shutil

@@ -94,7 +94,7 @@ def test_overview_lists_finished_runs_before_the_metrics_exist(dashboard_artifac
 
 
 def test_training_curves_one_colour_per_run_and_a_log_scale(dashboard_artifacts, monkeypatch):
-    from fixtures import MEMBERS
+    from tools.fixtures import MEMBERS
 
     at = render_page(dashboard_artifacts, "fixture", "training_curves", monkeypatch, runs=list(MEMBERS)[:4])
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -150,7 +150,7 @@ def test_pipeline_page_keeps_the_last_real_duration_after_a_no_op_rerun(tmp_path
 
 def test_training_curves_table_reads_n_a_not_none(dashboard_artifacts, monkeypatch):
     """Issue 27: the fixture's run.json records no test accuracy or images/s: the table says n/a, never None."""
-    from fixtures import MEMBERS
+    from tools.fixtures import MEMBERS
 
     run = list(MEMBERS)[0]
     info = json.loads((dashboard_artifacts / "fixture" / "runs" / run / "run.json").read_text())

@@ -1,6 +1,6 @@
 """Issue 22: the promises proven by a fuzzer, not by a list of cases.
 
-Hypothesis plants one mutated artifact (every JSON and parquet file of the planted experiment of tests/fixtures.py:
+Hypothesis plants one mutated artifact (every JSON and parquet file of the planted experiment of tools/fixtures.py:
 deep nesting, non-finite and huge numbers, wrong types, missing and extra columns, categorical and null dtypes, NaN and
 out-of-range values, duplicated keys, hostile text with Markdown/HTML/RTL/newlines/formulas, a non-UTF-8 sibling folder,
 a symlink to a secret file) into a copy of a small experiment built without training, then asserts:

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 from conftest import PROJECT_ROOT
-from fixtures import tiny_preset
+from tools.fixtures import tiny_preset
 
 from pipeline.runner import STAGES
 from tools.live import free_port

@@ -81,7 +81,7 @@ def test_artifact_paths_are_built_only_by_the_catalog():
 
 # -- tooling stays out of the product ---------------------------------------------------------------------------
 PRODUCT = ("pipeline", "dashboard", "pages", "histocompare")
-TOOLING = {"tools", "tests", "conftest", "fixtures", "planted_experiments", "pngcraft"}
+TOOLING = {"tools", "tests", "conftest", "planted_experiments", "pngcraft"}
 # What a user runs: the two `python -m` entry points, the launcher (`make demo`, `histocompare demo`), the installed
 # command, the Streamlit script and the page scripts it loads by path (dashboard/nav.py).
 ROOTS = ["pipeline/__main__.py", "pipeline/launch.py", "dashboard/__main__.py", "dashboard/app.py", "histocompare/cli.py",

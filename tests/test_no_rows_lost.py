@@ -1,6 +1,6 @@
 """Issue 22: no stage writes a predictions table with fewer runs than the one it replaces.
 
-The experiment is the dashboard's planted fixture (tests/fixtures.py: ten members, a Vahadane twin without a run
+The experiment is the dashboard's planted fixture (tools/fixtures.py: ten members, a Vahadane twin without a run
 folder, every ensemble; no training), copied without its ``runs/`` folder as a user who shares an experiment would.
 The expected run ids and row counts are read from the fixture's table before any stage touches it.
 """

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import PROJECT_ROOT
-from fixtures import tiny_preset
+from tools.fixtures import tiny_preset
 
 from pipeline.artifacts.predictions import load_predictions
 from pipeline.config import EnsembleConfig, EvaluateConfig, GradcamConfig

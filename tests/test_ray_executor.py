@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import PROJECT_ROOT
-from fixtures import tiny_preset
+from tools.fixtures import tiny_preset
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.predictions import load_predictions
 

@@ -308,9 +308,7 @@ def _dashboard_bench(module: str, args: list[str], what: str) -> tuple[dict, str
     if Catalog(demo).predictions.exists():
         artifacts, experiment, source = demo.parent, "demo", "demo artifacts"
     else:
-        if str(PROJECT_ROOT / "tests") not in sys.path:  # the test fixtures (tests/fixtures.py); `tests` is no package
-            sys.path.append(str(PROJECT_ROOT / "tests"))
-        from fixtures import build
+        from tools.fixtures import build
 
         tmp = Path(tempfile.mkdtemp())
         build(tmp)

@@ -20,9 +20,7 @@ from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT
 
-if str(PROJECT_ROOT / "tests") not in sys.path:  # the test fixtures' tiny preset (tests/fixtures.py); `tests` is no package
-    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-from fixtures import tiny_preset  # noqa: E402
+from tools.fixtures import tiny_preset
 
 BODY = """[[runs]]
 model = "efficientnet_b0"
