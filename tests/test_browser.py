@@ -25,7 +25,7 @@ CLICKS: dict[str, int] = {}
 def live(dashboard_artifacts):
     with serve(dashboard_artifacts, "fixture") as (url, _), chromium(1400, 1000) as page:
         page.goto(f"{url}/")  # the first render pays the cold imports
-        page.wait_for_selector("h1", timeout=60_000)
+        page.wait_for_selector("h1", timeout=120_000)
         yield url, page
     print("clicks from the Overview:", CLICKS)
 
@@ -53,7 +53,7 @@ class Clicker:
 
 def start(page, url: str, path: str = "/") -> Clicker:
     page.goto(f"{url}{path}")
-    page.wait_for_selector("h1", timeout=60_000)
+    page.wait_for_selector("h1", timeout=120_000)
     wait_idle(page)
     return Clicker(page)
 
@@ -84,14 +84,14 @@ def test_worst_errors_of_the_best_ensemble_then_a_grad_cam_panel(live, preds):
     user.click(first_card.get_by_text("Grad-CAM panel"))
     panel = page.locator(".st-key-cam_panel")
     expect(panel).to_be_visible(timeout=30_000)
-    expect(page.locator("[data-testid='stMarkdownContainer'] code").first).to_have_text(image_id)
+    expect(page.locator("[data-testid='stMarkdownContainer'] code").first).to_have_text(image_id, timeout=30_000)
     # the study's 2x5 panel: every model has a map in the fixture (the tiles arrive one by one after the panel shows)
     expect(panel.locator("img")).to_have_count(10, timeout=30_000)
     CLICKS["worst errors -> Grad-CAM panel"] = user.n
     assert user.n <= BUDGET["worst errors -> Grad-CAM panel"]
     page.reload()  # the URL alone restores the view
     expect(page.locator(".st-key-cam_panel")).to_be_visible(timeout=60_000)
-    expect(page.locator("[data-testid='stMarkdownContainer'] code").first).to_have_text(image_id)
+    expect(page.locator("[data-testid='stMarkdownContainer'] code").first).to_have_text(image_id, timeout=30_000)
 
 
 def test_two_runs_confusion_matrices_then_one_cells_images(live, preds):
@@ -102,8 +102,10 @@ def test_two_runs_confusion_matrices_then_one_cells_images(live, preds):
     grid = page.locator(".st-key-ov_table [data-testid='stDataFrame']")
     grid.scroll_into_view_if_needed()
     box = grid.bounding_box()
-    for row in (0, 3):  # the row-selection checkboxes of the first and fourth runs
+    for row, shown in ((0, "ov_errors"), (3, "ov_compare")):  # the row-selection checkboxes of the first and fourth runs
         user.at(box["x"] + 18, box["y"] + 35 + 35 * row + 17)
+        # a click does not change the script state at once: wait for what each selection brings up, then for idle
+        expect(page.locator(f".st-key-{shown} button").first).to_be_visible(timeout=30_000)
         wait_idle(page)
     compare = page.locator(".st-key-ov_compare button").first
     expect(compare).to_be_visible(timeout=30_000)
@@ -121,7 +123,7 @@ def test_two_runs_confusion_matrices_then_one_cells_images(live, preds):
     a = by_alias[page.locator(".st-key-cm_a input").input_value()]
     rows = preds[(preds["run_id"] == a) & (preds["split"] == "test")]
     expected = confusion_counts(rows["label"], rows["pred"])["fn"]
-    expect(page.locator(".st-key-cm_page_bar")).to_contain_text(f"of {expected}")
+    expect(page.locator(".st-key-cm_page_bar")).to_contain_text(f"of {expected}", timeout=30_000)
     page.reload()
     expect(page.locator(".st-key-cm_cell h3")).to_contain_text("malignant predicted benign (FN)", timeout=60_000)
 
@@ -162,7 +164,7 @@ def test_builder_to_the_built_ensembles_errors_in_one_click(live, preds, dashboa
     expect(page.locator(".st-key-br_run input")).to_have_value(re.compile("^Built: "), timeout=30_000)
     pred = combine(probs[[members.index(m) for m in chosen]], "soft").pred
     n_wrong = int((pred != y).sum())
-    expect(page.locator(".st-key-br_page_bar")).to_contain_text(f"of {n_wrong}")
+    expect(page.locator(".st-key-br_page_bar")).to_contain_text(f"of {n_wrong}", timeout=30_000)
     CLICKS["builder -> its errors"] = user.n
     assert user.n <= BUDGET["builder -> its errors"]
     print(f"member toggle in the browser: {latency_ms:.0f} ms from click to new accuracy text")

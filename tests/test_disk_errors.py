@@ -87,7 +87,7 @@ def test_a_held_lock_says_who_holds_it(tmp_path, monkeypatch, capsys):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time\n"
         f"fh = open({str(lock)!r}, 'a+b'); fcntl.flock(fh.fileno(), fcntl.LOCK_EX)\n"
-        "print('held', flush=True); time.sleep(2.5)\n")], stdout=subprocess.PIPE, text=True)
+        "print('held', flush=True); time.sleep(6)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr(artifacts_io, "LOCK_NOTICE_SECONDS", 0.5)

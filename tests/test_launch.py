@@ -44,10 +44,9 @@ def launch_and_interrupt(preset, status_path, port):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.3)
         assert healthy(url), "the dashboard did not come up"
-        while time.time() < deadline:
-            status = json.loads(status_path.read_text()) if status_path.exists() else {}
-            if status.get("state") == "finished":
-                break
+        deadline = time.time() + 300  # the pipeline's own deadline, after the dashboard's
+        while (json.loads(status_path.read_text()) if status_path.exists() else {}).get("state") != "finished":
+            assert time.time() < deadline and proc.poll() is None, "the pipeline did not finish"
             time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         out, _ = proc.communicate(timeout=60)
