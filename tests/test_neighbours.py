@@ -213,3 +213,26 @@ def test_old_features_are_left_out_and_corrupt_ones_are_a_one_line_error(leak_pa
     features.write_bytes(b"not a zip")
     assert main(["neighbours", str(exp)]) == 2
     assert "not a readable features file" in capsys.readouterr().err
+
+
+def test_outputs_that_break_their_schema_replace_nothing(leak_pair, tmp_path, monkeypatch):
+    """The stage saves through its catalog entries, all checked before the first is written: a 2-D map with a NaN
+    coordinate (planted in the projection) is a one-line error, and neighbours.parquet, the map and the summary keep
+    their old bytes (the new neighbours.parquet, of another k and valid, would otherwise be written before the map)."""
+    from pipeline.artifacts.catalog import Catalog
+    from pipeline.stages import neighbours as stage
+
+    exp = tmp_path / "paper"
+    shutil.copytree(leak_pair["paper"][0], exp)
+    catalog = Catalog(exp)
+    before = {p: p.read_bytes() for p in (catalog.neighbours, catalog.embedding, catalog.neighbour_summary)}
+    real = stage.project_2d
+
+    def with_a_nan(features, method, seed):
+        xy = real(features, method, seed)
+        xy[0, 0] = np.nan
+        return xy
+
+    monkeypatch.setattr(stage, "project_2d", with_a_nan)
+    assert main(["neighbours", str(exp), "--k", "2", "--no-tsne", "--force"]) == 2  # k=2: a different neighbours table
+    assert {p: p.read_bytes() for p in before} == before

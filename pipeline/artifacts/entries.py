@@ -91,14 +91,16 @@ class CatalogEntry:
         """The checked value; a missing or foreign file is a one-line PipelineError."""
         return self.load_from(catalog.root, key)
 
+    def check(self, catalog: Catalog, value: Any, key: Any = None) -> None:
+        """Raise :class:`~pipeline.artifacts.schemas.InvalidArtifact` when ``value`` breaks the entry's schema."""
+        if self.format == "parquet" and self.schema:
+            check_frame(self.schema, value, self.path(catalog, key), catalog.root)
+
     def save(self, catalog: Catalog, value: Any, key: Any = None) -> Path:
         """Validate ``value`` against the entry's schema, then write it atomically (nothing is replaced on a bad value)."""
+        self.check(catalog, value, key)
         path = self.path(catalog, key)
-        if self.format == "parquet":
-            if self.schema:
-                check_frame(self.schema, value, path, catalog.root)
-            return write_parquet(value, path)
-        return write_json(value, path)
+        return write_parquet(value, path) if self.format == "parquet" else write_json(value, path)
 
 
 def _table(name: str, schema: str | None = None, **kw: Any) -> CatalogEntry:
@@ -202,6 +204,13 @@ class Inputs:
         """Write entry ``name`` through its :class:`CatalogEntry` (validated, atomic) and forget the held value."""
         self.forget([name])
         return ENTRIES[name].save(self.catalog, value, key)
+
+    def save_all(self, values: dict[str, Any]) -> list[Path]:
+        """Write several entries of one stage (name -> value): every value is checked against its schema before the
+        first file is replaced, so a stage whose second output is bad leaves all of its old outputs as they were."""
+        for name, value in values.items():
+            ENTRIES[name].check(self.catalog, value)
+        return [self.save(name, value) for name, value in values.items()]
 
     def forget(self, names: list[str] | tuple[str, ...]) -> None:
         """Drop the held values of these entries (the runner calls it with what a stage declares it writes)."""

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.entries import Inputs
-from pipeline.artifacts.io import atomic_path, write_json, write_parquet
+from pipeline.artifacts.io import atomic_path
 from pipeline.artifacts.predictions import (ensemble_rows, member_groups, member_runs, merge_predictions,
                                             probability_matrix, stacking_rows)
 from pipeline.artifacts.stamps import Stamp, up_to_date
@@ -85,16 +85,16 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
     new = pd.concat(rows, ignore_index=True)
     record["seconds"] = round(time.perf_counter() - start, 2)
     # -- act --------------------------------------------------------------------------------------------
-    write_parquet(new, catalog.ensemble_predictions)
+    # the tables through their catalog entries: all checked against their schemas before the first is replaced
+    inputs.save_all({"ensemble_predictions": new, **({"subsets": subsets} if subsets is not None else {})})
     outputs = [catalog.ensemble_predictions, catalog.ensembles]
     if subsets is not None:
-        write_parquet(subsets, catalog.subsets)
         outputs.append(catalog.subsets)
     for group, model in meta_models.items():
         with atomic_path(catalog.stacking_model(group), ".keras") as tmp:
             model.save(tmp)
         outputs.append(catalog.stacking_model(group))
-    write_json(record, catalog.ensembles)
+    inputs.save("ensembles", record)
     stamp.record(outputs)
     merge_predictions(exp_dir)
     summary = new.assign(ok=new["pred"] == new["label"]).groupby(["run_id", "split"])["ok"].mean().unstack()

@@ -172,7 +172,7 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
     manifest = None if "patient_id" in preds else (inputs or Inputs(exp_dir)).manifest()
     summary = read_parquet(catalog.neighbour_summary) if catalog.neighbour_summary.exists() else None  # the neighbours stage
     metrics = evaluate_body(preds, manifest, summary, cfg, seed)
-    write_parquet(metrics, catalog.metrics)
+    (inputs or Inputs(exp_dir)).save("metrics", metrics)  # checked against its schema before it replaces the old one
     write_json({"bootstrap": cfg.bootstrap, "ci": cfg.ci, "ece_bins": cfg.ece_bins, "threshold": cfg.threshold, "seed": seed,
                 "seconds": round(time.perf_counter() - start, 2)}, catalog.metrics_info)
     stamp.record([catalog.metrics, catalog.metrics_info])

@@ -93,7 +93,7 @@ def run_gradcam(exp_dir: Path | str, cfg: GradcamConfig = GradcamConfig(), runs:
             continue
         scores = pd.concat([read_parquet(catalog.gradcam_run_scores(method, r)) for r in runs], ignore_index=True)
         scores = add_agreement(exp_dir, scores)
-        write_parquet(scores, catalog.gradcam_scores(method))
+        inputs.save("gradcam_scores", scores, method)  # through its catalog entry: schema-checked first
         stamp.record([catalog.gradcam_scores(method)])
         out.append(scores)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()  # methods = []: nothing to explain

@@ -102,7 +102,8 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
         summary = read_parquet(catalog.neighbour_summary)
         up_to_date("neighbours", f"{len(runs)} runs")
         return summary
-    frame = (inputs or Inputs(exp_dir)).split_frame(fold)[["image_id", "split", "label", "patient_id"]]
+    inputs = inputs or Inputs(exp_dir)
+    frame = inputs.split_frame(fold)[["image_id", "split", "label", "patient_id"]]
     checked = {r: read_run_features(catalog.run(r).features, frame, load=False) for r in runs}  # validate every run first
     runs = [r for r in runs if checked[r] is not None]
     if not runs:
@@ -119,8 +120,8 @@ def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig
             maps.append(pd.DataFrame({"run_id": run_id, "method": method, "image_id": frame["image_id"].to_numpy(),
                                       "split": frame["split"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]}))
     summary = pd.concat(summaries, ignore_index=True)
-    write_parquet(pd.concat(tables, ignore_index=True), catalog.neighbours)
-    write_parquet(pd.concat(maps, ignore_index=True), catalog.embedding)
+    # through their catalog entries: both checked against their schemas before either replaces the old one
+    inputs.save_all({"neighbours": pd.concat(tables, ignore_index=True), "embedding": pd.concat(maps, ignore_index=True)})
     write_parquet(summary, catalog.neighbour_summary)
     stamp.record(outputs, seconds=round(time.perf_counter() - start, 2))
     print(summary.round(3).to_string(index=False))
