@@ -11,30 +11,18 @@ sides. The remaining differences are listed in the README ("Stacking").
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.artifacts.features import read_features
 from pipeline.core.errors import PipelineError
 
 
 def load_features(path: Path, image_ids: list[str]) -> np.ndarray:
-    """Pooled features of ``image_ids`` (in that order) from a run's ``features.npz``."""
-    path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path} is missing; re-run `train` for {path.parent.name} to write pooled features")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            ids, features = data["image_id"].tolist(), data["features"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise PipelineError(f"{path} is not a readable features file ({type(exc).__name__}); "
-                            f"re-run `train --force` for {path.parent.name}") from None
-    index = {k: i for i, k in enumerate(ids)}
-    missing = [i for i in image_ids if i not in index]
-    if missing:
-        raise PipelineError(f"{path} lacks features for {len(missing)} images (e.g. {missing[0]})")
-    return features[[index[i] for i in image_ids]].astype(np.float32)
+    """Pooled features of ``image_ids`` (in that order) from a run's ``features.npz``, as float32 for the meta-model
+    (read by :func:`pipeline.artifacts.features.read_features`, whose errors name the command that rewrites it)."""
+    return read_features(path, image_ids).astype(np.float32)
 
 
 def build_meta_model(n_features: int, seed: int = 0):

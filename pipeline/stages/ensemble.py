@@ -103,19 +103,15 @@ def run_ensembles(exp_dir: Path | str, cfg: EnsembleConfig = EnsembleConfig(), s
 
 
 def _member_features(catalog: Catalog, members: list[str], val_meta: pd.DataFrame, test_meta: pd.DataFrame) -> dict:
-    """{member: (val features, test features)}, every file checked before any ensemble is written."""
+    """{member: (val features, test features)}, every file read once and checked before any ensemble is written
+    (:func:`pipeline.artifacts.features.read_features`: a missing, truncated or foreign file is one line)."""
     from pipeline.ml.stacking import load_features
 
+    ids, n_val = val_meta["image_id"].tolist() + test_meta["image_id"].tolist(), len(val_meta)
     out = {}
     for name in members:
-        path = catalog.run(name).features
-        try:
-            out[name] = (load_features(path, val_meta["image_id"].tolist()), load_features(path, test_meta["image_id"].tolist()))
-        except PipelineError:
-            raise
-        except Exception as exc:  # a truncated or foreign file: numpy/zipfile raise many kinds
-            raise PipelineError(f"{path} is not a readable features file ({type(exc).__name__}); "
-                                f"re-run `train --force` for {name}") from None
+        both = load_features(catalog.run(name).features, ids)
+        out[name] = (both[:n_val], both[n_val:])
     return out
 
 

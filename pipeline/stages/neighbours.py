@@ -25,6 +25,7 @@ import pandas as pd
 
 from pipeline.artifacts.catalog import Catalog
 from pipeline.artifacts.entries import Inputs
+from pipeline.artifacts.features import MissingFeatures, read_features
 from pipeline.artifacts.io import read_parquet, write_parquet
 from pipeline.artifacts.stamps import Stamp, up_to_date
 from pipeline.config import NeighboursConfig
@@ -41,46 +42,21 @@ def runs_with_features(catalog: Catalog) -> list[str]:
     return [r for r in catalog.run_ids_on_disk() if catalog.run(r).features.is_file()]
 
 
-def _features_shape(data) -> tuple[int, ...]:
-    """The shape of the ``features`` array of an open ``.npz`` from its header, without reading the array."""
-    with data.zip.open("features.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, _ = read(fh)
-    return shape
-
-
 def read_run_features(path: Path, frame: pd.DataFrame, load: bool = True) -> np.ndarray | None:
-    """The features of ``frame``'s images (in its order) from one run's ``features.npz``; a clear error when the file
-    is unreadable, None (with a one-line notice) when it lacks images: a run trained before ``train`` wrote the
-    training split's features, or for another split. Such a run is left out rather than stopping every other one.
-
-    ``load=False`` checks the file (ids, and the features' shape from its header) without reading the features, and
-    returns an empty (0, d) array for a usable run: the stage validates every run first, then holds one run's
-    features at a time (eleven runs at ten times BreakHis are 2.4 GB of float16; issue 26)."""
-    import zipfile
-
+    """The features of ``frame``'s images (in its order) from one run's ``features.npz``
+    (:func:`~pipeline.artifacts.features.read_features`: a clear error when the file is unreadable); None, with a
+    one-line notice, when it lacks images: a run trained before ``train`` wrote the training split's features, or
+    for another split. Such a run is left out rather than stopping every other one. ``load=False`` checks without
+    reading the features (see ``read_features``)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            ids = data["image_id"].astype(str)
-            shape = _features_shape(data) if not load else None
-            features = data["features"] if load else np.empty((0,) + tuple(shape[1:]), dtype=np.float16)
-            shape = features.shape if load else shape
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise PipelineError(f"{path} is not a readable features file ({type(exc).__name__}); "
-                            f"re-run `python -m pipeline train DIR --model {path.parent.name} --force`") from None
-    if len(shape) != 2 or shape[0] != len(ids):
-        raise PipelineError(f"{path} holds {shape} features for {len(ids)} images; re-run train --force for it")
-    index = pd.Index(ids)
-    pos = index.get_indexer(frame["image_id"].astype(str))
-    missing = frame["split"].to_numpy()[pos < 0]
-    if len(missing):
-        which = "training" if "train" in set(missing) else "val/test"
-        print(f"neighbours: {path.parent.name} left out: its features.npz lacks {len(missing)} {which} images (written by an "
+        return read_features(path, frame["image_id"].astype(str).to_numpy(), load)
+    except MissingFeatures as exc:
+        splits = set(frame.set_index("image_id").loc[exc.missing, "split"])
+        which = "training" if "train" in splits else "val/test"
+        print(f"neighbours: {path.parent.name} left out: its features.npz lacks {len(exc.missing)} {which} images (written by an "
               f"older `train`, or for another split); re-run `python -m pipeline train DIR --model {path.parent.name} --force`",
               flush=True)
         return None
-    return features[pos] if load else features
 
 
 def run_neighbours(exp_dir: Path | str, cfg: NeighboursConfig = NeighboursConfig(), seed: int = 0, fold: int = 0,
