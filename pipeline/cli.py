@@ -136,7 +136,8 @@ def _train_overrides(args) -> list[str]:
     sets = []
     for row in train.args:
         if row.key and row.key.startswith("train."):
-            value = getattr(args, row.options.get("dest") or row.flags[0].lstrip("-").replace("-", "_"), None)
+            long_flag = next(f for f in row.flags if f.startswith("--"))  # argparse's dest: the first long option
+            value = getattr(args, row.options.get("dest") or long_flag[2:].replace("-", "_"), None)
             if value is not None:
                 sets.append(f"{row.key}={value}")
     return sets + list(args.set or [])

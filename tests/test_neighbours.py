@@ -215,7 +215,7 @@ def test_old_features_are_left_out_and_corrupt_ones_are_a_one_line_error(leak_pa
     assert "not a readable features file" in capsys.readouterr().err
 
 
-def test_outputs_that_break_their_schema_replace_nothing(leak_pair, tmp_path, monkeypatch):
+def test_outputs_that_break_their_schema_replace_nothing(leak_pair, tmp_path, monkeypatch, capsys):
     """The stage saves through its catalog entries, all checked before the first is written: a 2-D map with a NaN
     coordinate (planted in the projection) is a one-line error, and neighbours.parquet, the map and the summary keep
     their old bytes (the new neighbours.parquet, of another k and valid, would otherwise be written before the map)."""
@@ -235,4 +235,6 @@ def test_outputs_that_break_their_schema_replace_nothing(leak_pair, tmp_path, mo
 
     monkeypatch.setattr(stage, "project_2d", with_a_nan)
     assert main(["neighbours", str(exp), "--k", "2", "--no-tsne", "--force"]) == 2  # k=2: a different neighbours table
+    err = capsys.readouterr().err
+    assert "embedding.parquet has x nan" in err and err.count("\n") == 1, err  # refused for the planted NaN, in one line
     assert {p: p.read_bytes() for p in before} == before

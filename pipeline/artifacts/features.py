@@ -8,7 +8,6 @@ requested images; a truncated file or one written for another split must read th
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,10 +21,9 @@ class MissingFeatures(PipelineError):
     """A readable features file that lacks some of the requested images (written by an older ``train``, which kept
     only val/test, or for another split); ``missing`` holds their ids."""
 
-    def __init__(self, path: Path, missing: Sequence[str]):
+    def __init__(self, path: Path, missing: Sequence[str], rerun: str):
         self.path, self.missing = path, list(missing)
-        super().__init__(f"{path} lacks features for {len(self.missing)} images (e.g. {self.missing[0]}); re-run "
-                         f"`python -m pipeline train DIR --model {path.parent.name} --force`")
+        super().__init__(f"{path} lacks features for {len(self.missing)} images (e.g. {self.missing[0]}); {rerun}")
 
 
 def _shape_from_header(data) -> tuple[int, ...]:
@@ -37,16 +35,22 @@ def _shape_from_header(data) -> tuple[int, ...]:
     return shape
 
 
-def read_features(path: Path | str, image_ids: Sequence[str], load: bool = True) -> np.ndarray:
+def train_rerun(path: Path) -> str:
+    """The command that rewrites a trained run's features file (``predict`` names its own)."""
+    return f"re-run `python -m pipeline train DIR --model {path.parent.name} --force`"
+
+
+def read_features(path: Path | str, image_ids: Sequence[str], load: bool = True, rerun: str | None = None) -> np.ndarray:
     """The features of ``image_ids`` (in that order) from one run's ``features.npz``, as stored (float16).
 
     A missing or unreadable file is a one-line :class:`PipelineError` naming the command that rewrites it; a
     readable one without some of the images is :class:`MissingFeatures`. ``load=False`` checks the file (its ids,
     and the features' shape from the array's header) without reading the features and returns an empty ``(0, d)``
     array: a stage validates every run first, then holds one run's features at a time (eleven runs at ten times
-    BreakHis are 2.4 GB of float16; issue 26)."""
+    BreakHis are 2.4 GB of float16; issue 26). ``rerun``: how the message says to rewrite the file (default: the
+    run's ``train --force``)."""
     path = Path(path)
-    rerun = f"re-run `python -m pipeline train DIR --model {path.parent.name} --force`"
+    rerun = rerun or train_rerun(path)
     if not path.is_file():
         raise PipelineError(f"{path} is missing; {rerun} to write the pooled features")
     try:
@@ -54,12 +58,15 @@ def read_features(path: Path | str, image_ids: Sequence[str], load: bool = True)
             ids = data["image_id"].astype(str)
             features = data["features"] if load else None
             shape = features.shape if load else tuple(_shape_from_header(data))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises many kinds (zipfile, zlib, OSError, ValueError, ...)
         raise PipelineError(f"{path} is not a readable features file ({type(exc).__name__}); {rerun}") from None
     if len(shape) != 2 or shape[0] != len(ids):
         raise PipelineError(f"{path} holds {shape} features for {len(ids)} images; {rerun}")
+    index = pd.Index(ids)
+    if not index.is_unique:
+        raise PipelineError(f"{path} repeats image ids (e.g. {index[index.duplicated()][0]}); {rerun}")
     wanted = np.asarray(image_ids, dtype=str)
-    pos = pd.Index(ids).get_indexer(wanted)
+    pos = index.get_indexer(wanted)
     if (pos < 0).any():
-        raise MissingFeatures(path, wanted[pos < 0].tolist())
+        raise MissingFeatures(path, wanted[pos < 0].tolist(), rerun)
     return features[pos] if load else np.empty((0, shape[1]), dtype=np.float16)

@@ -19,10 +19,11 @@ from pipeline.artifacts.features import read_features
 from pipeline.core.errors import PipelineError
 
 
-def load_features(path: Path, image_ids: list[str]) -> np.ndarray:
+def load_features(path: Path, image_ids: list[str], rerun: str | None = None) -> np.ndarray:
     """Pooled features of ``image_ids`` (in that order) from a run's ``features.npz``, as float32 for the meta-model
-    (read by :func:`pipeline.artifacts.features.read_features`, whose errors name the command that rewrites it)."""
-    return read_features(path, image_ids).astype(np.float32)
+    (read by :func:`pipeline.artifacts.features.read_features`; ``rerun`` is the command its errors name, by
+    default the run's ``train --force``)."""
+    return read_features(path, image_ids, rerun=rerun).astype(np.float32)
 
 
 def build_meta_model(n_features: int, seed: int = 0):

@@ -374,7 +374,8 @@ def stacking_probabilities(model_path: Path, feature_files: list[Path], image_id
 
     from pipeline.ml.stacking import load_features
 
-    x = np.concatenate([load_features(f, image_ids) for f in feature_files], axis=1)
+    rerun = "re-run `python -m pipeline predict EXP --data DIR --out OUT --force` (predict wrote it)"
+    x = np.concatenate([load_features(f, image_ids, rerun) for f in feature_files], axis=1)
     model = keras.models.load_model(model_path, safe_mode=True)
     return model.predict(x, verbose=0)[:, 1]
 
