@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -38,18 +39,28 @@ def launch_and_interrupt(preset, status_path, port):
                              "--only", "data", "index", "split"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []  # the launcher's output as it comes (a thread reads it, so the pipe never fills)
+
+    def read() -> None:
+        for line in iter(proc.stdout.readline, ""):
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not healthy(url):
-            assert proc.poll() is None, proc.stdout.read()
+        # the dashboard answers, and the launcher has said so: its own health poll can lag the test's by a poll
+        while not (healthy(url) and any(line.startswith("dashboard: ") for line in lines)):
+            assert time.time() < deadline and proc.poll() is None, "the dashboard did not come up: " + "".join(lines)
             time.sleep(0.3)
-        assert healthy(url), "the dashboard did not come up"
         deadline = time.time() + 300  # the pipeline's own deadline, after the dashboard's
         while (json.loads(status_path.read_text()) if status_path.exists() else {}).get("state") != "finished":
-            assert time.time() < deadline and proc.poll() is None, "the pipeline did not finish"
+            assert time.time() < deadline and proc.poll() is None, "the pipeline did not finish: " + "".join(lines)
             time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=30)
+        out = "".join(lines)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
