@@ -99,6 +99,11 @@ class CatalogEntry:
     def save(self, catalog: Catalog, value: Any, key: Any = None) -> Path:
         """Validate ``value`` against the entry's schema, then write it atomically (nothing is replaced on a bad value)."""
         self.check(catalog, value, key)
+        return self.write_checked(catalog, value, key)
+
+    def write_checked(self, catalog: Catalog, value: Any, key: Any = None) -> Path:
+        """Write a value the caller has already :meth:`check`-ed, atomically (``Inputs.save_all`` checks a stage's
+        outputs together first, then writes each without checking it again)."""
         path = self.path(catalog, key)
         return write_parquet(value, path) if self.format == "parquet" else write_json(value, path)
 
@@ -210,7 +215,8 @@ class Inputs:
         first file is replaced, so a stage whose second output is bad leaves all of its old outputs as they were."""
         for name, value in values.items():
             ENTRIES[name].check(self.catalog, value)
-        return [self.save(name, value) for name, value in values.items()]
+        self.forget(list(values))
+        return [ENTRIES[name].write_checked(self.catalog, value) for name, value in values.items()]
 
     def forget(self, names: list[str] | tuple[str, ...]) -> None:
         """Drop the held values of these entries (the runner calls it with what a stage declares it writes)."""

@@ -169,10 +169,11 @@ def run_evaluate(exp_dir: Path | str, cfg: EvaluateConfig = EvaluateConfig(), se
     preds = load_predictions(exp_dir)
     if preds.empty:
         raise PipelineError(f"no predictions in {exp_dir}; run `python -m pipeline train {exp_dir} --model ...` first")
-    manifest = None if "patient_id" in preds else (inputs or Inputs(exp_dir)).manifest()
+    inputs = inputs or Inputs(exp_dir)
+    manifest = None if "patient_id" in preds else inputs.manifest()
     summary = read_parquet(catalog.neighbour_summary) if catalog.neighbour_summary.exists() else None  # the neighbours stage
     metrics = evaluate_body(preds, manifest, summary, cfg, seed)
-    (inputs or Inputs(exp_dir)).save("metrics", metrics)  # checked against its schema before it replaces the old one
+    inputs.save("metrics", metrics)  # checked against its schema before it replaces the old one
     write_json({"bootstrap": cfg.bootstrap, "ci": cfg.ci, "ece_bins": cfg.ece_bins, "threshold": cfg.threshold, "seed": seed,
                 "seconds": round(time.perf_counter() - start, 2)}, catalog.metrics_info)
     stamp.record([catalog.metrics, catalog.metrics_info])
